@@ -1,0 +1,97 @@
+""" Position-only mixer: CADA's decomposition with CA parameters learned per position instead of
+computed from the input, i.e. a low-rank locally connected layer (relaxed invariance, no context).
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm.models import register_notrace_module
+
+from timm_cada.ops import CADA_IMPLS, cada_filter, filter_output_size
+from .cada import CA_NORMS, init_bases, normalize_ca
+from .helpers import check_mixer_args, check_num_bases, num_heads, to_feat_size
+
+
+@register_notrace_module
+class Position2d(nn.Module):
+    """CADA with alpha_{g,b}(i, j) = norm(row_{g,b}(i) + col_{g,b}(j)) ('position').
+
+    The row and column logits are stored at `feat_size` (the output size at the reference
+    resolution) and linearly resized to the actual output size, so any input resolution works.
+
+    Args:
+        in_chs, out_chs, kernel_size, stride, dilation, num_bases, head_dim, ca_norm, rel_pos, impl:
+            as for Cada2d.
+        feat_size: output feature-map size (H, W) at the reference resolution.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_size: int = 7,
+            stride: int = 1,
+            dilation: int = 1,
+            num_bases: int = 8,
+            head_dim: int = 16,
+            ca_norm: str = 'softmax',
+            rel_pos: bool = False,
+            feat_size: Optional[Union[int, Tuple[int, int]]] = None,
+            impl: str = 'auto',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_mixer_args(in_chs, out_chs, kernel_size, stride, dilation)
+        check_num_bases(num_bases, kernel_size)
+        if ca_norm not in CA_NORMS:
+            raise ValueError(f'ca_norm must be one of {CA_NORMS}, got {ca_norm!r}')
+        if impl not in CADA_IMPLS:
+            raise ValueError(f'impl must be one of {CADA_IMPLS}, got {impl!r}')
+        self.feat_size = to_feat_size(feat_size, 'Position2d')
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+        self.num_heads = num_heads(in_chs, head_dim)
+        self.num_bases = num_bases
+        self.ca_norm = ca_norm
+        self.impl = impl
+        self.bases = nn.Parameter(torch.empty(self.num_heads, num_bases, kernel_size, kernel_size, **dd))
+        self.row_logits = nn.Parameter(torch.empty(self.num_heads, num_bases, self.feat_size[0], **dd))
+        self.col_logits = nn.Parameter(torch.empty(self.num_heads, num_bases, self.feat_size[1], **dd))
+        if rel_pos:
+            self.rel_pos = nn.Parameter(torch.empty(self.num_heads, kernel_size, kernel_size, **dd))
+        else:
+            self.register_parameter('rel_pos', None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_bases(self.bases)
+        nn.init.zeros_(self.row_logits)
+        nn.init.zeros_(self.col_logits)
+        if self.rel_pos is not None:
+            nn.init.zeros_(self.rel_pos)
+
+    def ca_params(self, out_h: int, out_w: int) -> torch.Tensor:
+        """alpha for an out_h x out_w output, (1, G, B, out_h, out_w)."""
+        row, col = self.row_logits, self.col_logits
+        if out_h != row.shape[-1]:
+            row = F.interpolate(row, size=out_h, mode='linear', align_corners=False)
+        if out_w != col.shape[-1]:
+            col = F.interpolate(col, size=out_w, mode='linear', align_corners=False)
+        logits = row.unsqueeze(-1) + col.unsqueeze(-2)
+        return normalize_ca(logits.unsqueeze(0), self.ca_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_h = filter_output_size(x.shape[-2], self.kernel_size, self.stride, self.dilation)
+        out_w = filter_output_size(x.shape[-1], self.kernel_size, self.stride, self.dilation)
+        alpha = self.ca_params(out_h, out_w).to(x.dtype)
+        return cada_filter(x, alpha, self.bases, self.rel_pos, self.stride, self.dilation, self.impl)
+
+    def extra_repr(self) -> str:
+        return (
+            f'kernel_size={self.kernel_size}, stride={self.stride}, num_heads={self.num_heads}, '
+            f'num_bases={self.num_bases}, feat_size={self.feat_size}, rel_pos={self.rel_pos is not None}')

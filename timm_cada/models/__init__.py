@@ -1,0 +1,1 @@
+from .resnet_cada import CadaBottleneck, CadaResNet, NoPretrainedWeightsError

@@ -1,0 +1,70 @@
+""" CADA operators, apart from the modules that use them.
+
+`pixel_filter` applies per-pixel kernels shared by the channels of a head; `cada_filter` applies
+the context-weighted sum of base kernels. Each takes `impl` to pick a backend; every backend
+computes the same function as the plain reference in `reference.py` (the tests hold them to it),
+so a faster kernel drops in here without touching the layers or models.
+"""
+from typing import Optional
+
+import torch
+
+from .combine import cada_combine
+from .reference import cada_reference, filter_output_size, pixel_filter_reference, synthesize_attn
+
+PIXEL_FILTER_IMPLS = ('auto', 'reference')
+CADA_IMPLS = ('auto', 'reference', 'combine', 'synthesize')
+
+
+def _check_shapes(x: torch.Tensor, kernels: torch.Tensor, name: str, kernel_dim: int):
+    # str.format rather than f-strings with conversions: these run inside torch.jit.script too
+    if x.dim() != 4:
+        raise ValueError('x must be (N, C, H, W), got shape {}'.format(x.shape))
+    if kernels.dim() != 5 or (kernels.shape[0] != 1 and kernels.shape[0] != x.shape[0]):
+        raise ValueError('{} must be (N or 1, G, {}, Ho, Wo), got shape {}'.format(name, kernel_dim, kernels.shape))
+    if x.shape[1] % kernels.shape[1] != 0:
+        raise ValueError('{} has {} heads, which do not divide the {} channels of x'.format(
+            name, kernels.shape[1], x.shape[1]))
+
+
+def pixel_filter(
+        x: torch.Tensor,
+        attn: torch.Tensor,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        impl: str = 'auto',
+) -> torch.Tensor:
+    """y[n, c, p] = sum_d attn[n, g(c), d, p] * x[n, c, s * p + d]; attn is (N or 1, G, k * k, Ho, Wo)."""
+    _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
+    if impl in ('auto', 'reference'):
+        return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
+    raise ValueError('impl must be one of auto, reference; got {}'.format(impl))
+
+
+def cada_filter(
+        x: torch.Tensor,
+        alpha: torch.Tensor,
+        bases: torch.Tensor,
+        rel_pos: Optional[torch.Tensor] = None,
+        stride: int = 1,
+        dilation: int = 1,
+        impl: str = 'auto',
+) -> torch.Tensor:
+    """CADA: y_c(p) = sum_d (sum_b alpha_{g,b}(p) W_{g,b}[d] + R_g[d]) x_c(s * p + d).
+
+    Args:
+        x: (N, C, H, W).
+        alpha: CA parameters (N or 1, G, B, Ho, Wo).
+        bases: base kernels (G, B, k, k).
+        rel_pos: optional static kernel per head (G, k, k).
+        impl: 'auto', 'reference', 'combine' (conv-then-combine) or 'synthesize' (synthesise-then-apply).
+    """
+    _check_shapes(x, alpha, 'alpha', bases.shape[1])
+    if impl in ('auto', 'combine'):
+        return cada_combine(x, alpha, bases, rel_pos, stride, dilation)
+    if impl == 'reference':
+        return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
+    if impl == 'synthesize':
+        return pixel_filter(x, synthesize_attn(alpha, bases, rel_pos), bases.shape[-1], stride, dilation)
+    raise ValueError('impl must be one of auto, reference, combine, synthesize; got {}'.format(impl))

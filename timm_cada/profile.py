@@ -1,0 +1,62 @@
+""" Parameter and MAC counts of the zoo's models.
+
+MACs come from torch.utils.flop_counter for every conv and matmul, except inside the CADA-family
+mixers, which are counted as their operator is defined (DESIGN.md): synthesising each pixel's
+attention map (G * B * k*k per pixel, when there are learned bases) plus applying it (C * k*k per
+pixel), plus their CA generator's convs. That figure does not depend on which backend runs.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from timm_cada.layers import Cada2d, Local2d, Position2d
+
+_WINDOW_MIXERS = (Cada2d, Position2d, Local2d)
+
+
+def mixer_macs(mixer: nn.Module, out_shape: torch.Size) -> int:
+    """MACs of a CADA-family mixer's window operator for one output of shape (N, C, Ho, Wo)."""
+    n, c, h, w = out_shape
+    kk = mixer.kernel_size * mixer.kernel_size
+    macs = c * kk
+    if getattr(mixer, 'bases', None) is not None:
+        macs += mixer.num_heads * mixer.num_bases * kk
+    return n * h * w * macs
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224)) -> int:
+    """MACs of one forward pass on a single image of `input_size`."""
+    outputs: List[Tuple[str, nn.Module, torch.Size]] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, _WINDOW_MIXERS):
+            hooks.append(m.register_forward_hook(
+                lambda mod, _, out, name=name: outputs.append((name, mod, out.shape))))
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    counts: Dict[str, Dict] = counter.get_flop_counts()
+    root = type(model).__name__
+
+    def counted(key: str) -> int:
+        return sum(counts.get(key, {}).values()) // 2
+
+    total = counted('Global')
+    for name, mixer, out_shape in outputs:
+        key = f'{root}.{name}'
+        total += mixer_macs(mixer, out_shape) - counted(key) + counted(key + '.ca')
+    return total
