@@ -20,7 +20,7 @@ def _check_shapes(x: torch.Tensor, kernels: torch.Tensor, name: str, kernel_dim:
     # str.format rather than f-strings with conversions: these run inside torch.jit.script too
     if x.dim() != 4:
         raise ValueError('x must be (N, C, H, W), got shape {}'.format(x.shape))
-    if kernels.dim() != 5 or (kernels.shape[0] != 1 and kernels.shape[0] != x.shape[0]):
+    if kernels.dim() != 5 or (kernels.shape[0] != 1 and kernels.shape[0] != x.shape[0]) or kernels.shape[2] != kernel_dim:
         raise ValueError('{} must be (N or 1, G, {}, Ho, Wo), got shape {}'.format(name, kernel_dim, kernels.shape))
     if x.shape[1] % kernels.shape[1] != 0:
         raise ValueError('{} has {} heads, which do not divide the {} channels of x'.format(
