@@ -20,6 +20,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 
 from timm_cada.layers import FEAT_SIZE_MIXERS, MIXERS, Cada2d, Local2d, Position2d, create_mixer, mixer_kwargs
+from timm_cada.pretrained import load_manifest, pretrained_cfgs, readable_weights, verified_pretrained_overlay
 
 __all__ = ['CadaBottleneck', 'CadaResNet', 'NoPretrainedWeightsError']
 
@@ -166,9 +167,16 @@ def _create_cada_resnet(variant: str, pretrained: bool = False, **kwargs) -> Cad
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
         if not (cfg.has_weights or cfg.state_dict):
             raise NoPretrainedWeightsError(
-                f'No pretrained weights are published for {variant!r}; pretrained=True would give random '
-                f'weights. Create it with pretrained=False, or load your own checkpoint with '
-                f'checkpoint_path=... or pretrained_cfg_overlay=dict(file=...).')
+                f'No pretrained weights are published for {variant!r} (timm_cada/weights_manifest.json has no '
+                f'entry for it); pretrained=True would give random weights. Train them with '
+                f'`python train/train.py --model {variant} ...`, publish them with `python weights/publish.py '
+                f'--checkpoint CKPT --model {variant} --repo-id ORG/NAME --out DIR` and add the manifest entry it '
+                f'prints (MODEL_CARD.md, "How to train and publish"). Meanwhile create it with pretrained=False, '
+                f'or load a checkpoint with checkpoint_path=... or pretrained_cfg_overlay=dict(file=...).')
+        kwargs['pretrained_cfg_overlay'] = verified_pretrained_overlay(
+            cfg, _MANIFEST, kwargs.get('pretrained_cfg_overlay'), cache_dir=kwargs.get('cache_dir'))
+        with readable_weights(variant, cfg):
+            return build_model_with_cfg(CadaResNet, variant, pretrained, **kwargs)
     return build_model_with_cfg(CadaResNet, variant, pretrained, **kwargs)
 
 
@@ -220,10 +228,13 @@ def _variants() -> Dict[str, Tuple[Dict[str, Any], str]]:
 
 _VARIANTS = _variants()
 
-default_cfgs = generate_default_cfgs({
+# Published weights: one manifest entry offers 'model.tag' to pretrained=True and timm.list_pretrained().
+_MANIFEST = load_manifest()
+
+default_cfgs = generate_default_cfgs(pretrained_cfgs({
     name: _cfg(fixed_input_size=True) if args['mixer'] == 'local' else _cfg()
     for name, (args, _) in _VARIANTS.items()
-})
+}, _MANIFEST))
 
 
 def _entrypoint(name: str, model_args: Dict[str, Any], desc: str) -> Callable[..., CadaResNet]:

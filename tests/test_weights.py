@@ -1,0 +1,350 @@
+""" Publishing weights and loading them back from a real local Hugging Face cache, offline.
+
+A small "trained" resnet26_cada_k7 (10 classes, random weights, its own EMA) is saved as a train/train.py
+checkpoint, published with weights/publish.py --dry-run, laid out as a Hugging Face cache
+(models--ORG--NAME/{blobs,refs/main,snapshots/REV}) and loaded with HF_HUB_OFFLINE=1 through a manifest entry
+(pretrained=True), through hf-hub:ORG/NAME and through local-dir:DIR.
+"""
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import timm
+import timm_cada
+from timm_cada.models.resnet_cada import NoPretrainedWeightsError
+from timm_cada.pretrained import (
+    WeightsIntegrityError, file_sha256, load_manifest, manifest_path, pretrained_cfgs, verified_weights_file)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = 'resnet26_cada_k7'
+REPO = 'timm-cada-test/resnet26_cada_k7.tiny'
+TRUNC_REPO = 'timm-cada-test/resnet26_cada_k7.trunc'
+INPUT = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def _load_publish():
+    spec = importlib.util.spec_from_file_location('publish', ROOT / 'weights' / 'publish.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+publish = _load_publish()
+
+
+def _perturbed(state_dict, seed):
+    """Every float tensor moved off its init (BN stats included), so outputs depend on every weight."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in state_dict.items():
+        if v.is_floating_point():
+            noise = torch.rand(v.shape, generator=g) if k.endswith('running_var') else torch.randn(v.shape, generator=g)
+            v = v + 0.05 * noise
+        out[k] = v
+    return out
+
+
+def _outputs(state_dict):
+    model = timm.create_model(MODEL, num_classes=10)
+    model.load_state_dict(state_dict)
+    with torch.no_grad():
+        return model.eval()(INPUT)
+
+
+def lay_out_hf_cache(cache: Path, repo_id: str, files: Path, revision: str) -> Path:
+    """Put `files` in `cache` as huggingface_hub does: content-addressed blobs, a snapshot of symlinks, refs/main."""
+    repo = cache / ('models--' + repo_id.replace('/', '--'))
+    blobs, snapshot = repo / 'blobs', repo / 'snapshots' / revision
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(revision)
+    for f in sorted(files.iterdir()):
+        data = f.read_bytes()
+        if f.suffix == '.safetensors':  # LFS file: blob named by its sha256
+            blob = hashlib.sha256(data).hexdigest()
+        else:  # regular git file: blob named by its git object id
+            blob = hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+        (blobs / blob).write_bytes(data)
+        (snapshot / f.name).symlink_to(os.path.relpath(blobs / blob, snapshot))
+    return snapshot
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A train/train.py-format checkpoint with model and EMA weights, and the outputs of each."""
+    tmp = tmp_path_factory.mktemp('trained')
+    init = timm.create_model(MODEL, num_classes=10).state_dict()
+    weights, ema = _perturbed(init, 1), _perturbed(init, 2)
+    ckpt = tmp / 'last.pth.tar'
+    torch.save(dict(
+        arch=MODEL, model_kwargs=dict(num_classes=10), epoch=3, state_dict=weights, state_dict_ema=ema,
+        optimizer={'state': {}}, scheduler={}, scaler=None, metric=61.25,
+        args=dict(dataset='', eval_metric='top1', epochs=4, lr=0.1, data_dir='/private/data',
+                  config='train/configs/tiny.yaml', model=MODEL), version=2), ckpt)
+    return dict(checkpoint=ckpt, weights=weights, ema=ema, ema_out=_outputs(ema), tmp=tmp)
+
+
+@pytest.fixture(scope='module')
+def published(trained):
+    out = trained['tmp'] / 'pub'
+    result = publish.main([
+        '--checkpoint', str(trained['checkpoint']), '--model', MODEL, '--repo-id', REPO, '--out', str(out),
+        '--dataset', 'tiny-10', '--tag', 'tiny', '--dry-run'])
+    return dict(result, out=out)
+
+
+@pytest.fixture(scope='module')
+def hub(trained, published):
+    """A Hugging Face cache holding the published repo and a truncated copy, plus a manifest listing them."""
+    tmp = trained['tmp']
+    cache = tmp / 'hf' / 'hub'
+    rev = hashlib.sha1(b'rev-good').hexdigest()
+    trunc_rev = hashlib.sha1(b'rev-trunc').hexdigest()
+    lay_out_hf_cache(cache, REPO, published['out'], rev)
+    trunc_dir = tmp / 'pub_trunc'
+    trunc_dir.mkdir()
+    for f in published['out'].iterdir():
+        data = f.read_bytes()
+        (trunc_dir / f.name).write_bytes(data[:len(data) // 2] if f.suffix == '.safetensors' else data)
+    lay_out_hf_cache(cache, TRUNC_REPO, trunc_dir, trunc_rev)
+    good = dict(published['manifest_entry'], revision=rev)
+    manifest = tmp / 'manifest.json'
+    manifest.write_text(json.dumps({'weights': [
+        good,
+        dict(good, tag='badsha', sha256=hashlib.sha256(b'not these weights').hexdigest()),
+        dict(good, tag='trunc', hf_hub_id=TRUNC_REPO, revision=trunc_rev),
+    ]}))
+    return dict(cache=cache, manifest=manifest, rev=rev, trunc_dir=trunc_dir, good=good)
+
+
+def test_publish_dry_run_writes_timm_hub_files(trained, published, capsys):
+    out = published['out']
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    weights = safetensors.torch.load_file(out / 'model.safetensors')
+    assert weights.keys() == trained['ema'].keys()  # training state stripped, EMA weights by default
+    assert all(torch.equal(weights[k], v) for k, v in trained['ema'].items())
+    assert published['sha256'] == file_sha256(out / 'model.safetensors')
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == MODEL and config['num_classes'] == 10 and config['num_features'] == 2048
+    assert config['model_args']['num_classes'] == 10 and config['pretrained_cfg']['num_classes'] == 10
+    card = (out / 'README.md').read_text()
+    for needle in ('library_name: timm', '- tiny-10', 'Params (M): 8.01', 'GMACs @224x224: 1.51', '61.25',
+                   'after 4 epochs', 'train/configs/tiny.yaml', 'arXiv:2210.17141', 'import timm_cada',
+                   f'hf-hub:{REPO}', published['sha256'], 'license: apache-2.0'):
+        assert needle in card, needle
+    assert '/private/data' not in card
+    entry = published['manifest_entry']
+    assert entry['model'] == MODEL and entry['tag'] == 'tiny' and entry['top1'] == 61.25
+    assert entry['sha256'] == published['sha256'] and entry['revision'] is None
+
+
+def test_publish_refuses_to_overwrite_and_force_publishes_model_weights(trained, published, tmp_path):
+    out = tmp_path / 'pub'
+    out.mkdir()
+    (out / 'config.json').write_text('{"keep": true}')
+    args = ['--checkpoint', str(trained['checkpoint']), '--model', MODEL, '--repo-id', REPO, '--out', str(out),
+            '--dry-run', '--no-ema']
+    with pytest.raises(FileExistsError, match='--force'):
+        publish.main(args)
+    assert (out / 'config.json').read_text() == '{"keep": true}'
+    publish.main(args + ['--force'])
+    weights = safetensors.torch.load_file(out / 'model.safetensors')
+    assert all(torch.equal(weights[k], v) for k, v in trained['weights'].items())
+
+
+def test_publish_bare_state_dict_and_safetensors(trained, published, tmp_path):
+    bare = tmp_path / 'bare.pth'
+    torch.save(trained['weights'], bare)
+    with pytest.raises(ValueError, match='does not fit'):  # no kwargs recorded: 1000 classes by default
+        publish.export(bare, MODEL, REPO, tmp_path / 'a')
+    result = publish.export(published['out'] / 'model.safetensors', MODEL, REPO, tmp_path / 'b',
+                            model_kwargs=dict(num_classes=10))
+    assert result['sha256'] == published['sha256']  # same tensors, same file
+    assert result['manifest_entry'] is None  # no dataset / top-1: nothing to list
+
+
+def test_publish_rejects_mismatched_arch_and_missing_ema(trained, tmp_path):
+    with pytest.raises(ValueError, match="does not match the checkpoint"):
+        publish.export(trained['checkpoint'], 'resnet26_dw_k7', REPO, tmp_path)
+    with pytest.raises(ValueError, match='not a timm_cada model'):
+        publish.export(trained['checkpoint'], 'resnet50', REPO, tmp_path)
+    no_ema = tmp_path / 'no_ema.pth'
+    torch.save(dict(arch=MODEL, model_kwargs=dict(num_classes=10), state_dict=trained['weights']), no_ema)
+    with pytest.raises(ValueError, match='has no EMA weights'):
+        publish.export(no_ema, MODEL, REPO, tmp_path, use_ema=True)
+
+
+_LOADER = r'''
+import json, sys, torch
+import timm, timm_cada
+spec = json.loads(sys.argv[1])
+x = torch.load(spec['input'])
+ref = torch.load(spec['ref'])
+res = {'list_pretrained': timm.list_pretrained('resnet26_cada*')}
+def run(name, fn):
+    try:
+        with torch.no_grad():
+            res[name] = {'equal': bool(torch.equal(fn().eval()(x), ref))}
+    except Exception as e:
+        res[name] = {'error': type(e).__name__, 'message': str(e)}
+run('manifest_default', lambda: timm.create_model('resnet26_cada_k7', pretrained=True))
+run('manifest_tag', lambda: timm.create_model('resnet26_cada_k7.tiny', pretrained=True))
+run('hf_hub', lambda: timm.create_model('hf-hub:' + spec['repo'], pretrained=True))
+run('hf_hub_rev', lambda: timm.create_model('hf-hub:' + spec['repo'] + '@' + spec['rev'], pretrained=True))
+run('local_dir', lambda: timm.create_model('local-dir:' + spec['dir'], pretrained=True))
+run('badsha', lambda: timm.create_model('resnet26_cada_k7.badsha', pretrained=True))
+run('trunc_manifest', lambda: timm.create_model('resnet26_cada_k7.trunc', pretrained=True))
+run('trunc_hf_hub', lambda: timm.create_model('hf-hub:' + spec['trunc_repo'], pretrained=True))
+print(json.dumps(res))
+'''
+
+
+@pytest.fixture(scope='module')
+def offline_loads(trained, published, hub):
+    """Load every way in a fresh interpreter whose HF_HUB_* environment is set before huggingface_hub import."""
+    tmp = trained['tmp']
+    torch.save(INPUT, tmp / 'x.pt')
+    torch.save(trained['ema_out'], tmp / 'ref.pt')
+    spec = dict(input=str(tmp / 'x.pt'), ref=str(tmp / 'ref.pt'), repo=REPO, rev=hub['rev'],
+                dir=str(published['out']), trunc_repo=TRUNC_REPO)
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp / 'hf'), HF_HUB_CACHE=str(hub['cache']),
+               TIMM_CADA_WEIGHTS_MANIFEST=str(hub['manifest']))
+    proc = subprocess.run([sys.executable, '-c', _LOADER, json.dumps(spec)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_manifest_entry_offers_pretrained(offline_loads):
+    assert offline_loads['list_pretrained'] == [
+        'resnet26_cada_k7.badsha', 'resnet26_cada_k7.tiny', 'resnet26_cada_k7.trunc']
+    assert offline_loads['manifest_default'] == {'equal': True}  # the first entry listed is the default
+    assert offline_loads['manifest_tag'] == {'equal': True}
+
+
+@pytest.mark.parametrize('how', ['hf_hub', 'hf_hub_rev', 'local_dir'])
+def test_hub_and_local_dir_rebuild_the_trained_model(offline_loads, how):
+    assert offline_loads[how] == {'equal': True}
+
+
+def test_sha256_mismatch_and_truncated_weights_are_refused(offline_loads, published):
+    bad = offline_loads['badsha']
+    assert bad['error'] == 'WeightsIntegrityError'
+    assert published['sha256'] in bad['message'] and 'the weights manifest lists' in bad['message']
+    trunc = offline_loads['trunc_manifest']
+    assert trunc['error'] == 'WeightsIntegrityError' and 'truncated' in trunc['message']
+    hub_trunc = offline_loads['trunc_hf_hub']
+    assert hub_trunc['error'] == 'WeightsIntegrityError' and 'safetensors file is truncated or corrupted' in hub_trunc['message']
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'header'])
+def test_local_dir_refuses_damaged_safetensors(published, tmp_path, damage):
+    for f in published['out'].iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = tmp_path / 'model.safetensors'
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) - 1000] if damage == 'truncate' else b'\xff' * 8 + data[8:])
+    with pytest.raises(WeightsIntegrityError, match='truncated or corrupted'):
+        timm.create_model(f'local-dir:{tmp_path}', pretrained=True)
+
+
+def test_verified_weights_file_checks_sha256(hub, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    entry = load_manifest(hub['manifest'])['resnet26_cada_k7.tiny']
+    path = verified_weights_file(entry, cache_dir=hub['cache'])
+    assert Path(path).resolve().parent.name == 'blobs' and file_sha256(path) == entry.sha256
+    bad = load_manifest(hub['manifest'])['resnet26_cada_k7.badsha']
+    with pytest.raises(WeightsIntegrityError, match='sha256 of .* is [0-9a-f]{64}, but the weights manifest'):
+        verified_weights_file(bad, cache_dir=hub['cache'])
+
+
+class _Evil:
+    """Unpickling this creates a file: stands for any code a malicious pickle would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), 'w')
+
+
+def test_pickles_that_run_code_are_refused(published, tmp_path):
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'fc.bias': torch.zeros(10)}, 'args': _Evil(marker)}, evil)
+    with pytest.raises(ValueError, match='weights_only=True'):
+        publish.export(evil, MODEL, REPO, tmp_path / 'out')
+    with pytest.raises(ValueError, match='weights_only=True'):
+        timm_cada.warm_start.warm_start(timm.create_model(MODEL), evil)
+    local = tmp_path / 'local'
+    local.mkdir()
+    (local / 'config.json').write_text((published['out'] / 'config.json').read_text())
+    torch.save(_Evil(marker), local / 'pytorch_model.bin')
+    with pytest.raises(RuntimeError, match='weights_only=True blocked'):
+        timm.create_model(f'local-dir:{local}', pretrained=True)
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the pickle is live: read unsafely, it runs
+    assert marker.exists()
+
+
+def test_no_entry_means_no_pretrained_weights():
+    with pytest.raises(NoPretrainedWeightsError, match=r'No pretrained weights are published for .resnet26_dw_k3'):
+        timm.create_model('resnet26_dw_k3', pretrained=True)
+    with pytest.raises(NoPretrainedWeightsError, match=r'weights/publish.py --checkpoint CKPT --model resnet26_dw_k3'):
+        timm.create_model('resnet26_dw_k3', pretrained=True)
+
+
+def test_packaged_manifest_is_what_the_registry_offers():
+    manifest = load_manifest(Path(timm_cada.__file__).with_name('weights_manifest.json'))
+    offered = timm.list_models(module='resnet_cada', pretrained=True, include_tags=True)
+    assert sorted(offered) == sorted(manifest)
+
+
+_GOOD = dict(model=MODEL, tag='in1k', hf_hub_id='org/name', revision='a' * 40, sha256='b' * 64,
+             dataset='imagenet-1k', top1=70.0)
+
+
+@pytest.mark.parametrize('change, match', [
+    (dict(sha256='B' * 64), 'sha256='),
+    (dict(revision='main'), 'revision='),
+    (dict(hf_hub_id='name-without-org'), 'hf_hub_id='),
+    (dict(tag='In1k'), 'tag='),
+    (dict(filename='pytorch_model.bin'), 'filename='),
+    (dict(url='http://x'), r"unknown keys \['url'\]"),
+])
+def test_manifest_validation(tmp_path, change, match):
+    path = tmp_path / 'm.json'
+    path.write_text(json.dumps({'weights': [dict(_GOOD, **change)]}))
+    with pytest.raises(ValueError, match=match):
+        load_manifest(path)
+
+
+def test_manifest_duplicates_and_unregistered_models(tmp_path):
+    path = tmp_path / 'm.json'
+    path.write_text(json.dumps({'weights': [_GOOD, _GOOD]}))
+    with pytest.raises(ValueError, match='listed twice'):
+        load_manifest(path)
+    path.write_text(json.dumps({'weights': [dict(_GOOD, model='resnet99_cada')]}))
+    with pytest.raises(ValueError, match='not registered'):
+        pretrained_cfgs({MODEL: {}}, load_manifest(path))
+
+
+def test_pretrained_cfgs_from_manifest(tmp_path):
+    path = tmp_path / 'm.json'
+    path.write_text(json.dumps({'weights': [dict(_GOOD, num_classes=10, top5=90.0)]}))
+    cfgs = pretrained_cfgs({MODEL: dict(url='', num_classes=1000), 'resnet26_dw_k3': dict(url='')},
+                           load_manifest(path))
+    assert set(cfgs) == {f'{MODEL}.in1k', 'resnet26_dw_k3'}  # a published model has tagged cfgs only
+    cfg = cfgs[f'{MODEL}.in1k']
+    assert cfg['hf_hub_id'] == 'org/name@' + 'a' * 40 and cfg['hf_hub_filename'] == 'model.safetensors'
+    assert cfg['num_classes'] == 10 and 'top-1 70.00%, top-5 90.00%' in cfg['description']
