@@ -20,6 +20,7 @@ import torch
 import timm
 import timm_cada
 from timm_cada.models.resnet_cada import NoPretrainedWeightsError
+from timm_cada.warm_start import warm_start
 from timm_cada.pretrained import (
     WeightsIntegrityError, file_sha256, load_manifest, manifest_path, pretrained_cfgs, verified_weights_file)
 
@@ -285,7 +286,7 @@ def test_pickles_that_run_code_are_refused(published, tmp_path):
     with pytest.raises(ValueError, match='weights_only=True'):
         publish.export(evil, MODEL, REPO, tmp_path / 'out')
     with pytest.raises(ValueError, match='weights_only=True'):
-        timm_cada.warm_start.warm_start(timm.create_model(MODEL), evil)
+        warm_start(timm.create_model(MODEL), evil)
     local = tmp_path / 'local'
     local.mkdir()
     (local / 'config.json').write_text((published['out'] / 'config.json').read_text())
