@@ -72,8 +72,9 @@ def test_ablation_axis_names_each_model(rows):
 def test_measured_throughput_reads_a_results_table(tmp_path):
     results = tmp_path / 'RESULTS.md'
     results.write_text(
-        'Machine: 2-core CPU\n\n| model | batch | img/s | ratio |\n|---|---|---|---|\n'
-        '| `resnet26_dw_k3` | 8 | 51.2 | 1.00 |\n| resnet26_cada_k7 | 8 | 20.5 | 0.40 |\n\n'
+        'Machine: 2-core CPU\n\n| C | fwd_ms |\n|---|---|\n| 64 | 1.0 |\n\n'
+        '| model | params_m | train_img_s | infer_img_s_eager | ratio |\n|---|---|---|---|---|\n'
+        '| `resnet26_dw_k3` | 9.75 | 11.0 | 51.2 | 1.00 |\n| resnet26_cada_k7 | 10.04 | 5.0 | 20.5 | 0.40 |\n\n'
         '| model | img/s |\n|---|---|\n| resnet26_dw_k3 | 99 |\n')
     assert model_card.measured_throughput(results) == {'resnet26_dw_k3': '51.2', 'resnet26_cada_k7': '20.5'}
     assert model_card.measured_throughput(tmp_path / 'missing.md') == {}

@@ -61,9 +61,14 @@ def ablation_axis(name: str) -> str:
     }[mixer]
 
 
+def _is_rate(header: str) -> bool:
+    return any(t in header for t in ('img/s', 'img_s', 'throughput'))
+
+
 def measured_throughput(results: Path = RESULTS) -> Dict[str, str]:
-    """Model -> CPU throughput cell of the first markdown table in `results` with a 'model' column and a
-    column whose header says img/s or throughput; empty when the file does not exist."""
+    """Model -> inference throughput cell of the first markdown table in `results` that has a 'model' column
+    and a throughput column ('img/s', 'img_s' or 'throughput' in its header, preferring one that says
+    'infer'); empty when the file does not exist."""
     if not results.is_file():
         return {}
     found: Dict[str, str] = {}
@@ -75,9 +80,11 @@ def measured_throughput(results: Path = RESULTS) -> Dict[str, str]:
         elif header is None:
             header = [c.lower() for c in cells]
         elif not set(''.join(cells)) <= set('-: '):
-            cols = [i for i, h in enumerate(header) if 'img/s' in h or 'throughput' in h]
+            cols = sorted((i for i, h in enumerate(header) if _is_rate(h)), key=lambda i: 'infer' not in header[i])
             if 'model' in header and cols and len(cells) == len(header):
                 found.setdefault(cells[header.index('model')], cells[cols[0]])
+        if found and cells is None:
+            break
     return found
 
 
@@ -126,7 +133,8 @@ def table_section(rows: List[Dict[str, object]], throughput_measured: bool, mani
     notes = [
         'Params and GMACs at 224 x 224 with 1000 classes (`timm_cada.profile`; CADA-family mixers counted as '
         'their operator is defined).',
-        'CPU img/s: from `benchmarks/RESULTS.md`, which names the machine and settings.' if throughput_measured else
+        'CPU img/s: inference throughput from the first model table of `benchmarks/RESULTS.md`, which names the '
+        'machine and settings.' if throughput_measured else
         'CPU img/s: not measured yet (no `benchmarks/RESULTS.md` with a throughput column).',
         'top-1: only results measured on published weights, with their dataset and pretrained tag (details in '
         '"Published weights"); "—" means no weights exist for that model.',
