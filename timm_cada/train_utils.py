@@ -1,0 +1,178 @@
+""" Training helpers shared by train/train.py and train/ablate.py: checkpoints, recipes, input checks.
+
+Checkpoint format (read by the publishing tools, loadable with torch.load(weights_only=True)):
+a dict with 'arch' (model name), 'model_kwargs' (the JSON-friendly kwargs given to timm.create_model),
+'epoch' (0-based index of the last completed epoch, as timm's train.py counts), 'state_dict'
+(unwrapped from DDP / torch.compile), 'state_dict_ema' (with EMA), 'optimizer', 'scheduler',
+'scaler' (with fp16 AMP), 'metric' (eval top-1 of that epoch, or None), 'args' (a plain dict) and
+'version'.
+"""
+import argparse
+import difflib
+import os
+from typing import Any, Dict, Iterable, List, Optional
+
+import torch
+import yaml
+from PIL import Image
+
+import timm
+from timm.data import ImageDataset
+
+__all__ = [
+    'CHECKPOINT_VERSION', 'BadImageError', 'StrictImageDataset', 'check_data_dir', 'check_model_name',
+    'load_checkpoint', 'load_recipe', 'plain', 'save_checkpoint', 'copy_checkpoint',
+]
+
+CHECKPOINT_VERSION = 2  # timm's resume_checkpoint reads 'epoch' as the last completed epoch from version 2 on
+
+# Folder names timm's create_dataset searches for each split (timm.data.dataset_factory).
+_TRAIN_SYNONYMS = ('train', 'training')
+_EVAL_SYNONYMS = ('validation', 'val', 'valid', 'eval', 'evaluation')
+
+
+class BadImageError(RuntimeError):
+    """An image file of the dataset could not be decoded."""
+
+
+class StrictImageDataset(ImageDataset):
+    """timm's ImageDataset, except that an unreadable image stops the run with its file name.
+
+    timm skips such samples with a warning; a trainer that compares models should see every sample,
+    so the file is named and the user decides (replace it or delete it).
+    """
+
+    @classmethod
+    def from_dataset(cls, dataset: ImageDataset) -> 'StrictImageDataset':
+        return cls(
+            root=None, reader=dataset.reader, load_bytes=dataset.load_bytes,
+            input_img_mode=dataset.input_img_mode, transform=dataset.transform,
+            target_transform=dataset.target_transform)
+
+    def __getitem__(self, index: int):
+        img, target = self.reader[index][:2]
+        try:
+            if self.load_bytes:
+                img = img.read()
+            else:
+                img = Image.open(img)
+                if self.input_img_mode:
+                    img = img.convert(self.input_img_mode)
+        except (IOError, OSError) as e:
+            path = self.reader.filename(index, absolute=True)
+            raise BadImageError(f'Cannot read image file {path}: {e}. Replace or delete this file.') from e
+        if self.transform is not None:
+            img = self.transform(img)
+        if target is None:
+            target = -1
+        elif self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+
+def plain(value: Any) -> Any:
+    """`value` as plain Python containers and scalars, so torch.load(weights_only=True) accepts it."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def save_checkpoint(state: Dict[str, Any], path: str) -> None:
+    """torch.save `state` to `path` atomically: a killed or failed write leaves the previous file intact."""
+    tmp = f'{path}.tmp'
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def copy_checkpoint(src: str, dst: str) -> None:
+    """Copy a checkpoint file atomically (e.g. last -> best)."""
+    tmp = f'{dst}.tmp'
+    try:
+        with open(src, 'rb') as fi, open(tmp, 'wb') as fo:
+            while chunk := fi.read(1 << 22):
+                fo.write(chunk)
+            fo.flush()
+            os.fsync(fo.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint` (weights_only: no code runs from the file)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Checkpoint {path} does not exist.')
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def load_recipe(path: str, parser: argparse.ArgumentParser, forbidden: Iterable[str] = ()) -> Dict[str, Any]:
+    """Read a YAML recipe of argument defaults; every key must be an argument `dest` of `parser`.
+
+    `forbidden` names destinations a recipe may not set (e.g. paths that belong on the command line).
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f'--config: recipe file {path} does not exist.')
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f'--config: recipe {path} must be a mapping of argument names to values.')
+    known = {a.dest for a in parser._actions if a.dest != 'help'}
+    allowed = sorted(known - set(forbidden))
+    for key in cfg:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=3)
+            hint = f' Did you mean {", ".join(hint)}?' if hint else ''
+            raise ValueError(
+                f'--config: recipe {path} has unknown key {key!r}.{hint} Keys are train.py argument names '
+                f'with underscores, e.g. {", ".join(allowed[:6])}, ...')
+    return cfg
+
+
+def check_model_name(name: str) -> None:
+    """Raise a ValueError naming close registered models when `name` is not a timm model."""
+    if timm.is_model(name):
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    hint = f' Close registered names: {", ".join(close)}.' if close else ''
+    raise ValueError(
+        f'--model: unknown model {name!r}.{hint} List them with timm.list_models("resnet*_cada*") '
+        f'after import timm_cada.')
+
+
+def _has_images(root: str) -> bool:
+    from timm.data.readers.img_extensions import get_img_extensions
+    exts = get_img_extensions(as_set=True)
+    for _, _, files in os.walk(root, followlinks=True):
+        if any(os.path.splitext(f)[1].lower() in exts for f in files):
+            return True
+    return False
+
+
+def check_data_dir(root: Optional[str], splits: List[str]) -> None:
+    """Check a folder dataset: `root` exists and each split's folder (as timm searches it) has images."""
+    if not root:
+        raise ValueError('--data-dir (or the positional DIR) is required for a folder dataset.')
+    if not os.path.isdir(root):
+        raise ValueError(f'--data-dir: {root} does not exist or is not a folder.')
+    for split in splits:
+        name = split.split('[')[0]
+        synonyms = _TRAIN_SYNONYMS if name in _TRAIN_SYNONYMS else _EVAL_SYNONYMS if name in _EVAL_SYNONYMS else ()
+        folder = next(
+            (os.path.join(root, s) for s in (name, *synonyms) if os.path.isdir(os.path.join(root, s))), root)
+        if not _has_images(folder):
+            raise ValueError(
+                f'--data-dir: no images for split {split!r} in {folder}. Expected an ImageFolder layout: '
+                f'{root}/{name}/<class name>/<image files>.')
