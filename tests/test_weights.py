@@ -22,7 +22,7 @@ import timm_cada
 from timm_cada.models.resnet_cada import NoPretrainedWeightsError
 from timm_cada.warm_start import warm_start
 from timm_cada.pretrained import (
-    WeightsIntegrityError, file_sha256, load_manifest, manifest_path, pretrained_cfgs, verified_weights_file)
+    WeightsIntegrityError, file_sha256, load_manifest, pretrained_cfgs, verified_weights_file)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'resnet26_cada_k7'
@@ -349,3 +349,13 @@ def test_pretrained_cfgs_from_manifest(tmp_path):
     cfg = cfgs[f'{MODEL}.in1k']
     assert cfg['hf_hub_id'] == 'org/name@' + 'a' * 40 and cfg['hf_hub_filename'] == 'model.safetensors'
     assert cfg['num_classes'] == 10 and 'top-1 70.00%, top-5 90.00%' in cfg['description']
+
+
+def test_manifest_entries_only_for_plain_variants():
+    """A registered name + pretrained cfg rebuilds only the variant's own args; others need hf-hub:."""
+    assert publish._variant_args(MODEL, dict(num_classes=10, in_chans=3, global_pool='avg'), False) == {}
+    assert publish._variant_args(MODEL, dict(mixer_args=dict(num_bases=8)), False) == {}  # the default
+    assert publish._variant_args(MODEL, dict(mixer_args=dict(num_bases=4)), False) == dict(mixer_args=dict(num_bases=4))
+    assert publish._variant_args('resnet26_position_k7', dict(img_size=[128, 128]), False) == dict(img_size=[128, 128])
+    assert publish._variant_args('resnet26_local_k7', dict(img_size=[128, 128]), True) == {}
+    assert publish._dataset_tag('imagenet-1k') == 'in1k' and publish._dataset_tag('Tiny Digits-10') == 'tiny_digits_10'

@@ -13,10 +13,12 @@ and a README.md model card. Before writing anything it is checked that DIR rebui
 timm_cada/weights_manifest.json are printed, after which `timm.create_model(NAME, pretrained=True)` serves it.
 """
 import argparse
+import inspect
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -24,7 +26,8 @@ import timm
 from timm.data import resolve_data_config
 from timm.models._hub import generate_readme, save_for_hf
 
-import timm_cada
+import timm_cada  # noqa: F401  (registers the models)
+from timm_cada.layers.create_mixer import _MIXERS
 from timm_cada.models.resnet_cada import _VARIANTS
 from timm_cada.pretrained import file_sha256
 from timm_cada.profile import count_macs, count_params
@@ -46,19 +49,38 @@ CITATION = """@article{arizumi2022studying,
 }"""
 
 
-def _variant_args(model_name: str, model_args: Dict[str, Any]) -> Dict[str, Any]:
-    """The model args that make this model differ from the registered variant (beyond what a cfg expresses)."""
+def _mixer_args(mixer: str, args: Dict[str, Any]) -> Dict[str, Any]:
+    """`args` completed with the mixer constructor's defaults: equal results build equal mixers."""
+    params = inspect.signature(_MIXERS[mixer].__init__).parameters
+    return dict({k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}, **args)
+
+
+def _variant_args(model_name: str, model_args: Dict[str, Any], fixed_input_size: bool) -> Dict[str, Any]:
+    """The model args that make this model differ from the registered variant (beyond what a cfg expresses).
+
+    img_size reaches the model through the cfg's input_size only for fixed-input-size models.
+    """
     variant = _VARIANTS[model_name][0]
     extra = {}
     for k, v in model_args.items():
+        if k == 'img_size' and not fixed_input_size and timm.layers.to_2tuple(v) != (224, 224):
+            extra[k] = v
         if k in _CFG_ARGS or variant.get(k) == v:
             continue
-        if k == 'mixer_args' and all(variant.get('mixer_args', {}).get(a) == b for a, b in (v or {}).items()):
-            continue
+        if k == 'mixer_args':
+            base = variant.get('mixer_args', {})
+            if _mixer_args(variant['mixer'], dict(base, **(v or {}))) == _mixer_args(variant['mixer'], base):
+                continue
         extra[k] = v
     if model_args.get('in_chans', 3) != 3 or model_args.get('global_pool', 'avg') != 'avg':
         extra.update({k: model_args[k] for k in ('in_chans', 'global_pool') if k in model_args})
     return extra
+
+
+def _dataset_tag(dataset: str) -> str:
+    """A timm pretrained tag for a dataset name: 'imagenet-1k' -> 'in1k', else its name in lower snake case."""
+    known = {'imagenet-1k': 'in1k', 'imagenet': 'in1k', 'imagenet1k': 'in1k', 'imagenet-21k': 'in21k'}
+    return known.get(dataset.lower(), re.sub(r'[^a-z0-9]+', '_', dataset.lower()).strip('_'))
 
 
 def load_weights(
@@ -179,7 +201,7 @@ def export(
         model_name: str,
         repo_id: str,
         out: Path,
-        tag: str = 'in1k',
+        tag: Optional[str] = None,
         use_ema: Optional[bool] = None,
         model_kwargs: Optional[Dict[str, Any]] = None,
         dataset: Optional[str] = None,
@@ -211,7 +233,8 @@ def export(
     (out / 'README.md').write_text(card, encoding='utf-8')
 
     model_args = json.loads((out / 'config.json').read_text())['model_args']
-    extra = _variant_args(model_name, model_args)
+    extra = _variant_args(model_name, model_args, model.pretrained_cfg.get('fixed_input_size', False))
+    tag = tag or _dataset_tag(dataset or '')
     entry = None
     if not extra and dataset and top1 is not None:
         entry = dict(model=model_name, tag=tag, hf_hub_id=repo_id, revision=None, sha256=sha256, dataset=dataset,
@@ -247,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--force', action='store_true', help='overwrite existing files in DIR')
     parser.add_argument('--ema', action=argparse.BooleanOptionalAction, default=None,
                         help='publish the EMA weights (default: when the checkpoint has them)')
-    parser.add_argument('--tag', default='in1k', help='pretrained tag of the manifest entry (model.tag), e.g. in1k')
+    parser.add_argument('--tag', default=None,
+                        help='pretrained tag of the manifest entry (model.tag); default from --dataset, e.g. in1k')
     parser.add_argument('--model-kwargs', type=json.loads, default=None,
                         help='JSON timm.create_model kwargs, for checkpoints that do not record them')
     parser.add_argument('--dataset', default=None, help='dataset of the weights, e.g. imagenet-1k')
