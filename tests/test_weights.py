@@ -99,7 +99,7 @@ def published(trained):
     out = trained['tmp'] / 'pub'
     result = publish.main([
         '--checkpoint', str(trained['checkpoint']), '--model', MODEL, '--repo-id', REPO, '--out', str(out),
-        '--dataset', 'tiny-10', '--tag', 'tiny', '--dry-run'])
+        '--dataset', 'tiny-10', '--tag', 'tiny', '--top1', '63.5', '--top5', '88', '--dry-run'])
     return dict(result, out=out)
 
 
@@ -138,13 +138,14 @@ def test_publish_dry_run_writes_timm_hub_files(trained, published, capsys):
     assert config['architecture'] == MODEL and config['num_classes'] == 10 and config['num_features'] == 2048
     assert config['model_args']['num_classes'] == 10 and config['pretrained_cfg']['num_classes'] == 10
     card = (out / 'README.md').read_text()
-    for needle in ('library_name: timm', '- tiny-10', 'Params (M): 8.01', 'GMACs @224x224: 1.51', '61.25',
-                   'after 4 epochs', 'train/configs/tiny.yaml', 'arXiv:2210.17141', 'import timm_cada',
+    for needle in ('library_name: timm', '- tiny-10', 'Params (M): 8.01', 'GMACs @224x224: 1.51',
+                   '| tiny-10 | 63.50 | 88.00 | 224 | given at publication |', 'EMA weights',
+                   'train/configs/tiny.yaml', 'arXiv:2210.17141', 'import timm_cada',
                    f'hf-hub:{REPO}', published['sha256'], 'license: apache-2.0'):
         assert needle in card, needle
     assert '/private/data' not in card
     entry = published['manifest_entry']
-    assert entry['model'] == MODEL and entry['tag'] == 'tiny' and entry['top1'] == 61.25
+    assert entry['model'] == MODEL and entry['tag'] == 'tiny' and entry['top1'] == 63.5 and entry['top5'] == 88
     assert entry['sha256'] == published['sha256'] and entry['revision'] is None
 
 
@@ -157,9 +158,12 @@ def test_publish_refuses_to_overwrite_and_force_publishes_model_weights(trained,
     with pytest.raises(FileExistsError, match='--force'):
         publish.main(args)
     assert (out / 'config.json').read_text() == '{"keep": true}'
-    publish.main(args + ['--force'])
+    result = publish.main(args + ['--force', '--dataset', 'imagenet-1k'])
     weights = safetensors.torch.load_file(out / 'model.safetensors')
     assert all(torch.equal(weights[k], v) for k, v in trained['weights'].items())
+    # the checkpoint's metric is the eval top-1 of these (non-EMA) weights
+    assert '| imagenet-1k | 61.25 |  | 224 | evaluated by train/train.py after 4 epochs |' in (out / 'README.md').read_text()
+    assert result['manifest_entry']['tag'] == 'in1k' and result['manifest_entry']['top1'] == 61.25
 
 
 def test_publish_bare_state_dict_and_safetensors(trained, published, tmp_path):
@@ -349,6 +353,11 @@ def test_pretrained_cfgs_from_manifest(tmp_path):
     cfg = cfgs[f'{MODEL}.in1k']
     assert cfg['hf_hub_id'] == 'org/name@' + 'a' * 40 and cfg['hf_hub_filename'] == 'model.safetensors'
     assert cfg['num_classes'] == 10 and 'top-1 70.00%, top-5 90.00%' in cfg['description']
+
+
+def test_checkpoint_metric_is_not_claimed_for_ema_weights():
+    assert publish.checkpoint_top1(dict(metric=61.25, weights='model')) == 61.25
+    assert publish.checkpoint_top1(dict(metric=61.25, weights='EMA')) is None
 
 
 def test_manifest_entries_only_for_plain_variants():

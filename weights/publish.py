@@ -7,8 +7,8 @@
 Reads a training checkpoint of train/train.py (EMA weights when it has them, see --ema), a bare state dict
 or a .safetensors file, and writes DIR with timm's Hub layout: model.safetensors, config.json (timm's
 save_for_hf, with the model kwargs, so `timm.create_model('hf-hub:ORG/NAME')` rebuilds the exact variant)
-and a README.md model card. Before writing anything it is checked that DIR rebuilds the same model
-(`local-dir:DIR` gives the checkpoint's outputs). Without --dry-run DIR is uploaded with huggingface_hub
+and a README.md model card. It then checks that DIR rebuilds the same model
+(`local-dir:DIR` gives the checkpoint's outputs) and stops before any upload if not. Without --dry-run DIR is uploaded with huggingface_hub
 (token from HF_TOKEN or `hf auth login`); then the weights' sha256, the Hub revision and the entry to add to
 timm_cada/weights_manifest.json are printed, after which `timm.create_model(NAME, pretrained=True)` serves it.
 """
@@ -120,6 +120,14 @@ def load_weights(
     return model.eval(), meta
 
 
+def checkpoint_top1(meta: Dict[str, Any]) -> Optional[float]:
+    """The top-1 the checkpoint records for the published weights, if any.
+
+    train/train.py records the eval top-1 of the model weights ('metric'), not of its EMA: EMA weights need --top1.
+    """
+    return meta.get('metric') if meta.get('weights') == 'model' else None
+
+
 def _check_rebuild(model: torch.nn.Module, out: Path) -> None:
     """`local-dir:out` must rebuild `model` exactly: same variant, same weights, same outputs."""
     rebuilt = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
@@ -140,6 +148,7 @@ def model_card(
         top5: Optional[float],
         recipe: Optional[str],
         license: str,
+        top1_from_checkpoint: bool = False,
 ) -> str:
     """README.md of the Hub repository: timm's model card layout plus results, recipe and weights hash."""
     input_size = resolve_data_config(model=model)['input_size']
@@ -182,7 +191,7 @@ logits = model(transform(img).unsqueeze(0))  # img: a PIL image
     if top1 is None:
         text += '\nNo evaluation result was recorded for these weights; nothing is claimed about their accuracy.\n'
     else:
-        source = 'given at publication' if meta.get('metric') is None or top1 != meta.get('metric') else (
+        source = 'given at publication' if not top1_from_checkpoint else (
             f'evaluated by train/train.py after {epoch + 1} epochs' if epoch is not None else 'evaluated by train/train.py')
         text += (f'\n| dataset | top-1 (%) | top-5 (%) | eval size | source |\n|---|---|---|---|---|\n'
                  f'| {dataset or "not recorded"} | {top1:.2f} | {"" if top5 is None else f"{top5:.2f}"} '
@@ -222,14 +231,14 @@ def export(
     model, meta = load_weights(checkpoint, model_name, model_kwargs, use_ema)
     args = meta.get('args') or {}
     dataset = dataset or args.get('dataset') or None
-    if top1 is None and args.get('eval_metric', 'top1') == 'top1':
-        top1 = meta.get('metric')
+    measured = top1 is None and checkpoint_top1(meta) is not None
+    top1 = checkpoint_top1(meta) if top1 is None else top1
     recipe = recipe or args.get('config') or None
     out.mkdir(parents=True, exist_ok=True)
     save_for_hf(model, out, safe_serialization=True)
     _check_rebuild(model, out)
     sha256 = file_sha256(out / 'model.safetensors')
-    card = model_card(model, model_name, repo_id, meta, sha256, dataset, top1, top5, recipe, license)
+    card = model_card(model, model_name, repo_id, meta, sha256, dataset, top1, top5, recipe, license, measured)
     (out / 'README.md').write_text(card, encoding='utf-8')
 
     model_args = json.loads((out / 'config.json').read_text())['model_args']
@@ -275,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--model-kwargs', type=json.loads, default=None,
                         help='JSON timm.create_model kwargs, for checkpoints that do not record them')
     parser.add_argument('--dataset', default=None, help='dataset of the weights, e.g. imagenet-1k')
-    parser.add_argument('--top1', type=float, default=None, help='measured top-1 (%%) (default: the checkpoint\'s)')
+    parser.add_argument('--top1', type=float, default=None,
+                        help='measured top-1 (%%) of the published weights (default: the checkpoint\'s, for non-EMA weights)')
     parser.add_argument('--top5', type=float, default=None, help='measured top-5 (%%)')
     parser.add_argument('--recipe', default=None, help='training recipe (default: the run\'s -c recipe file)')
     parser.add_argument('--license', default='apache-2.0')
