@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test,train]'
 	touch $(STAMP)
 
 # The default run deselects tests marked slow; test-all runs everything.
@@ -21,7 +21,16 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-demo: zoo
+# The main job on an embedded default: scikit-learn's digits as an ImageFolder, a DW and a CADA resnet26
+# trained by train/ablate.py, the comparison table printed. Finished runs in DEMO_OUT are reused, and
+# interrupted ones resumed; delete DEMO_OUT to train again.
+DEMO_DATA ?= .cache/digits
+DEMO_OUT ?= output/demo
+DEMO_MODELS ?= resnet26_dw_k7 resnet26_cada_k7
+
+demo: $(STAMP)
+	$(PYTHON) train/make_digits.py $(DEMO_DATA)
+	$(PYTHON) train/ablate.py -c train/configs/digits.yaml --models $(DEMO_MODELS) --data-dir $(DEMO_DATA) --output $(DEMO_OUT)
 
 zoo: $(STAMP)
 	$(PYTHON) -m timm_cada.zoo

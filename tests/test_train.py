@@ -1,0 +1,271 @@
+""" train/train.py: a real short run on a tiny ImageFolder, resume, atomic checkpoints, DDP on CPU, bad input. """
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import timm
+import timm_cada  # noqa: F401
+from timm_cada.train_utils import load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / 'train' / 'train.py'
+MODEL = 'resnet26_dw_k3'
+CHECKPOINT_KEYS = {'arch', 'model_kwargs', 'epoch', 'state_dict', 'optimizer', 'scheduler', 'metric', 'args', 'version'}
+# Small and quick: 3 classes told apart by colour, 32 x 32 images, narrow resnet26, one process.
+TINY = ['--model', MODEL, '--img-size', '32', '-b', '8', '-j', '0', '--opt', 'adamw', '--lr', '2e-3',
+        '--weight-decay', '0', '--warmup-epochs', '0', '--smoothing', '0', '--hflip', '0', '--color-jitter', '0',
+        '--scale', '0.8', '1.0', '--log-interval', '1', '--seed', '0', '--device', 'cpu',
+        '--model-kwargs', 'channels=(16,32,64,128)']
+
+
+def _load_trainer():
+    spec = importlib.util.spec_from_file_location('timm_cada_train_script', TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+trainer = _load_trainer()
+
+
+def make_image_folder(root: Path, per_class=(8, 4), size: int = 32) -> Path:
+    """3 classes (reddish, greenish, bluish noise images), `per_class` = (train, validation) images each."""
+    rng = np.random.default_rng(0)
+    for split, n in zip(('train', 'validation'), per_class):
+        for c in range(3):
+            folder = root / split / f'class{c}'
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 100, (size, size, 3), dtype=np.uint8)
+                img[..., c] += 120
+                Image.fromarray(img).save(folder / f'{i}.png')
+    return root
+
+
+def train_cli(*args, check=True, env=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
+    return proc
+
+
+def read_summary(run_dir: Path):
+    with open(run_dir / 'summary.csv') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(scope='module')
+def first_epoch(data, tmp_path_factory) -> Path:
+    """A 3-epoch run stopped after its first epoch (as a job time limit would)."""
+    out = tmp_path_factory.mktemp('run') / 'first'
+    train_cli('--data-dir', data, '--output', out, '--epochs', 3, '--stop-after', 1, *TINY)
+    return out
+
+
+@pytest.fixture(scope='module')
+def resumed(data, first_epoch, tmp_path_factory):
+    """`first_epoch` continued with --resume; its scheduler's base lr halved first, to see that state restored."""
+    out = tmp_path_factory.mktemp('run') / 'resumed'
+    shutil.copytree(first_epoch, out)
+    ckpt = load_checkpoint(out / 'last.pth.tar')
+    ckpt['scheduler']['base_values'] = [v / 2 for v in ckpt['scheduler']['base_values']]
+    torch.save(ckpt, out / 'last.pth.tar')
+    proc = train_cli('--data-dir', data, '--output', out, '--epochs', 3, '--resume', out / 'last.pth.tar', *TINY)
+    return out, proc
+
+
+def test_short_run_loss_falls_and_checkpoints_load(resumed):
+    out, _ = resumed
+    rows = read_summary(out)
+    assert [int(r['epoch']) for r in rows] == [0, 1, 2]
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+    for name in ('last.pth.tar', 'model_best.pth.tar'):
+        ckpt = torch.load(out / name, map_location='cpu', weights_only=True)
+        assert CHECKPOINT_KEYS <= set(ckpt) and ckpt['arch'] == MODEL and isinstance(ckpt['args'], dict)
+        assert ckpt['model_kwargs'] == {'num_classes': 3, 'img_size': 32, 'channels': [16, 32, 64, 128]}
+        model = timm.create_model(ckpt['arch'], **ckpt['model_kwargs'])
+        model.load_state_dict(ckpt['state_dict'])
+    last = load_checkpoint(out / 'last.pth.tar')
+    assert last['epoch'] == 2 and last['metric'] == pytest.approx(float(rows[-1]['eval_top1']))
+    best = load_checkpoint(out / 'model_best.pth.tar')
+    assert best['metric'] == pytest.approx(max(float(r['eval_top1']) for r in rows))
+    results = json.loads((out / 'results.json').read_text())
+    assert results['top1'] == pytest.approx(last['metric']) and 0 <= results['top5'] <= 100
+
+
+def test_resume_continues_with_optimizer_and_scheduler_state(first_epoch, resumed):
+    out, proc = resumed
+    first = load_checkpoint(first_epoch / 'last.pth.tar')
+    assert first['epoch'] == 0 and len(read_summary(first_epoch)) == 1
+    assert 'epochs 1..2' in proc.stderr  # the resumed run starts at the second epoch
+    # AdamW counts its steps: restored, the count goes on from the first run's.
+    steps_per_epoch = 24 // 8
+    step = lambda ckpt: int(next(iter(ckpt['optimizer']['state'].values()))['step'])
+    assert step(first) == steps_per_epoch
+    assert step(load_checkpoint(out / 'last.pth.tar')) == 3 * steps_per_epoch
+    # Cosine over 3 epochs, no warmup: after epoch 1 (stepped to t=2) lr = base * (1 + cos(2 pi / 3)) / 2.
+    # The base lr was halved in the checkpoint, so only a restored scheduler gives half the recipe's value.
+    lr = float(read_summary(out)[1]['lr'])
+    assert lr == pytest.approx(0.5 * 2e-3 * (1 + np.cos(2 * np.pi / 3)) / 2, rel=1e-6)
+
+
+class _Interrupt:
+    """Stands for a kill during torch.save: pickling it fails after the tensors before it were written."""
+
+    def __reduce__(self):
+        raise KeyboardInterrupt('killed while writing')
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
+    path = tmp_path / 'last.pth.tar'
+    save_checkpoint({'epoch': 0, 'w': torch.ones(3)}, path)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({'epoch': 1, 'w': torch.zeros(1 << 20), 'z': _Interrupt()}, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt['epoch'] == 0 and torch.equal(ckpt['w'], torch.ones(3))
+    assert os.listdir(tmp_path) == ['last.pth.tar']
+
+
+def test_killed_checkpoint_write_keeps_previous(tmp_path):
+    """SIGKILL while the new checkpoint is being written (its pickling stalls): the previous file still loads."""
+    path = tmp_path / 'last.pth.tar'
+    save_checkpoint({'epoch': 0}, path)
+    script = tmp_path / 'writer.py'
+    script.write_text(
+        'import sys, time, torch\n'
+        'from timm_cada.train_utils import save_checkpoint\n'
+        'class Slow:\n'
+        '    def __reduce__(self):\n'
+        '        time.sleep(60)\n'
+        '        return (int, (1,))\n'
+        'save_checkpoint({"epoch": 1, "w": torch.zeros(1 << 20), "z": Slow()}, sys.argv[1])\n')
+    proc = subprocess.Popen([sys.executable, str(script), str(path)])
+    tmp = Path(f'{path}.tmp')
+    deadline = time.time() + 60
+    while not tmp.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert tmp.exists()  # killed mid-write
+    assert load_checkpoint(path)['epoch'] == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes_agree(data, tmp_path):
+    out = tmp_path / 'ddp'
+    wrapper = tmp_path / 'ddp_run.py'
+    wrapper.write_text(
+        'import importlib.util, os, sys, torch\n'
+        f'spec = importlib.util.spec_from_file_location("trainer", {str(TRAIN)!r})\n'
+        'trainer = importlib.util.module_from_spec(spec); spec.loader.exec_module(trainer)\n'
+        'model, _ = trainer.run(trainer.parse_args(sys.argv[1:]))\n'
+        'torch.save(model.state_dict(), os.path.join(sys.argv[sys.argv.index("--output") + 1], '
+        'f"rank{os.environ[\'RANK\']}.pt"))\n')
+    env = dict(os.environ, GLOO_SOCKET_IFNAME='lo', OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
+         '--master_port', str(_free_port()), str(wrapper), '--data-dir', str(data), '--output', str(out),
+         '--epochs', '1', *TINY],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert 'Process 1 of 2 on cpu (backend gloo)' in proc.stderr
+    states = [torch.load(out / f'rank{r}.pt', weights_only=True) for r in (0, 1)]
+    assert states[0].keys() == states[1].keys()
+    for k, v in states[0].items():
+        torch.testing.assert_close(states[1][k], v, msg=f'ranks disagree on {k}')
+    ckpt = load_checkpoint(out / 'last.pth.tar')
+    assert ckpt['epoch'] == 0 and ckpt['args']['world_size'] == 2
+    assert not any(k.startswith('module.') for k in ckpt['state_dict'])  # unwrapped from DDP
+
+
+def _run_in_process(argv):
+    return trainer.run(trainer.parse_args([str(a) for a in argv]))
+
+
+def test_warm_start_flag_loads_source_weights(data, tmp_path):
+    src = timm.create_model(MODEL, num_classes=3, channels=(16, 32, 64, 128)).state_dict()
+    torch.save(src, tmp_path / 'src.pth')
+    model, _ = _run_in_process(['--data-dir', data, '--output', tmp_path / 'out', '--epochs', 1, '--stop-after', 0,
+                                '--warm-start', tmp_path / 'src.pth', *TINY])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, src[k]), k
+
+
+# ---- bad input: a clear error naming the argument, and nothing written or lost ----
+
+def _expect_input_error(argv, *fragments):
+    with pytest.raises(trainer.InputError) as e:
+        _run_in_process(argv)
+    for f in fragments:
+        assert f in str(e.value)
+    return str(e.value)
+
+
+def test_missing_data_dir(tmp_path):
+    missing = tmp_path / 'nope'
+    _expect_input_error(['--data-dir', missing, '--output', tmp_path / 'out', *TINY], '--data-dir', str(missing))
+    assert not (tmp_path / 'out').exists()
+
+
+def test_empty_data_dir(tmp_path):
+    (tmp_path / 'data' / 'train' / 'cat').mkdir(parents=True)
+    _expect_input_error(['--data-dir', tmp_path / 'data', '--output', tmp_path / 'out', *TINY],
+                        '--data-dir', 'no images', 'train')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_unknown_model_suggests_close_names(data, tmp_path):
+    argv = ['--data-dir', data, '--output', tmp_path / 'out', *TINY, '--model', 'resnet50_cada_k8']
+    msg = _expect_input_error(argv, '--model', "'resnet50_cada_k8'", 'resnet50_cada_k7')
+    assert 'resnet50_cada_k9' in msg
+    assert not (tmp_path / 'out').exists()
+
+
+def test_unknown_recipe_key(tmp_path, capsys):
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text(yaml.safe_dump({'epochs': 3, 'warmup_epoch': 1}))
+    with pytest.raises(SystemExit) as e:
+        trainer.parse_args(['-c', str(recipe)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'warmup_epoch'" in err and 'warmup_epochs' in err and str(recipe) in err
+
+
+def test_corrupt_image_named_and_checkpoint_kept(data, first_epoch, tmp_path):
+    bad_data = tmp_path / 'data'
+    shutil.copytree(data, bad_data)
+    bad = bad_data / 'train' / 'class1' / '3.png'
+    bad.write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+    out = tmp_path / 'run'
+    shutil.copytree(first_epoch, out)
+    before = (out / 'last.pth.tar').read_bytes()
+    proc = train_cli('--data-dir', bad_data, '--output', out, '--epochs', 3, '--resume', out / 'last.pth.tar',
+                     *TINY, '-j', '1', check=False)
+    assert proc.returncode == 1
+    assert f'Cannot read image file {bad}' in proc.stderr.splitlines()[-1]
+    assert (out / 'last.pth.tar').read_bytes() == before
