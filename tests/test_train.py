@@ -29,7 +29,7 @@ CHECKPOINT_KEYS = {'arch', 'model_kwargs', 'epoch', 'state_dict', 'optimizer', '
 TINY = ['--model', MODEL, '--img-size', '32', '-b', '8', '-j', '0', '--opt', 'adamw', '--lr', '2e-3',
         '--weight-decay', '0', '--warmup-epochs', '0', '--smoothing', '0', '--hflip', '0', '--color-jitter', '0',
         '--scale', '0.8', '1.0', '--log-interval', '1', '--seed', '0', '--device', 'cpu',
-        '--model-kwargs', 'channels=(16,32,64,128)']
+        '--model-kwargs', 'channels=(16,32,64,128)', '--device-modules', 'timm_cada']
 
 
 def _load_trainer():
@@ -127,6 +127,19 @@ def test_resume_continues_with_optimizer_and_scheduler_state(first_epoch, resume
     # The base lr was halved in the checkpoint, so only a restored scheduler gives half the recipe's value.
     lr = float(read_summary(out)[1]['lr'])
     assert lr == pytest.approx(0.5 * 2e-3 * (1 + np.cos(2 * np.pi / 3)) / 2, rel=1e-6)
+
+
+def test_resume_with_longer_schedule(data, first_epoch, tmp_path, caplog):
+    """More --epochs than the checkpoint's run: the schedule is rebuilt for the new length, training goes on."""
+    out = tmp_path / 'longer'
+    shutil.copytree(first_epoch, out)
+    _run_in_process(['--data-dir', data, '--output', out, '--epochs', 5, '--stop-after', 1,
+                     '--resume', out / 'last.pth.tar', *TINY])
+    assert '--epochs changed from 3 to 5' in caplog.text
+    rows = read_summary(out)
+    assert [int(r['epoch']) for r in rows] == [0, 1]
+    # Cosine over 5 epochs, stepped to t=2: lr = base * (1 + cos(2 pi / 5)) / 2.
+    assert float(rows[1]['lr']) == pytest.approx(2e-3 * (1 + np.cos(2 * np.pi / 5)) / 2, rel=1e-6)
 
 
 class _Interrupt:
@@ -236,6 +249,13 @@ def test_empty_data_dir(tmp_path):
     (tmp_path / 'data' / 'train' / 'cat').mkdir(parents=True)
     _expect_input_error(['--data-dir', tmp_path / 'data', '--output', tmp_path / 'out', *TINY],
                         '--data-dir', 'no images', 'train')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_missing_split_folder(data, tmp_path):
+    shutil.copytree(data / 'train', tmp_path / 'data' / 'train')
+    _expect_input_error(['--data-dir', tmp_path / 'data', '--output', tmp_path / 'out', *TINY],
+                        '--data-dir', "no folder for split 'validation'", 'val')
     assert not (tmp_path / 'out').exists()
 
 

@@ -162,7 +162,11 @@ def _has_images(root: str) -> bool:
 
 
 def check_data_dir(root: Optional[str], splits: List[str]) -> None:
-    """Check a folder dataset: `root` exists and each split's folder (as timm searches it) has images."""
+    """Check a folder dataset: `root` exists and each split has its folder (a name timm searches) with images.
+
+    timm itself falls back to `root` when a split's folder is missing, which would silently evaluate on the
+    training images; here that is an error.
+    """
     if not root:
         raise ValueError('--data-dir (or the positional DIR) is required for a folder dataset.')
     if not os.path.isdir(root):
@@ -170,8 +174,12 @@ def check_data_dir(root: Optional[str], splits: List[str]) -> None:
     for split in splits:
         name = split.split('[')[0]
         synonyms = _TRAIN_SYNONYMS if name in _TRAIN_SYNONYMS else _EVAL_SYNONYMS if name in _EVAL_SYNONYMS else ()
-        folder = next(
-            (os.path.join(root, s) for s in (name, *synonyms) if os.path.isdir(os.path.join(root, s))), root)
+        tried = list(dict.fromkeys((name, *synonyms)))
+        folder = next((os.path.join(root, s) for s in tried if os.path.isdir(os.path.join(root, s))), None)
+        if folder is None:
+            raise ValueError(
+                f'--data-dir: {root} has no folder for split {split!r} (looked for {", ".join(tried)}). '
+                f'Expected an ImageFolder layout: {root}/{name}/<class name>/<image files>.')
         if not _has_images(folder):
             raise ValueError(
                 f'--data-dir: no images for split {split!r} in {folder}. Expected an ImageFolder layout: '

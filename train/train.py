@@ -14,6 +14,7 @@ Writes OUT/last.pth.tar (every epoch), OUT/model_best.pth.tar (best eval top-1),
 OUT/args.yaml and OUT/results.json (final top-1/top-5). `--resume OUT/last.pth.tar` continues a run.
 """
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -30,8 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import timm
 from timm import utils
-from timm.data import (
-    AugMixDataset, FastCollateMixup, ImageDataset, Mixup, create_dataset, create_loader, resolve_data_config)
+from timm.data import FastCollateMixup, ImageDataset, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--sync-bn', action='store_true', default=False)
     group.add_argument('--dist-bn', type=str, default='reduce', help='"broadcast", "reduce" or "" after each epoch')
     group.add_argument('--local_rank', default=0, type=int)
+    group.add_argument('--device-modules', default=None, type=str, nargs='+',
+                       help='modules to import first (as timm train.py does), e.g. other model plugins')
 
     group = parser.add_argument_group('Optimizer')
     group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER')
@@ -397,6 +399,8 @@ def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler
 def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics."""
     utils.setup_default_logging()
+    for module in args.device_modules or ():
+        importlib.import_module(module)
     args.prefetcher = not args.no_prefetcher
     args.grad_accum_steps = max(1, args.grad_accum_steps)
     device = utils.init_distributed_device(args)
@@ -552,7 +556,8 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
             save_checkpoint(_checkpoint(
                 args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema,
                 eval_metrics['top1']), last)
-            better = best_metric is None or (metric < best_metric if args.eval_metric == 'loss' else metric > best_metric)
+            lower_is_better = args.eval_metric == 'loss'
+            better = best_metric is None or (metric < best_metric if lower_is_better else metric > best_metric)
             if better:
                 best_metric = metric
                 copy_checkpoint(last, os.path.join(output_dir, BEST))
