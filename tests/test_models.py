@@ -1,0 +1,161 @@
+""" Every registered model behaves like a timm model: forward/backward, features, intermediates,
+classifier reset, gradient checkpointing, channels_last, bf16 autocast, TorchScript and FX. """
+import pytest
+import timm
+import torch
+
+import timm_cada
+from timm_cada.models import NoPretrainedWeightsError
+
+SIZE = 32
+
+
+def expected_names():
+    names = set()
+    for depth in (26, 50):
+        for k in (3, 5, 7, 9, 11, 13):
+            names |= {f'resnet{depth}_dw_k{k}', f'resnet{depth}_cada_k{k}'}
+        for ab in ('ca3', 'ca7', 'b2', 'b4', 'b16', 'free', 'rpe', 'dsconv3', 'dsdw3'):
+            names.add(f'resnet{depth}_cada_k7_{ab}')
+        names |= {f'resnet{depth}_position_k7', f'resnet{depth}_local_k7'}
+    return names | {'resnet50_cada'}
+
+
+MODELS = timm.list_models(module='resnet_cada')
+
+
+def create(name, **kwargs):
+    if 'local' in name:  # locally connected kernels exist for one resolution only
+        kwargs.setdefault('img_size', SIZE)
+    return timm.create_model(name, **kwargs)
+
+
+def images(n=2, size=SIZE, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry():
+    assert set(MODELS) == expected_names()
+    assert len(timm.list_models('resnet50_cada*')) == 1 + 6 + 9
+    assert timm.list_models('resnet50_dw_k13') == ['resnet50_dw_k13']
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_timm_model_contract(name):
+    """One model instance through every timm behaviour (instances are reused to keep the suite fast)."""
+    model = create(name, num_classes=10)
+    x = images()
+
+    # forward and backward: every parameter gets a gradient, and checkpointing gives the same ones
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(checkpointing)
+        out = model(x)
+        assert out.shape == (2, 10) and torch.isfinite(out).all()
+        out.square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    missing = [n for n, g in grads[0].items() if g is None]
+    assert not missing, f'parameters without gradient: {missing[:5]}'
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-5, msg=n)
+    model.set_grad_checkpointing(False)
+    model.eval()
+
+    with torch.no_grad():
+        ref = model(x)
+        # features_only and forward_intermediates agree with each other and with forward_features
+        feat = create(name, features_only=True).eval()
+        feat.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('fc.')})
+        assert feat.feature_info.channels() == [64, 256, 512, 1024, 2048]
+        assert feat.feature_info.reduction() == [2, 4, 8, 16, 32]
+        maps = feat(x)
+        assert [tuple(m.shape[1:]) for m in maps] == [
+            (c, SIZE // r, SIZE // r) for c, r in zip(feat.feature_info.channels(), feat.feature_info.reduction())]
+        final, inter = model.forward_intermediates(x)
+        for a, b in zip(maps, inter):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(final, model.forward_features(x))
+        only = model.forward_intermediates(x, indices=[4], intermediates_only=True)
+        torch.testing.assert_close(only[0], maps[4])
+
+        # TorchScript and FX feature extraction
+        torch.testing.assert_close(torch.jit.script(model)(x), ref)
+        fx = create(name, features_only=True, feature_cls='fx').eval()
+        fx.load_state_dict({'graph_module.' + k: v for k, v in feat.state_dict().items()})
+        for a, b in zip(fx(x), maps):
+            torch.testing.assert_close(a, b)
+
+        # bf16 autocast on CPU runs and stays close to fp32; channels_last gives the same output
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = model(x)
+        rel = (low.float() - ref).norm() / ref.norm()
+        assert rel < 0.05, f'bf16 autocast drifts {rel:.3f} from fp32'
+        cl = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+        torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-4)
+
+    # classifier reset
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 2048) and model.get_classifier() is model.fc
+
+
+@pytest.mark.parametrize('name', ['resnet50_cada_k7', 'resnet26_dw_k3', 'resnet50_local_k7'])
+def test_pretrained_without_weights_fails(name):
+    with pytest.raises(NoPretrainedWeightsError, match=name):
+        timm.create_model(name, pretrained=True)
+
+
+@pytest.mark.parametrize('name', ['resnet50_cada_k7', 'resnet50_dw_k13', 'resnet50_cada_k7_dsconv3', 'resnet50_local_k7'])
+def test_non_mixer_weights_match_timm_resnet50(name):
+    """Every parameter outside the mixers has resnet50's name and shape, so resnet50 weights load into it."""
+    ours = create(name).state_dict()
+    ref = timm.create_model('resnet50').state_dict()
+    shared = {k for k in ref if k in ours and ours[k].shape == ref[k].shape}
+    mixer = {k for k in ref if '.conv2.' in k}
+    assert set(ref) - mixer <= shared
+    assert {k for k in ours if '.conv2.' not in k} == set(ref) - mixer
+    if 'dsconv3' in name:  # the stride-2 blocks' dense 3x3 conv is resnet50's own conv2
+        assert {'layer2.0.conv2.weight', 'layer3.0.conv2.weight', 'layer4.0.conv2.weight'} <= shared
+
+
+def test_variant_args_and_kwargs():
+    m = timm.create_model('resnet26_cada_k7_rpe', mixer_args=dict(num_bases=4), num_classes=3, drop_path_rate=0.1)
+    conv2 = m.layer1[0].conv2
+    assert isinstance(conv2, timm_cada.Cada2d)
+    assert conv2.rel_pos is not None and conv2.num_bases == 4 and conv2.kernel_size == 7
+    assert m.fc.out_features == 3
+    free = timm.create_model('resnet26_cada_k7_free').layer3[1].conv2
+    assert free.identity_bases and free.num_bases == 49 and free.bases is None
+    ds = timm.create_model('resnet26_cada_k7_dsdw3')
+    assert isinstance(ds.layer2[0].conv2, timm_cada.DwConv2d) and ds.layer2[0].conv2.kernel_size == (3, 3)
+    assert isinstance(ds.layer1[0].conv2, timm_cada.Cada2d) and isinstance(ds.layer2[1].conv2, timm_cada.Cada2d)
+    assert timm.create_model('resnet50_cada').layer4[2].conv2.num_heads == 512 // 16
+    pos = timm.create_model('resnet26_position_k7')
+    assert [pos.layer1[0].conv2.feat_size, pos.layer4[0].conv2.feat_size] == [(56, 56), (7, 7)]
+
+
+def test_in_chans_and_pooling():
+    m = timm.create_model('resnet26_cada_k5', in_chans=1, global_pool='max', num_classes=2).eval()
+    assert m(torch.randn(1, 1, 48, 40)).shape == (1, 2)
+
+
+def test_local_model_names_the_expected_size():
+    m = timm.create_model('resnet26_local_k7')
+    assert m.pretrained_cfg['fixed_input_size']
+    with pytest.raises(ValueError, match=r'56x56 output .*got input 16x16'):
+        m(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(kernel_size=4), 'kernel_size'),
+    (dict(mixer='attention'), 'mixer must be one of'),
+    (dict(ds_mixer='maxpool'), 'ds_mixer'),
+    (dict(mixer_args=dict(num_bases=99)), 'num_bases'),
+    (dict(mixer_args=dict(head_dim=7)), 'head_dim'),
+    (dict(mixer_args=dict(bases=4)), r"mixer_args \['bases'\] not accepted"),
+])
+def test_bad_model_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model('resnet26_cada_k7', **kwargs)
