@@ -10,9 +10,10 @@ from typing import Optional
 import torch
 
 from .combine import cada_combine
-from .reference import cada_reference, filter_output_size, pixel_filter_reference, synthesize_attn
+from .reference import cada_reference, filter_output_size, pixel_filter_reference, synthesize_attn  # noqa: F401
+from .taps import cada_taps, pixel_filter_taps
 
-PIXEL_FILTER_IMPLS = ('auto', 'reference')
+PIXEL_FILTER_IMPLS = ('auto', 'reference', 'taps')
 CADA_IMPLS = ('auto', 'reference', 'combine', 'synthesize')
 
 
@@ -37,9 +38,13 @@ def pixel_filter(
 ) -> torch.Tensor:
     """y[n, c, p] = sum_d attn[n, g(c), d, p] * x[n, c, s * p + d]; attn is (N or 1, G, k * k, Ho, Wo)."""
     _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
-    if impl in ('auto', 'reference'):
-        return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
-    raise ValueError('impl must be one of auto, reference; got {}'.format(impl))
+    if impl not in ('auto', 'reference', 'taps'):  # literal: TorchScript cannot read globals
+        raise ValueError('impl must be one of auto, reference, taps; got {}'.format(impl))
+    if not torch.jit.is_scripting():
+        # TorchScript cannot run custom autograd Functions: scripted models use the reference
+        if impl in ('auto', 'taps'):
+            return pixel_filter_taps(x, attn, kernel_size, stride, dilation)
+    return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
 
 
 def cada_filter(
@@ -58,13 +63,16 @@ def cada_filter(
         alpha: CA parameters (N or 1, G, B, Ho, Wo).
         bases: base kernels (G, B, k, k).
         rel_pos: optional static kernel per head (G, k, k).
-        impl: 'auto', 'reference', 'combine' (conv-then-combine) or 'synthesize' (synthesise-then-apply).
+        impl: 'auto', 'reference', 'combine' (conv-then-combine) or 'synthesize' (synthesise-then-apply,
+            one window row at a time, hand-written backward).
     """
     _check_shapes(x, alpha, 'alpha', bases.shape[1])
-    if impl in ('auto', 'combine'):
-        return cada_combine(x, alpha, bases, rel_pos, stride, dilation)
+    if impl not in ('auto', 'reference', 'combine', 'synthesize'):
+        raise ValueError('impl must be one of auto, reference, combine, synthesize; got {}'.format(impl))
+    if not torch.jit.is_scripting():
+        if impl in ('auto', 'synthesize'):
+            return cada_taps(x, alpha, bases, rel_pos, stride, dilation)
     if impl == 'reference':
         return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
-    if impl == 'synthesize':
-        return pixel_filter(x, synthesize_attn(alpha, bases, rel_pos), bases.shape[-1], stride, dilation)
-    raise ValueError('impl must be one of auto, reference, combine, synthesize; got {}'.format(impl))
+    # 'combine', and in TorchScript (no custom autograd Functions) 'auto' and 'synthesize'
+    return cada_combine(x, alpha, bases, rel_pos, stride, dilation)

@@ -1,0 +1,353 @@
+""" Speed and memory of the CADA mixers and models, against depthwise convs and timm's resnet50.
+
+    python benchmarks/bench.py                   # CPU, operator and model level, full run
+    python benchmarks/bench.py --quick           # a few minutes: fewer shapes, models and repeats
+    python benchmarks/bench.py --device cuda --amp bf16 --channels-last
+
+Every figure is the median over `--repeats` timed runs; every comparison (ratios to the depthwise
+conv, to timm resnet50) is measured side by side in this one process. Markdown tables go to stdout,
+CSV files to `--out-dir`.
+
+Peak memory: on CUDA, torch.cuda.max_memory_allocated. On CPU, the high-water mark of the tensor
+memory allocated through PyTorch's CPU allocator during one call, from torch.profiler memory events
+(inputs and parameters excluded, as they exist before the call; allocator-external scratch of
+oneDNN is not seen).
+"""
+import argparse
+import contextlib
+import csv
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import timm
+from timm.models.resnet import Bottleneck
+
+import timm_cada  # noqa: F401  (registers the models)
+from timm_cada.layers import Cada2d, DenseConv2d, DwConv2d, Local2d, Position2d
+from timm_cada.ops import CADA_IMPLS, cada_filter
+from timm_cada.profile import count_macs, count_params
+
+STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
+KERNELS = (3, 7, 13)
+BATCH, HEAD_DIM, BASES = 8, 16, 8
+MODELS = (
+    'resnet50', 'resnet50_mixerfree', 'resnet50_dw_k7', 'resnet50_cada_k7', 'resnet50_cada_k13',
+    'resnet50_cada_k7_free', 'resnet50_cada_k7_rpe', 'resnet50_position_k7', 'resnet50_local_k7',
+)
+COMPILE_MODELS = ('resnet50', 'resnet50_mixerfree', 'resnet50_cada_k7')
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+class Runner:
+    """Times callables and measures their peak memory on one device."""
+
+    def __init__(self, device: torch.device, repeats: int, min_time: float, amp: Optional[torch.dtype]):
+        self.device = device
+        self.repeats = repeats
+        self.min_time = min_time
+        self.amp = amp
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    def time(self, fn: Callable[[], None]) -> float:
+        """Median seconds per call; each timed run repeats fn until it lasts at least min_time."""
+        fn()
+        self.sync()
+        t0 = time.perf_counter()
+        fn()
+        self.sync()
+        once = time.perf_counter() - t0
+        inner = max(1, int(self.min_time / max(once, 1e-6)))
+        runs = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            self.sync()
+            runs.append((time.perf_counter() - t0) / inner)
+        return statistics.median(runs)
+
+    def peak_mem(self, fn: Callable[[], None]) -> float:
+        """Peak bytes allocated during one call beyond what existed before it, in MiB."""
+        if self.device.type == 'cuda':
+            self.sync()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            self.sync()
+            return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        return _cpu_peak_mem(fn) / 2 ** 20
+
+
+def _cpu_peak_mem(fn: Callable[[], None]) -> int:
+    from torch._C._profiler import _ExtraFields_Allocation
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if isinstance(node.extra_fields, _ExtraFields_Allocation):
+            events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.total_allocated))
+        stack.extend(node.children)
+    if not events:
+        return 0
+    # the allocator's running total (frees of blocks older than the call are not reported): peak over
+    # the call, relative to the total just before its first allocation
+    events.sort()
+    base = events[0][2] - events[0][1]
+    return max(e[2] for e in events) - base
+
+
+# --------------------------------------------------------------------------------------- operator level
+
+def unfold_cada(x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """The textbook local-attention implementation: every window materialised with F.unfold."""
+    N, C, H, W = x.shape
+    G, B, k, _ = bases.shape
+    Ho, Wo = alpha.shape[-2:]
+    attn = torch.einsum('ngbhw,gbd->ngdhw', alpha, bases.reshape(G, B, k * k))
+    cols = F.unfold(x, k, padding=k // 2, stride=stride).view(N, G, C // G, k * k, Ho, Wo)
+    return (cols * attn.unsqueeze(2)).sum(3).view(N, C, Ho, Wo)
+
+
+def _op_cases(C: int, H: int, k: int, device: torch.device, with_reference: bool) -> Dict[str, tuple]:
+    """name -> (module or function, inputs) for every mixer and CADA backend at one shape."""
+    G = C // HEAD_DIM
+    dd = dict(device=device)
+    x = torch.randn(BATCH, C, H, H, **dd)
+    alpha = torch.randn(BATCH, G, BASES, H, H, **dd).softmax(2)
+    bases = torch.randn(G, BASES, k, k, **dd) * 0.1
+    cases: Dict[str, tuple] = {'dw_conv': (DwConv2d(C, C, k).to(device), (x,))}
+    if k == 3:
+        cases['dense_conv'] = (DenseConv2d(C, C, k).to(device), (x,))
+    cases['unfold_ref'] = (unfold_cada, (x, alpha, bases))
+    for impl in CADA_IMPLS:
+        if impl == 'reference' and not with_reference:
+            continue
+        cases[f'cada_op_{impl}'] = (lambda a, b, c, impl=impl: cada_filter(a, b, c, impl=impl), (x, alpha, bases))
+    cases['Cada2d'] = (Cada2d(C, C, k).to(device), (x,))
+    cases['Cada2d_free'] = (Cada2d(C, C, k, identity_bases=True, num_bases=None).to(device), (x,))
+    cases['Position2d'] = (Position2d(C, C, k, feat_size=H).to(device), (x,))
+    cases['Local2d'] = (Local2d(C, C, k, feat_size=H).to(device), (x,))
+    return cases
+
+
+def bench_ops(run: Runner, stages, kernels, with_reference: bool, channels_last: bool) -> List[Dict]:
+    rows = []
+    for C, H in stages:
+        for k in kernels:
+            cases = _op_cases(C, H, k, run.device, with_reference)
+            base = None
+            for name, (fn, inputs) in cases.items():
+                inputs = [t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+                          for t in inputs]
+                inputs = [t.detach().requires_grad_() for t in inputs]
+                gy = torch.randn_like(fn(*inputs))
+
+                def fwd():
+                    with torch.no_grad(), run.autocast():
+                        fn(*inputs)
+
+                def fwd_bwd():
+                    with run.autocast():
+                        y = fn(*inputs)
+                    y.backward(gy.to(y.dtype))
+
+                row = dict(C=C, H=H, k=k, case=name, fwd_ms=run.time(fwd) * 1e3, fwd_bwd_ms=run.time(fwd_bwd) * 1e3,
+                           peak_mib=run.peak_mem(fwd_bwd))
+                if name == 'dw_conv':
+                    base = row
+                for key in ('fwd_ms', 'fwd_bwd_ms', 'peak_mib'):
+                    row[key.split('_m')[0] + '_x_dw'] = row[key] / base[key] if base[key] else float('nan')
+                rows.append(row)
+                print('  op {C}@{H} k{k} {case}: fwd {fwd_ms:.2f} ms, fwd+bwd {fwd_bwd_ms:.2f} ms, '
+                      'peak {peak_mib:.1f} MiB'.format(**row), file=sys.stderr, flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ model level
+
+class _NoMixer(nn.Module):
+    """Stands in for a bottleneck's spatial mixer: identity, or 2x2 average pooling to keep stride 2."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.pool = nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x)
+
+
+def create(name: str) -> nn.Module:
+    """A model of the zoo, timm resnet50, or `resnet50_mixerfree` (resnet50 without its 3x3 convs)."""
+    if name == 'resnet50_mixerfree':
+        model = timm.create_model('resnet50')
+        for m in model.modules():
+            if isinstance(m, Bottleneck):
+                m.conv2 = _NoMixer(m.conv2.stride[0])
+        return model
+    return timm.create_model(name)
+
+
+def bench_models(run: Runner, names, compile_names, infer_batch: int, train_batch: int, img: int) -> List[Dict]:
+    rows = []
+    dev = run.device
+    for name in names:
+        model = create(name).to(dev)
+        row = dict(model=name, params_m=count_params(model) / 1e6, gmacs=count_macs(model, (3, img, img)) / 1e9)
+        modes = ['eager', 'channels_last'] + (['compile'] if name in compile_names else [])
+        for mode in modes:
+            m = model.to(memory_format=torch.channels_last if mode == 'channels_last' else torch.contiguous_format)
+            fmt = torch.channels_last if mode == 'channels_last' else torch.contiguous_format
+            xi = torch.randn(infer_batch, 3, img, img, device=dev).contiguous(memory_format=fmt)
+            xt = torch.randn(train_batch, 3, img, img, device=dev).contiguous(memory_format=fmt)
+            target = torch.randint(0, 1000, (train_batch,), device=dev)
+            fwd = torch.compile(m) if mode == 'compile' else m
+            opt = torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
+
+            def infer():
+                with torch.no_grad(), run.autocast():
+                    fwd(xi)
+
+            def train():
+                opt.zero_grad(set_to_none=True)
+                with run.autocast():
+                    loss = F.cross_entropy(fwd(xt), target)
+                loss.backward()
+                opt.step()
+
+            m.eval()
+            t_inf = run.time(infer)
+            row[f'infer_img_s_{mode}'] = infer_batch / t_inf
+            if mode == 'eager':
+                row['infer_peak_mib'] = run.peak_mem(infer)
+            m.train()
+            t_train = run.time(train)
+            row[f'train_img_s_{mode}'] = train_batch / t_train
+            if mode == 'eager':
+                row['train_peak_mib'] = run.peak_mem(train)
+            print(f'  model {name} {mode}: infer {infer_batch / t_inf:.2f} img/s, train {train_batch / t_train:.2f} img/s',
+                  file=sys.stderr, flush=True)
+        rows.append(row)
+        del model
+    ref = next((r for r in rows if r['model'] == 'resnet50'), None)
+    for r in rows:
+        for key in ('infer_img_s_eager', 'train_img_s_eager'):
+            if ref is not None:
+                r[key.replace('_img_s_eager', '_x_resnet50')] = r[key] / ref[key]
+    return rows
+
+
+# -------------------------------------------------------------------------------------------- reporting
+
+def markdown(rows: List[Dict], cols: List[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f'{v:.3g}' if abs(v) < 100 else f'{v:.0f}'
+        return '' if v is None else str(v)
+    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+    lines += ['| ' + ' | '.join(fmt(r.get(c)) for c in cols) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+def write_csv(rows: List[Dict], path: str) -> None:
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    with open(path, 'w', newline='') as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def environment(args, run: Runner) -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open('/proc/cpuinfo') as f:
+            cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), cpu)
+    dev = torch.cuda.get_device_name() if run.device.type == 'cuda' else cpu
+    load = '{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())
+    return (f'date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device {dev}; '
+            f'{os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; torch {torch.__version__}, '
+            f'timm {timm.__version__}; amp {args.amp}; channels_last {args.channels_last}; '
+            f'repeats {args.repeats}; load average {load}')
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--device', default='cpu', help='cpu or cuda')
+    p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'), help='autocast dtype')
+    p.add_argument('--channels-last', action='store_true', help='operator level: channels_last inputs')
+    p.add_argument('--level', default='all', choices=('op', 'model', 'all'))
+    p.add_argument('--quick', action='store_true', help='a short run: fewer shapes, models and repeats')
+    p.add_argument('--dry-run', action='store_true', help='run every code path on tiny shapes (for tests)')
+    p.add_argument('--repeats', type=int, default=None, help='timed runs per figure (median reported)')
+    p.add_argument('--models', nargs='*', default=None, help='model names (default: the suite)')
+    p.add_argument('--no-compile', action='store_true', help='skip the torch.compile column')
+    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    p.add_argument('--out-dir', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
+    args = p.parse_args(argv)
+    if args.device not in ('cpu', 'cuda'):
+        p.error(f'--device must be cpu or cuda, got {args.device!r}')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        p.error('--device cuda: no CUDA device is available')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.dry_run:
+        # every code path on tiny shapes, for the tests: numbers meaningless
+        args.repeats, min_time, stages, kernels, img, batches = 1, 0.0, ((32, 8),), (3,), 64, (2, 2)
+        names, compile_names = args.models or ('resnet50', 'resnet50_mixerfree', 'resnet50_cada_k7'), ()
+    elif args.quick:
+        args.repeats, min_time, stages, kernels, img, batches = args.repeats or 3, 0.02, STAGES[1:3], (7, 13), 224, (16, 8)
+        names, compile_names = args.models or ('resnet50', 'resnet50_mixerfree', 'resnet50_dw_k7', 'resnet50_cada_k7'), ()
+    else:
+        args.repeats, min_time, stages, kernels, img, batches = args.repeats or 7, 0.1, STAGES, KERNELS, 224, (16, 8)
+        names, compile_names = args.models or MODELS, COMPILE_MODELS
+    if args.no_compile:
+        compile_names = ()
+    amp = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
+    run = Runner(torch.device(args.device), args.repeats, min_time, amp)
+    tag = args.device + ('' if amp is None else '_' + args.amp) + ('_cl' if args.channels_last else '')
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    print(f'# timm-cada benchmarks ({tag})\n\n{environment(args, run)}\n')
+    if args.level in ('op', 'all'):
+        rows = bench_ops(run, stages, kernels, with_reference=not args.quick, channels_last=args.channels_last)
+        write_csv(rows, os.path.join(args.out_dir, f'ops_{tag}.csv'))
+        print('## Operator level (batch {}, head_dim {}, {} bases; times in ms, peak in MiB)\n'.format(
+            BATCH, HEAD_DIM, BASES))
+        print(markdown(rows, ['C', 'H', 'k', 'case', 'fwd_ms', 'fwd_bwd_ms', 'peak_mib', 'fwd_x_dw', 'fwd_bwd_x_dw',
+                              'peak_x_dw']) + '\n')
+    if args.level in ('model', 'all'):
+        rows = bench_models(run, names, compile_names, batches[0], batches[1], img)
+        write_csv(rows, os.path.join(args.out_dir, f'models_{tag}.csv'))
+        print('## Model level (inference batch {}, training batch {} with an SGD step, {} x {})\n'.format(
+            batches[0], batches[1], img, img))
+        print(markdown(rows, ['model', 'params_m', 'gmacs', 'infer_img_s_eager', 'infer_x_resnet50',
+                              'infer_img_s_channels_last', 'infer_img_s_compile', 'train_img_s_eager',
+                              'train_x_resnet50', 'train_img_s_channels_last', 'train_img_s_compile',
+                              'infer_peak_mib', 'train_peak_mib']) + '\n')
+    print('end: {:%Y-%m-%d %H:%M} UTC, load average {:.2f} {:.2f} {:.2f}'.format(
+        datetime.datetime.now(datetime.timezone.utc), *os.getloadavg()))
+
+
+if __name__ == '__main__':
+    main()

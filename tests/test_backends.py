@@ -1,0 +1,230 @@
+""" The fast operator backends against the float64 reference: values and gradients for every
+stride / dilation / rel_pos / broadcast case, gradcheck, batch chunking, channels_last, bf16
+autocast, TorchScript, FX, torch.compile, CUDA (skipped without a GPU) and the benchmark script's
+dry run. Speed is measured by benchmarks/bench.py, never here. """
+import importlib.util
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from timm_cada.layers import Cada2d, Local2d, Position2d
+from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, filter_output_size, pixel_filter, taps
+from timm_cada.ops.reference import cada_reference, pixel_filter_reference
+
+DT = torch.float64
+TOL = dict(rtol=1e-9, atol=1e-9)
+BENCH = Path(__file__).resolve().parents[1] / 'benchmarks' / 'bench.py'
+
+CASES = [
+    dict(k=3), dict(k=7, H=11, W=9), dict(k=5, stride=2), dict(k=3, stride=2, H=8, W=8), dict(k=3, dilation=2),
+    dict(k=5, stride=2, dilation=2, H=12, W=11), dict(k=7, H=6, W=5), dict(k=1), dict(k=3, batch1=True),
+    dict(k=5, stride=2, batch1=True), dict(k=3, stride=3, H=10, W=10),
+]
+
+
+def make(k, N=2, C=8, H=9, W=7, G=2, B=3, stride=1, dilation=1, batch1=False, dtype=DT, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
+    x = torch.randn(N, C, H, W, generator=g, dtype=dtype)
+    alpha = torch.randn(1 if batch1 else N, G, B, Ho, Wo, generator=g, dtype=dtype)
+    bases = torch.randn(G, B, k, k, generator=g, dtype=dtype)
+    rel_pos = torch.randn(G, k, k, generator=g, dtype=dtype)
+    attn = torch.randn(1 if batch1 else N, G, k * k, Ho, Wo, generator=g, dtype=dtype)
+    return x, alpha, bases, rel_pos, attn
+
+
+def grads(out, inputs, seed=1):
+    gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return torch.autograd.grad(out, inputs, gy)
+
+
+def split(case):
+    case = dict(case)
+    return case.pop('k'), case.get('stride', 1), case.get('dilation', 1), case
+
+
+@pytest.mark.parametrize('impl', CADA_IMPLS)
+@pytest.mark.parametrize('case', CASES, ids=str)
+@pytest.mark.parametrize('with_rel_pos', [False, True])
+def test_cada_values_and_grads_match_reference(impl, case, with_rel_pos):
+    k, stride, dilation, kw = split(case)
+    x, alpha, bases, rel_pos, _ = make(k, **kw)
+    rel_pos = rel_pos if with_rel_pos else None
+    inputs = [t.requires_grad_() for t in (x, alpha, bases) + ((rel_pos,) if with_rel_pos else ())]
+    out = cada_filter(x, alpha, bases, rel_pos, stride, dilation, impl=impl)
+    ref = cada_reference(x, alpha, bases, rel_pos, stride, dilation)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
+        torch.testing.assert_close(g, g_ref, **TOL)
+
+
+@pytest.mark.parametrize('impl', PIXEL_FILTER_IMPLS)
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_pixel_filter_values_and_grads_match_reference(impl, case):
+    k, stride, dilation, kw = split(case)
+    x, _, _, _, attn = make(k, **kw)
+    inputs = [x.requires_grad_(), attn.requires_grad_()]
+    out = pixel_filter(x, attn, k, stride, dilation, impl=impl)
+    ref = pixel_filter_reference(x, attn, k, stride, dilation)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
+        torch.testing.assert_close(g, g_ref, **TOL)
+
+
+@pytest.mark.parametrize('case', [dict(k=3), dict(k=3, stride=2, dilation=2, H=10, W=9), dict(k=5, batch1=True)],
+                         ids=str)
+def test_gradcheck(case):
+    k, stride, dilation, kw = split(case)
+    x, alpha, bases, rel_pos, attn = make(k, **{**dict(N=2, C=4, H=6, W=5, G=2, B=2), **kw})
+    for t in (x, alpha, bases, rel_pos, attn):
+        t.requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: taps.cada_taps(*a, stride, dilation), (x, alpha, bases, rel_pos))
+    assert torch.autograd.gradcheck(lambda *a: taps.pixel_filter_taps(*a, k, stride, dilation), (x, attn))
+
+
+@pytest.mark.parametrize('batch1', [False, True])
+def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
+    """Large batches run in chunks; force several (of uneven size) and compare with one."""
+    x, alpha, bases, rel_pos, attn = make(5, N=5, stride=2, batch1=batch1)
+    inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
+
+    def run():
+        y1 = taps.cada_taps(x, alpha, bases, rel_pos, 2)
+        y2 = taps.pixel_filter_taps(x, attn, 5, 2)
+        return [y1, y2, *grads(y1 + y2, inputs)]
+
+    one = run()
+    monkeypatch.setattr(taps, 'CHUNK_ELEMS', 2 * x.shape[1] * 9 * 6)  # two samples per chunk
+    assert taps._chunks(5, x.shape[1] * 9 * 6) == [(0, 2), (2, 4), (4, 5)]
+    for a, b in zip(run(), one):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize('fn', ['cada', 'pixel'])
+def test_channels_last_in_channels_last_out(fn):
+    x, alpha, bases, rel_pos, attn = make(3, C=16, H=8, W=8)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    if fn == 'cada':
+        out, ref = cada_filter(xc, alpha, bases, rel_pos), cada_reference(x, alpha, bases, rel_pos)
+    else:
+        out, ref = pixel_filter(xc, attn, 3), pixel_filter_reference(x, attn, 3)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, **TOL)
+    (g,) = grads(out, [xc])
+    assert g.shape == x.shape
+
+
+def _mixers():
+    return [
+        Cada2d(32, 32, 5), Cada2d(32, 32, 3, stride=2, rel_pos=True), Cada2d(32, 32, 5, identity_bases=True, num_bases=None),
+        Position2d(32, 32, 5, feat_size=8), Local2d(32, 32, 5, feat_size=8),
+    ]
+
+
+def _perturb(m):
+    """Fresh mixers compute a DW conv of their mean base; move them off it so every term counts."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return m.eval()
+
+
+@pytest.mark.parametrize('idx', range(5))
+def test_bf16_autocast_close_to_fp32(idx):
+    m = _perturb(_mixers()[idx])
+    x = torch.randn(2, 32, 8, 8)
+    ref = m(x)
+    xb = x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = m(xb.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+    out.float().sum().backward()
+    assert torch.isfinite(xb.grad).all() and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize('idx', range(5))
+def test_torchscript_matches_eager(idx):
+    m = _perturb(_mixers()[idx])
+    x = torch.randn(2, 32, 8, 8)
+    torch.testing.assert_close(torch.jit.script(m)(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fx_feature_extraction_keeps_mixers_as_leaves():
+    x = torch.randn(1, 3, 64, 64)
+    outs = []
+    for feature_cls in ('fx', None):
+        torch.manual_seed(0)  # the same weights for both
+        model = timm.create_model('resnet26_cada_k7_free', features_only=True, feature_cls=feature_cls, out_indices=(2,))
+        outs.append(model.eval()(x)[0])
+    torch.testing.assert_close(*outs)
+
+
+def test_compile_fwd_bwd_matches_eager():
+    """Dynamo and AOT autograd through the custom Functions (the Inductor run on a model is slow)."""
+    m = _perturb(Cada2d(32, 32, 5, rel_pos=True)).train()
+    free = _perturb(Cada2d(32, 32, 3, stride=2, identity_bases=True, num_bases=None)).train()
+    x = torch.randn(2, 32, 8, 8, requires_grad=True)
+
+    def fn(x):
+        return m(x).square().mean() + free(x).square().mean()
+
+    ref = torch.autograd.grad(fn(x), [x, m.bases, free.ca[-1].weight])
+    compiled = torch.compile(fn, backend='aot_eager', fullgraph=True)
+    out = torch.autograd.grad(compiled(x), [x, m.bases, free.ca[-1].weight])
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_inductor_resnet26_cada_k7():
+    model = timm.create_model('resnet26_cada_k7', num_classes=10).train()
+    x = torch.randn(2, 3, 64, 64)
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-3, atol=1e-3)
+    compiled(x).sum().backward()
+    assert model.layer1[0].conv2.bases.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('amp', [torch.float16, torch.bfloat16])
+def test_cuda_autocast_matches_reference(amp):
+    x, alpha, bases, rel_pos, attn = (t.cuda().float() for t in make(7, C=32, H=14, W=14, G=2, B=8))
+    ref = cada_reference(x, alpha, bases, rel_pos)
+    with torch.autocast('cuda', dtype=amp):
+        out = cada_filter(x.to(amp), alpha, bases, rel_pos)
+        out_pf = pixel_filter(x.to(amp), attn, 7)
+    assert out.dtype == amp
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+    ref_pf = pixel_filter_reference(x, attn, 7)
+    torch.testing.assert_close(out_pf.float(), ref_pf, rtol=0.05, atol=0.05 * ref_pf.abs().max().item())
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location('bench', BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_dry_run_op_level(tmp_path, capsys):
+    _bench().main(['--dry-run', '--level', 'op', '--amp', 'bf16', '--out-dir', str(tmp_path)])
+    out = capsys.readouterr().out
+    assert '| 32 | 8 | 3 | dw_conv |' in out and 'cada_op_synthesize' in out and 'unfold_ref' in out
+    assert (tmp_path / 'ops_cpu_bf16.csv').read_text().count('\n') > 10
+
+
+@pytest.mark.slow
+def test_bench_dry_run_model_level(tmp_path, capsys):
+    _bench().main(['--dry-run', '--level', 'model', '--out-dir', str(tmp_path)])
+    assert 'resnet50_mixerfree' in capsys.readouterr().out
+    assert (tmp_path / 'models_cpu.csv').exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_bench_cuda_dry_run(tmp_path, capsys):
+    _bench().main(['--dry-run', '--device', 'cuda', '--amp', 'fp16', '--channels-last', '--out-dir', str(tmp_path)])
+    assert (tmp_path / 'ops_cuda_fp16_cl.csv').exists() and (tmp_path / 'models_cuda_fp16_cl.csv').exists()

@@ -1,0 +1,390 @@
+""" Shift-and-accumulate backends with hand-written backward passes, in plain PyTorch ops.
+
+The k x k window is walked tap by tap over one zero-padded copy of x, each tap one fused
+multiply-add over the whole batch, accumulated in place; the backward walks the taps the same way
+for grad_x (a scatter-add into a padded gradient) and for the kernels' gradient (the channels of a
+head summed per tap). No tap is ever stored: the largest temporaries are one activation and the
+per-pixel kernels of one window row.
+
+To keep every tap a long contiguous run, the padded input is flattened with its row pitch Wp: the
+tap at (i, j) is then the slice starting at i * Wp + j, and the output is computed on the same
+pitch, its Wp - Wo extra columns per row discarded. With stride s the padded input is first split
+into its s * s phases x[a::s, b::s], so strided taps are contiguous slices of one phase.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .reference import filter_output_size
+
+# accumulator elements per batch chunk (4 MiB of float32): a chunk's taps then run from cache
+CHUNK_ELEMS = 1 << 20
+
+
+class _Geometry:
+    """Padding, phase layout and the (phase, offset) of every tap for one input size."""
+
+    def __init__(self, H: int, W: int, k: int, stride: int, dilation: int):
+        s = stride
+        self.H, self.W, self.k, self.s = H, W, k, s
+        self.pad = dilation * (k // 2)
+        self.Ho = filter_output_size(H, k, stride, dilation)
+        self.Wo = filter_output_size(W, k, stride, dilation)
+        # each phase holds ceil(padded / s) rows and columns, plus one spare row so that the last
+        # output row's discarded columns may read past the end
+        self.Hph = -(-(H + 2 * self.pad) // s) + 1
+        self.Wph = -(-(W + 2 * self.pad) // s)
+        self.L = self.Ho * self.Wph
+        self.taps: List[Tuple[int, int]] = []
+        for d in range(k * k):
+            oi, oj = dilation * (d // k), dilation * (d % k)
+            self.taps.append(((oi % s) * s + oj % s, (oi // s) * self.Wph + oj // s))
+
+    def phases(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W) -> zero-padded phases (s * s, N, C, Hph * Wph)."""
+        N, C = x.shape[:2]
+        s, p = self.s, self.pad
+        xp = x.new_zeros(N, C, self.Hph * s, self.Wph * s)
+        xp[:, :, p:p + self.H, p:p + self.W] = x
+        if s == 1:
+            return xp.view(1, N, C, -1)
+        xp = xp.view(N, C, self.Hph, s, self.Wph, s).permute(3, 5, 0, 1, 2, 4)
+        return xp.reshape(s * s, N, C, -1)
+
+    def unphase(self, xph: torch.Tensor) -> torch.Tensor:
+        """Inverse of `phases`, dropping the padding: (s * s, N, C, Hph * Wph) -> (N, C, H, W)."""
+        s, p = self.s, self.pad
+        N, C = xph.shape[1:3]
+        xp = xph.view(s, s, N, C, self.Hph, self.Wph).permute(2, 3, 4, 0, 5, 1)
+        xp = xp.reshape(N, C, self.Hph * s, self.Wph * s)
+        return xp[:, :, p:p + self.H, p:p + self.W]
+
+    def pitched(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., Ho, Wo) -> (..., Ho * Wph), the extra columns zero."""
+        return F.pad(t, [0, self.Wph - self.Wo]).flatten(-2)
+
+    def unpitched(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., Ho * Wph) -> (..., Ho, Wo)."""
+        return t.unflatten(-1, (self.Ho, self.Wph))[..., :self.Wo]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulate half-precision inputs in float32 (sums run over k*k taps and head_dim channels)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Cast to x's dtype and give it x's memory format (channels_last in, channels_last out)."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return y.to(dtype=x.dtype, memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def _chunks(n: int, per_sample: int) -> List[Tuple[int, int]]:
+    """Batch slices of about CHUNK_ELEMS accumulator elements each."""
+    step = max(1, CHUNK_ELEMS // max(per_sample, 1))
+    return [(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _tap(xph: torch.Tensor, geo: _Geometry, d: int, G: int) -> torch.Tensor:
+    """The input seen by tap d at every (pitched) output position, (N, G, head_dim, L)."""
+    ph, off = geo.taps[d]
+    xs = xph[ph, :, :, off:off + geo.L]
+    return xs.view(xs.shape[0], G, -1, geo.L)
+
+
+def _scatter(gxph: torch.Tensor, geo: _Geometry, d: int, gy: torch.Tensor, a: torch.Tensor) -> None:
+    """grad_x at tap d's inputs += a * gy."""
+    _tap(gxph, geo, d, gy.shape[1]).addcmul_(gy, a)
+
+
+def _tap_grad(
+        xph: torch.Tensor, geo: _Geometry, d: int, gy: torch.Tensor, buf: torch.Tensor, out: torch.Tensor,
+        accumulate: bool = False,
+) -> None:
+    """out (N or 1, G, L) (+)= sum over a head's channels (and the batch, for a batch-1 out) of gy * x_d."""
+    torch.mul(_tap(xph, geo, d, gy.shape[1]), gy, out=buf)
+    g = buf.sum(2) if out.shape[0] == buf.shape[0] else buf.sum((0, 2)).unsqueeze(0)
+    if accumulate:
+        out.add_(g)
+    else:
+        out.copy_(g)
+
+
+def _batch(t: torch.Tensor, n0: int, n1: int) -> torch.Tensor:
+    """Rows n0:n1 of a per-sample tensor; a batch-1 (broadcast) tensor as it is."""
+    return t if t.shape[0] == 1 else t[n0:n1]
+
+
+def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
+    N, C, H, W = x.shape
+    G = attn.shape[1]
+    geo = _Geometry(H, W, k, stride, dilation)
+    with torch.autocast(x.device.type, enabled=False):
+        xph = geo.phases(x)
+        attn_p = geo.pitched(attn.to(_acc_dtype(x.dtype)))
+        out = attn_p.new_empty(N, G, C // G, geo.L)
+        for n0, n1 in _chunks(N, C * geo.L):
+            xc, ac, oc = xph[:, n0:n1], _batch(attn_p, n0, n1), out[n0:n1]
+            torch.mul(_tap(xc, geo, 0, G), ac[:, :, 0:1], out=oc)
+            for d in range(1, k * k):
+                oc.addcmul_(_tap(xc, geo, d, G), ac[:, :, d:d + 1])
+    return _like_input(geo.unpitched(out.view(N, C, geo.L)), x)
+
+
+def _pixel_filter_bwd(
+        gy: torch.Tensor, x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int,
+        need_x: bool, need_attn: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_attn); an empty tensor stands for a gradient not asked for."""
+    N, C, H, W = x.shape
+    G = attn.shape[1]
+    kk = k * k
+    geo = _Geometry(H, W, k, stride, dilation)
+    grad_x, grad_attn = x.new_empty(0), x.new_empty(0)
+    with torch.autocast(x.device.type, enabled=False):
+        xph = geo.phases(x)
+        attn_p = geo.pitched(attn.to(_acc_dtype(x.dtype)))
+        gy = geo.pitched(gy.to(attn_p.dtype)).view(N, G, C // G, geo.L)
+        gxph = torch.zeros(xph.shape, dtype=gy.dtype, device=gy.device) if need_x else None
+        ga = torch.zeros_like(attn_p) if need_attn else None
+        for n0, n1 in _chunks(N, C * geo.L):
+            xc, ac, gyc = xph[:, n0:n1], _batch(attn_p, n0, n1), gy[n0:n1]
+            if gxph is not None:
+                gxc = gxph[:, n0:n1]
+                for d in range(kk):
+                    _scatter(gxc, geo, d, gyc, ac[:, :, d:d + 1])
+            if ga is not None:
+                buf = torch.empty_like(gyc)
+                gac = _batch(ga, n0, n1)
+                for d in range(kk):
+                    _tap_grad(xc, geo, d, gyc, buf, gac[:, :, d], accumulate=ga.shape[0] == 1)
+        if gxph is not None:
+            grad_x = geo.unphase(gxph).to(x.dtype)
+        if ga is not None:
+            grad_attn = geo.unpitched(ga).to(attn.dtype)
+    return grad_x, grad_attn
+
+
+def _cada_fwd(
+        x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor],
+        stride: int, dilation: int,
+) -> torch.Tensor:
+    N, C, H, W = x.shape
+    G, B, k, _ = bases.shape
+    geo = _Geometry(H, W, k, stride, dilation)
+    acc = _acc_dtype(x.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        xph = geo.phases(x)
+        alpha_p = geo.pitched(alpha.to(acc))
+        bases = bases.to(acc)
+        rel_pos = rel_pos.to(acc) if rel_pos is not None else None
+        out = alpha_p.new_empty(N, G, C // G, geo.L)
+        for n0, n1 in _chunks(N, C * geo.L):
+            xc, alc, oc = xph[:, n0:n1], _batch(alpha_p, n0, n1), out[n0:n1]
+            for i in range(k):
+                a_row = _synth_row(alc, bases, rel_pos, i)
+                for j in range(k):
+                    xs = _tap(xc, geo, i * k + j, G)
+                    if i == 0 and j == 0:
+                        torch.mul(xs, a_row[:, :, 0:1], out=oc)
+                    else:
+                        oc.addcmul_(xs, a_row[:, :, j:j + 1])
+    return _like_input(geo.unpitched(out.view(N, C, geo.L)), x)
+
+
+def _cada_bwd(
+        gy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor],
+        stride: int, dilation: int, need_x: bool, need_alpha: bool, need_bases: bool, need_rel: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_alpha, grad_bases, grad_rel_pos); an empty tensor stands for one not asked for.
+
+    Each window row's kernels are synthesised again, and the kernel gradient of one row is folded
+    into grad_alpha / grad_bases / grad_rel_pos at once, so nothing grows with k * k per pixel.
+    """
+    N, C, H, W = x.shape
+    G, B, k, _ = bases.shape
+    geo = _Geometry(H, W, k, stride, dilation)
+    acc = _acc_dtype(x.dtype)
+    need_rel = need_rel and rel_pos is not None
+    grad_x, grad_alpha, grad_bases, grad_rel = (x.new_empty(0) for _ in range(4))
+    with torch.autocast(x.device.type, enabled=False):
+        xph = geo.phases(x)
+        alpha_p = geo.pitched(alpha.to(acc))
+        bases_a = bases.to(acc)
+        rel_a = rel_pos.to(acc) if rel_pos is not None else None
+        gy = geo.pitched(gy.to(acc)).view(N, G, C // G, geo.L)
+        gxph = torch.zeros(xph.shape, dtype=acc, device=x.device) if need_x else None
+        g_alpha = torch.zeros_like(alpha_p) if need_alpha else None
+        g_bases = torch.zeros_like(bases_a) if need_bases else None
+        g_rel = torch.zeros(G, k, k, dtype=acc, device=x.device) if need_rel else None
+        need_kernels = need_alpha or need_bases or need_rel
+        for n0, n1 in _chunks(N, C * geo.L):
+            xc, alc, gyc = xph[:, n0:n1], _batch(alpha_p, n0, n1), gy[n0:n1]
+            gxc = gxph[:, n0:n1] if gxph is not None else None
+            buf = torch.empty_like(gyc)
+            # (G, B, N' * L) view of alpha, for the bases gradient as one bmm per row
+            alpha_g = alc.permute(1, 2, 0, 3).reshape(G, B, -1) if g_bases is not None else None
+            for i in range(k):
+                a_row = _synth_row(alc, bases_a, rel_a, i) if gxc is not None else None
+                # this row's kernel gradient, laid out (G, k, N', L) so that the bases product is a bmm
+                ga_row = gy.new_empty(G, k, alc.shape[0], geo.L) if need_kernels else None
+                for j in range(k):
+                    if gxc is not None and a_row is not None:
+                        _scatter(gxc, geo, i * k + j, gyc, a_row[:, :, j:j + 1])
+                    if ga_row is not None:
+                        _tap_grad(xc, geo, i * k + j, gyc, buf, ga_row[:, j].transpose(0, 1))
+                if ga_row is None:
+                    continue
+                if g_alpha is not None:
+                    # (G, B, k) @ (N', G, k, L)
+                    _batch(g_alpha, n0, n1).add_(torch.matmul(bases_a[:, :, i], ga_row.permute(2, 0, 1, 3)))
+                if g_bases is not None and alpha_g is not None:
+                    g_bases[:, :, i] += torch.bmm(alpha_g, ga_row.reshape(G, k, -1).transpose(1, 2))
+                if g_rel is not None:
+                    g_rel[:, i] += ga_row.sum((2, 3))
+        if gxph is not None:
+            grad_x = geo.unphase(gxph).to(x.dtype)
+        if g_alpha is not None:
+            grad_alpha = geo.unpitched(g_alpha).to(alpha.dtype)
+        if g_bases is not None:
+            grad_bases = g_bases.to(bases.dtype)
+        if g_rel is not None and rel_pos is not None:
+            grad_rel = g_rel.to(rel_pos.dtype)
+    return grad_x, grad_alpha, grad_bases, grad_rel
+
+
+def _synth_row(
+        alpha_p: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor], i: int,
+) -> torch.Tensor:
+    """Kernels of window row i at every pixel, (N', G, k, L): sum_b alpha_b W_b[i, :] (+ R[i, :])."""
+    a_row = torch.matmul(bases[:, :, i].transpose(1, 2), alpha_p)
+    if rel_pos is not None:
+        a_row += rel_pos[:, i].unsqueeze(-1)
+    return a_row
+
+
+# The two operators are registered as torch.library custom ops, each with its backward a custom op too:
+# autograd, autocast, torch.compile (opaque to Dynamo and Inductor: no graph break, no tracing of the
+# tap loops) and torch.export all see one op.
+
+@torch.library.custom_op('timm_cada::pixel_filter_taps', mutates_args=())
+def _pixel_filter_op(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
+    return _pixel_filter_fwd(x, attn, k, stride, dilation)
+
+
+@torch.library.custom_op('timm_cada::pixel_filter_taps_backward', mutates_args=())
+def _pixel_filter_bwd_op(
+        gy: torch.Tensor, x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int,
+        need_x: bool, need_attn: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    gx, ga = _pixel_filter_bwd(gy, x, attn, k, stride, dilation, need_x, need_attn)
+    return gx.contiguous(), ga.contiguous()
+
+
+@torch.library.custom_op('timm_cada::cada_taps', mutates_args=())
+def _cada_op(
+        x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor],
+        stride: int, dilation: int,
+) -> torch.Tensor:
+    return _cada_fwd(x, alpha, bases, rel_pos, stride, dilation)
+
+
+@torch.library.custom_op('timm_cada::cada_taps_backward', mutates_args=())
+def _cada_bwd_op(
+        gy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor],
+        stride: int, dilation: int, need_x: bool, need_alpha: bool, need_bases: bool, need_rel: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _cada_bwd(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel)
+    return tuple(g.contiguous() for g in grads)
+
+
+def _fake_out(x: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
+    N, C, H, W = x.shape
+    out = x.new_empty(N, C, filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation))
+    return _like_input(out, x)
+
+
+def _fake_grad(t: Optional[torch.Tensor], need: bool) -> torch.Tensor:
+    return torch.empty_like(t, memory_format=torch.contiguous_format) if need and t is not None else t.new_empty(0) \
+        if t is not None else torch.empty(0)
+
+
+@_pixel_filter_op.register_fake
+def _(x, attn, k, stride, dilation):
+    return _fake_out(x, k, stride, dilation)
+
+
+@_pixel_filter_bwd_op.register_fake
+def _(gy, x, attn, k, stride, dilation, need_x, need_attn):
+    return _fake_grad(x, need_x), _fake_grad(attn, need_attn)
+
+
+@_cada_op.register_fake
+def _(x, alpha, bases, rel_pos, stride, dilation):
+    return _fake_out(x, bases.shape[-1], stride, dilation)
+
+
+@_cada_bwd_op.register_fake
+def _(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel):
+    rel = _fake_grad(rel_pos, need_rel) if rel_pos is not None else x.new_empty(0)
+    return _fake_grad(x, need_x), _fake_grad(alpha, need_alpha), _fake_grad(bases, need_bases), rel
+
+
+def _pixel_filter_setup(ctx, inputs, output):
+    x, attn, k, stride, dilation = inputs
+    ctx.save_for_backward(x, attn)
+    ctx.args = (k, stride, dilation)
+
+
+def _pixel_filter_backward(ctx, gy):
+    x, attn = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    gx, ga = torch.ops.timm_cada.pixel_filter_taps_backward(gy, x, attn, *ctx.args, need[0], need[1])
+    return gx if need[0] else None, ga if need[1] else None, None, None, None
+
+
+def _cada_setup(ctx, inputs, output):
+    x, alpha, bases, rel_pos, stride, dilation = inputs
+    ctx.save_for_backward(x, alpha, bases, rel_pos)
+    ctx.args = (stride, dilation)
+
+
+def _cada_backward(ctx, gy):
+    x, alpha, bases, rel_pos = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    grads = torch.ops.timm_cada.cada_taps_backward(gy, x, alpha, bases, rel_pos, *ctx.args, *need[:4])
+    return tuple(g if n else None for g, n in zip(grads, need[:4])) + (None, None)
+
+
+_pixel_filter_op.register_autograd(_pixel_filter_backward, setup_context=_pixel_filter_setup)
+_cada_op.register_autograd(_cada_backward, setup_context=_cada_setup)
+
+
+def pixel_filter_taps(
+        x: torch.Tensor,
+        attn: torch.Tensor,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+) -> torch.Tensor:
+    """`pixel_filter_reference` as in-place tap accumulation with a hand-written backward.
+
+    First-order gradients only (the backward is itself an opaque op).
+    """
+    return _pixel_filter_op(x, attn, kernel_size, stride, dilation)
+
+
+def cada_taps(
+        x: torch.Tensor,
+        alpha: torch.Tensor,
+        bases: torch.Tensor,
+        rel_pos: Optional[torch.Tensor] = None,
+        stride: int = 1,
+        dilation: int = 1,
+) -> torch.Tensor:
+    """`cada_reference` with row-wise synthesis and in-place tap accumulation, hand-written backward.
+
+    First-order gradients only (the backward is itself an opaque op).
+    """
+    return _cada_op(x, alpha, bases, rel_pos, stride, dilation)
