@@ -228,3 +228,15 @@ def test_bench_dry_run_model_level(tmp_path, capsys):
 def test_bench_cuda_dry_run(tmp_path, capsys):
     _bench().main(['--dry-run', '--device', 'cuda', '--amp', 'fp16', '--channels-last', '--out-dir', str(tmp_path)])
     assert (tmp_path / 'ops_cuda_fp16_cl.csv').exists() and (tmp_path / 'models_cuda_fp16_cl.csv').exists()
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_custom_ops_pass_opcheck(channels_last):
+    """Fake kernels, autograd registration and schema of the custom ops (what torch.compile relies on)."""
+    x, alpha, bases, rel_pos, attn = make(3, stride=2, dtype=torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for t in (x, alpha, bases, rel_pos, attn):
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.timm_cada.cada_taps.default, (x, alpha, bases, rel_pos, 2, 1))
+    torch.library.opcheck(torch.ops.timm_cada.pixel_filter_taps.default, (x, attn, 3, 2, 1))

@@ -47,6 +47,23 @@ def pixel_filter(
     return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
 
 
+def _auto_cada_impl(x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor]) -> str:
+    """The backend 'auto' runs: 'synthesize' whenever a gradient is needed (its backward avoids the
+    slow depthwise-conv weight gradient), and for inference whichever streams less memory.
+
+    'synthesize' makes about k*k passes over the output, each (Wo + k - 1) / Wo longer than a row
+    (the row pitch); 'combine' makes B passes plus B library depthwise convs. On the benchmark CPU
+    (benchmarks/RESULTS.md) 'combine' wins for inference once the first exceeds the second about
+    9 times: large kernels on small maps.
+    """
+    grads = (x.requires_grad or alpha.requires_grad or bases.requires_grad
+             or (rel_pos is not None and rel_pos.requires_grad))
+    if torch.is_grad_enabled() and grads:
+        return 'synthesize'
+    k, num_bases, wo = bases.shape[-1], bases.shape[1], alpha.shape[-1]
+    return 'combine' if k * k * (wo + k - 1) >= 9 * num_bases * wo else 'synthesize'
+
+
 def cada_filter(
         x: torch.Tensor,
         alpha: torch.Tensor,
@@ -63,14 +80,17 @@ def cada_filter(
         alpha: CA parameters (N or 1, G, B, Ho, Wo).
         bases: base kernels (G, B, k, k).
         rel_pos: optional static kernel per head (G, k, k).
-        impl: 'auto', 'reference', 'combine' (conv-then-combine) or 'synthesize' (synthesise-then-apply,
-            one window row at a time, hand-written backward).
+        impl: 'auto' (see `_auto_cada_impl`), 'reference', 'combine' (conv-then-combine, B library
+            depthwise convs) or 'synthesize' (synthesise-then-apply one window row at a time, in-place tap
+            accumulation, hand-written backward).
     """
     _check_shapes(x, alpha, 'alpha', bases.shape[1])
     if impl not in ('auto', 'reference', 'combine', 'synthesize'):
         raise ValueError('impl must be one of auto, reference, combine, synthesize; got {}'.format(impl))
     if not torch.jit.is_scripting():
-        if impl in ('auto', 'synthesize'):
+        if impl == 'auto':
+            impl = _auto_cada_impl(x, alpha, bases, rel_pos)
+        if impl == 'synthesize':
             return cada_taps(x, alpha, bases, rel_pos, stride, dilation)
     if impl == 'reference':
         return cada_reference(x, alpha, bases, rel_pos, stride, dilation)

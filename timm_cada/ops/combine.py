@@ -1,5 +1,6 @@
-""" CADA as conv-then-combine: one grouped depthwise conv with B outputs per channel, then a
-per-pixel weighted sum over the B responses. Cost about B depthwise convs; memory B activations.
+""" CADA as conv-then-combine: B depthwise convs, one per base, each weighted per pixel by its CA
+parameter and accumulated in place. Cost about B depthwise convs, each a single fast library call
+(oneDNN / cuDNN); memory two activations, whatever B. Autograd differentiates it through the convs.
 """
 from typing import Optional
 
@@ -20,11 +21,17 @@ def cada_combine(
     G, B, k, _ = bases.shape
     hd = C // G
     pad = dilation * (k // 2)
-    weight = bases.unsqueeze(1).expand(G, hd, B, k, k).reshape(C * B, 1, k, k)
-    z = F.conv2d(x, weight, None, stride, pad, dilation, C)
-    Ho, Wo = z.shape[-2], z.shape[-1]
-    y = (z.reshape(N, G, hd, B, Ho, Wo) * alpha.reshape(alpha.shape[0], G, 1, B, Ho, Wo)).sum(3)
-    y = y.reshape(N, C, Ho, Wo)
+    y = torch.empty(0)
+    for b in range(B):
+        # a plain depthwise conv (C groups, one output each): the library's fast path
+        weight = bases[:, b].unsqueeze(1).expand(G, hd, k, k).reshape(C, 1, k, k)
+        z = F.conv2d(x, weight, None, stride, pad, dilation, C)
+        Ho, Wo = z.shape[-2], z.shape[-1]
+        z = z.view(N, G, hd, Ho, Wo)
+        a = alpha[:, :, b:b + 1].to(z.dtype)
+        # in place is autograd-safe: the product's backward needs z and a, not y
+        y = z * a if b == 0 else y.addcmul_(z, a)
+    y = y.view(N, C, y.shape[-2], y.shape[-1])
     if rel_pos is not None:
         r = rel_pos.unsqueeze(1).expand(G, hd, k, k).reshape(C, 1, k, k)
         y = y + F.conv2d(x, r, None, stride, pad, dilation, C)

@@ -77,7 +77,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Cast to x's dtype and give it x's memory format (channels_last in, channels_last out)."""
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return y.to(dtype=x.dtype, memory_format=torch.channels_last if cl else torch.contiguous_format)
+    return y.to(x.dtype).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 def _chunks(n: int, per_sample: int) -> List[Tuple[int, int]]:
