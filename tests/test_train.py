@@ -229,6 +229,41 @@ def test_warm_start_flag_loads_source_weights(data, tmp_path):
         assert torch.equal(v, src[k]), k
 
 
+def test_ema_bf16_channels_last_grad_checkpointing_mixup_bce(data, tmp_path):
+    out = tmp_path / 'features'
+    _run_in_process(['--data-dir', data, '--output', out, '--epochs', 1, *TINY, '--model-ema',
+                     '--model-ema-decay', '0.9', '--amp', '--amp-dtype', 'bfloat16', '--channels-last',
+                     '--grad-checkpointing', '--mixup', '0.2', '--cutmix', '1.0', '--bce-loss'])
+    ckpt = load_checkpoint(out / 'last.pth.tar')
+    assert ckpt['state_dict_ema'].keys() == ckpt['state_dict'].keys() and 'scaler' not in ckpt
+    assert not torch.equal(ckpt['state_dict_ema']['fc.weight'], ckpt['state_dict']['fc.weight'])
+    assert 'ema_top1' in json.loads((out / 'results.json').read_text())
+    assert 'eval_ema_top1' in read_summary(out)[0]
+
+
+def test_fp16_loss_scaler_saved_and_restored(data, tmp_path):
+    out = tmp_path / 'fp16'
+    argv = ['--data-dir', data, '--output', out, '--epochs', 2, *TINY, '--amp', '--amp-dtype', 'float16']
+    _run_in_process([*argv, '--stop-after', 1])
+    ckpt = load_checkpoint(out / 'last.pth.tar')
+    assert ckpt['scaler']['scale'] > 0
+    # A scale the run would not reach by itself (it starts at 2 ** 16 and grows only every 2000 steps):
+    # a restored scaler keeps it or halves it, a fresh one would start over at 2 ** 16.
+    ckpt['scaler']['scale'] = 1024.
+    torch.save(ckpt, out / 'last.pth.tar')
+    _run_in_process([*argv, '--resume', out / 'last.pth.tar'])
+    ckpt = load_checkpoint(out / 'last.pth.tar')
+    assert ckpt['epoch'] == 1 and ckpt['scaler']['scale'] <= 1024.
+
+
+def test_torchcompile(data, tmp_path):
+    """torch.compile through dynamo ('eager' backend: no C++ toolchain needed); the checkpoint is unwrapped."""
+    out = tmp_path / 'compiled'
+    model, _ = _run_in_process(['--data-dir', data, '--output', out, '--epochs', 1, *TINY, '--torchcompile', 'eager'])
+    assert set(load_checkpoint(out / 'last.pth.tar')['state_dict']) == set(model.state_dict())
+    assert not any(k.startswith('_orig_mod.') for k in model.state_dict())
+
+
 # ---- bad input: a clear error naming the argument, and nothing written or lost ----
 
 def _expect_input_error(argv, *fragments):
