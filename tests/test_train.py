@@ -56,9 +56,14 @@ def make_image_folder(root: Path, per_class=(8, 4), size: int = 32) -> Path:
     return root
 
 
-def train_cli(*args, check=True, env=None) -> subprocess.CompletedProcess:
+# One thread per training process: tiny models gain nothing from more, and spinning OpenMP threads slow
+# everything down when the test machine's cores are shared.
+SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS='1')
+
+
+def train_cli(*args, check=True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=600)
+                          cwd=REPO, env=SUBPROCESS_ENV, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f'train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}')
     return proc
@@ -199,7 +204,7 @@ def test_torchrun_two_cpu_processes_agree(data, tmp_path):
         'model, _ = trainer.run(trainer.parse_args(sys.argv[1:]))\n'
         'torch.save(model.state_dict(), os.path.join(sys.argv[sys.argv.index("--output") + 1], '
         'f"rank{os.environ[\'RANK\']}.pt"))\n')
-    env = dict(os.environ, GLOO_SOCKET_IFNAME='lo', OMP_NUM_THREADS='1')
+    env = dict(SUBPROCESS_ENV, GLOO_SOCKET_IFNAME='lo')
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
          '--master_port', str(_free_port()), str(wrapper), '--data-dir', str(data), '--output', str(out),

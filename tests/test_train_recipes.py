@@ -60,14 +60,14 @@ def test_unknown_ablation_is_a_clear_error():
 
 
 def test_ablate_trains_and_writes_table_csv_plot(tmp_path):
-    from test_train import TINY, make_image_folder
+    from test_train import SUBPROCESS_ENV, TINY, make_image_folder
 
     data = make_image_folder(tmp_path / 'data', per_class=(4, 2))
     out = tmp_path / 'ablation'
     models = ['resnet26_dw_k3', 'resnet26_cada_k3']
     cmd = [sys.executable, str(REPO / 'train' / 'ablate.py'), '--models', *models, '--data-dir', str(data),
            '--output', str(out), '--', '--epochs', '1', *TINY[2:]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(out / 'ablation.csv') as f:
         rows = list(csv.DictReader(f))
@@ -78,5 +78,5 @@ def test_ablate_trains_and_writes_table_csv_plot(tmp_path):
     assert all(f'| {m} |' in table and f'| {m} |' in proc.stdout for m in models)
     assert (out / 'ablation.png').read_bytes()[:4] == b'\x89PNG'
     # A second call reuses the finished runs instead of training again.
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV, timeout=600)
     assert again.returncode == 0 and again.stdout.count('reused (delete it to train again)') == 2
