@@ -2,6 +2,7 @@
 import csv
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
@@ -136,6 +137,7 @@ def test_resume_continues_with_optimizer_and_scheduler_state(first_epoch, resume
 
 def test_resume_with_longer_schedule(data, first_epoch, tmp_path, caplog):
     """More --epochs than the checkpoint's run: the schedule is rebuilt for the new length, training goes on."""
+    caplog.set_level(logging.INFO)
     out = tmp_path / 'longer'
     shutil.copytree(first_epoch, out)
     _run_in_process(['--data-dir', data, '--output', out, '--epochs', 5, '--stop-after', 1,
@@ -201,6 +203,7 @@ def test_torchrun_two_cpu_processes_agree(data, tmp_path):
         'import importlib.util, os, sys, torch\n'
         f'spec = importlib.util.spec_from_file_location("trainer", {str(TRAIN)!r})\n'
         'trainer = importlib.util.module_from_spec(spec); spec.loader.exec_module(trainer)\n'
+        'trainer.utils.setup_default_logging()\n'
         'model, _ = trainer.run(trainer.parse_args(sys.argv[1:]))\n'
         'torch.save(model.state_dict(), os.path.join(sys.argv[sys.argv.index("--output") + 1], '
         'f"rank{os.environ[\'RANK\']}.pt"))\n')

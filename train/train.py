@@ -398,7 +398,6 @@ def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler
 
 def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics."""
-    utils.setup_default_logging()
     for module in args.device_modules or ():
         importlib.import_module(module)
     args.prefetcher = not args.no_prefetcher
@@ -579,6 +578,7 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
 
 
 def main(argv: Optional[list] = None) -> None:
+    utils.setup_default_logging()
     args = parse_args(argv)
     try:
         run(args)
