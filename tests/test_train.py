@@ -108,7 +108,7 @@ def test_short_run_loss_falls_and_checkpoints_load(resumed):
     for name in ('last.pth.tar', 'model_best.pth.tar'):
         ckpt = torch.load(out / name, map_location='cpu', weights_only=True)
         assert CHECKPOINT_KEYS <= set(ckpt) and ckpt['arch'] == MODEL and isinstance(ckpt['args'], dict)
-        assert ckpt['model_kwargs'] == {'num_classes': 3, 'img_size': 32, 'channels': [16, 32, 64, 128]}
+        assert ckpt['model_kwargs'] == {'num_classes': 3, 'channels': [16, 32, 64, 128]}
         model = timm.create_model(ckpt['arch'], **ckpt['model_kwargs'])
         model.load_state_dict(ckpt['state_dict'])
     last = load_checkpoint(out / 'last.pth.tar')
@@ -117,6 +117,13 @@ def test_short_run_loss_falls_and_checkpoints_load(resumed):
     assert best['metric'] == pytest.approx(max(float(r['eval_top1']) for r in rows))
     results = json.loads((out / 'results.json').read_text())
     assert results['top1'] == pytest.approx(last['metric']) and 0 <= results['top5'] <= 100
+
+
+def test_model_kwargs_record_img_size_only_where_it_sizes_parameters():
+    args = lambda model: trainer.parse_args(['--model', model, '--img-size', '64', '--model-kwargs', 'drop_rate=0.1'])
+    assert trainer.model_kwargs(args('resnet26_local_k7'), 10) == {'num_classes': 10, 'img_size': 64, 'drop_rate': 0.1}
+    assert trainer.model_kwargs(args('resnet26_position_k7'), 10)['img_size'] == 64
+    assert trainer.model_kwargs(args('resnet26_cada_k7'), 10) == {'num_classes': 10, 'drop_rate': 0.1}
 
 
 def test_resume_continues_with_optimizer_and_scheduler_state(first_epoch, resumed):

@@ -37,6 +37,8 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 import timm_cada  # noqa: F401  (registers the models)
+from timm_cada.layers import FEAT_SIZE_MIXERS
+from timm_cada.models.resnet_cada import _VARIANTS
 from timm_cada.train_utils import (
     CHECKPOINT_VERSION, BadImageError, StrictImageDataset, check_data_dir, check_model_name, copy_checkpoint,
     load_checkpoint, load_recipe, plain, save_checkpoint)
@@ -253,8 +255,9 @@ def model_kwargs(args: argparse.Namespace, num_classes: Optional[int]) -> Dict[s
         drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
         bn_momentum=args.bn_momentum, bn_eps=args.bn_eps)
     img_size = args.input_size[-1] if args.input_size else args.img_size
-    if img_size and args.model in timm.list_models(module='resnet_cada'):
-        kwargs['img_size'] = img_size  # sizes the position / local mixers
+    variant = _VARIANTS.get(args.model, ({},))[0]
+    if img_size and set(FEAT_SIZE_MIXERS) & {variant.get('mixer'), variant.get('ds_mixer')}:
+        kwargs['img_size'] = img_size  # sizes the position / local mixers (the others work at any size)
     kwargs.update(args.model_kwargs)
     return plain({k: v for k, v in kwargs.items() if v is not None})
 
