@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo zoo clean
+.PHONY: install test test-all demo zoo bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ demo: $(STAMP)
 
 zoo: $(STAMP)
 	$(PYTHON) -m timm_cada.zoo
+
+# Operator- and model-level speed and memory, printed as markdown and written as CSV (benchmarks/RESULTS.md);
+# BENCH_ARGS=--quick for a run of a few minutes, BENCH_ARGS="--device cuda --amp bf16" on a GPU.
+bench: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .cache build *.egg-info
