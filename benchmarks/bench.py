@@ -252,6 +252,9 @@ def bench_models(run: Runner, names, compile_names, infer_batch: int, train_batc
         del model
     ref = next((r for r in rows if r['model'] == 'resnet50'), None)
     for r in rows:
+        if 'infer_img_s_compile' in r:
+            r['infer_compile_x_eager'] = r['infer_img_s_compile'] / r['infer_img_s_eager']
+            r['train_compile_x_eager'] = r['train_img_s_compile'] / r['train_img_s_eager']
         for key in ('infer_img_s_eager', 'train_img_s_eager'):
             if ref is not None:
                 r[key.replace('_img_s_eager', '_x_resnet50')] = r[key] / ref[key]
@@ -259,6 +262,23 @@ def bench_models(run: Runner, names, compile_names, infer_batch: int, train_batc
 
 
 # -------------------------------------------------------------------------------------------- reporting
+
+def op_targets(rows: List[Dict]) -> List[Dict]:
+    """Per shape and k: CADA (operator with 'auto', and the whole Cada2d mixer) against the depthwise
+    conv (fwd+bwd time, peak memory) and the unfold reference's fwd+bwd time against CADA's."""
+    by = {(r['C'], r['H'], r['k'], r['case']): r for r in rows}
+    out = []
+    for (C, H, k, case), dw in by.items():
+        if case != 'dw_conv' or (C, H, k, 'cada_op_auto') not in by:
+            continue
+        op, mixer, unfold = by[(C, H, k, 'cada_op_auto')], by[(C, H, k, 'Cada2d')], by[(C, H, k, 'unfold_ref')]
+        out.append(dict(
+            C=C, H=H, k=k, dw_fwd_bwd_ms=dw['fwd_bwd_ms'], op_fwd_bwd_x_dw=op['fwd_bwd_x_dw'],
+            mixer_fwd_bwd_x_dw=mixer['fwd_bwd_x_dw'], op_peak_x_dw=op['peak_x_dw'], mixer_peak_x_dw=mixer['peak_x_dw'],
+            unfold_fwd_bwd_x_op=unfold['fwd_bwd_ms'] / op['fwd_bwd_ms'], op_fwd_x_dw=op['fwd_x_dw']))
+    return out
+
+
 
 def markdown(rows: List[Dict], cols: List[str]) -> str:
     def fmt(v):
@@ -286,7 +306,8 @@ def environment(args, run: Runner) -> str:
     dev = torch.cuda.get_device_name() if run.device.type == 'cuda' else cpu
     load = '{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())
     return (f'date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device {dev}; '
-            f'{os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; torch {torch.__version__}, '
+            f'{os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, '
+            f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")}; torch {torch.__version__}, '
             f'timm {timm.__version__}; amp {args.amp}; channels_last {args.channels_last}; '
             f'repeats {args.repeats}; load average {load}')
 
@@ -337,6 +358,10 @@ def main(argv=None) -> None:
             BATCH, HEAD_DIM, BASES))
         print(markdown(rows, ['C', 'H', 'k', 'case', 'fwd_ms', 'fwd_bwd_ms', 'peak_mib', 'fwd_x_dw', 'fwd_bwd_x_dw',
                               'peak_x_dw']) + '\n')
+        print('### CADA (B {}, head_dim {}) against the depthwise conv and the unfold reference\n'.format(
+            BASES, HEAD_DIM))
+        targets = op_targets(rows)
+        print(markdown(targets, list(targets[0]) if targets else []) + '\n')
     if args.level in ('model', 'all'):
         rows = bench_models(run, names, compile_names, batches[0], batches[1], img)
         write_csv(rows, os.path.join(args.out_dir, f'models_{tag}.csv'))
@@ -345,7 +370,8 @@ def main(argv=None) -> None:
         print(markdown(rows, ['model', 'params_m', 'gmacs', 'infer_img_s_eager', 'infer_x_resnet50',
                               'infer_img_s_channels_last', 'infer_img_s_compile', 'train_img_s_eager',
                               'train_x_resnet50', 'train_img_s_channels_last', 'train_img_s_compile',
-                              'infer_peak_mib', 'train_peak_mib']) + '\n')
+                              'infer_compile_x_eager', 'train_compile_x_eager', 'infer_peak_mib',
+                              'train_peak_mib']) + '\n')
     print('end: {:%Y-%m-%d %H:%M} UTC, load average {:.2f} {:.2f} {:.2f}'.format(
         datetime.datetime.now(datetime.timezone.utc), *os.getloadavg()))
 
