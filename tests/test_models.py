@@ -159,3 +159,17 @@ def test_local_model_names_the_expected_size():
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model('resnet26_cada_k7', **kwargs)
+
+
+def test_readme_zoo_table_is_current():
+    """README's model table (python -m timm_cada.zoo) lists every registered model and no other."""
+    from pathlib import Path
+
+    from timm_cada.profile import count_params
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    section = readme.split('## Model zoo', 1)[1]
+    rows = {line.split('|')[1].strip(): line.split('|')[4].strip()
+            for line in section.splitlines() if line.startswith('| resnet')}
+    assert set(rows) == set(MODELS)
+    for name in ('resnet50_cada_k7', 'resnet26_local_k7', 'resnet50_cada_k7_ca7'):
+        assert rows[name] == f'{count_params(timm.create_model(name)) / 1e6:.2f}', name
