@@ -192,6 +192,7 @@ _LOADER = r'''
 import json, sys, torch
 import timm, timm_cada
 spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec['threads'])  # the reference's thread count, so outputs can be compared bit for bit
 x = torch.load(spec['input'])
 ref = torch.load(spec['ref'])
 res = {'list_pretrained': timm.list_pretrained('resnet26_cada*')}
@@ -219,7 +220,7 @@ def offline_loads(trained, published, hub):
     tmp = trained['tmp']
     torch.save(INPUT, tmp / 'x.pt')
     torch.save(trained['ema_out'], tmp / 'ref.pt')
-    spec = dict(input=str(tmp / 'x.pt'), ref=str(tmp / 'ref.pt'), repo=REPO, rev=hub['rev'],
+    spec = dict(input=str(tmp / 'x.pt'), ref=str(tmp / 'ref.pt'), repo=REPO, rev=hub['rev'], threads=torch.get_num_threads(),
                 dir=str(published['out']), trunc_repo=TRUNC_REPO)
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp / 'hf'), HF_HUB_CACHE=str(hub['cache']),
                TIMM_CADA_WEIGHTS_MANIFEST=str(hub['manifest']))
