@@ -1,15 +1,19 @@
 """ Shift-and-accumulate backends with hand-written backward passes, in plain PyTorch ops.
 
-The k x k window is walked tap by tap over one zero-padded copy of x, each tap one fused
-multiply-add over the whole batch, accumulated in place; the backward walks the taps the same way
-for grad_x (a scatter-add into a padded gradient) and for the kernels' gradient (the channels of a
-head summed per tap). No tap is ever stored: the largest temporaries are one activation and the
-per-pixel kernels of one window row.
+The k x k window is walked tap by tap over a zero-padded copy of x, each tap one fused multiply-add
+over a batch chunk, accumulated in place; the backward walks the taps the same way for grad_x (a
+scatter-add into a padded gradient) and for the kernels' gradient (the channels of a head summed per
+tap). No tap is ever stored, and the batch is processed in chunks of about CHUNK_ELEMS outputs, so
+the temporaries (padded input, pitched gradient, accumulators) are a fraction of one activation.
 
 To keep every tap a long contiguous run, the padded input is flattened with its row pitch Wp: the
 tap at (i, j) is then the slice starting at i * Wp + j, and the output is computed on the same
 pitch, its Wp - Wo extra columns per row discarded. With stride s the padded input is first split
 into its s * s phases x[a::s, b::s], so strided taps are contiguous slices of one phase.
+
+Both operators are torch.library custom ops with custom-op backwards, so autograd, torch.compile
+(which treats them as opaque: no graph break, no tracing of the loops) and torch.export see one op.
+Gradients are first order only.
 """
 from typing import List, Optional, Tuple
 
