@@ -120,8 +120,12 @@ def test_position_any_resolution():
     big = torch.randn(2, 8, 12, 10, dtype=DT)
     assert m(big).shape == (2, 8, 12, 10)
     assert m.ca_params(12, 10).shape == (1, 2, 3, 12, 10)
-    # alpha depends on position, not on the input: batch elements share it
+    # alpha depends on position, not on the input: it has no batch dimension, and positions differ
     assert not torch.allclose(alpha[..., 0, 0], alpha[..., 3, 2])
+    # at another size, the row and column logits are linearly resized
+    row = F.interpolate(m.row_logits, size=12, mode='linear', align_corners=False)
+    col = F.interpolate(m.col_logits, size=10, mode='linear', align_corners=False)
+    torch.testing.assert_close(m.ca_params(12, 10)[0], (row[..., :, None] + col[..., None, :]).softmax(1))
 
 
 def test_local_fixed_resolution():

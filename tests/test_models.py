@@ -173,3 +173,37 @@ def test_readme_zoo_table_is_current():
     assert set(rows) == set(MODELS)
     for name in ('resnet50_cada_k7', 'resnet26_local_k7', 'resnet50_cada_k7_ca7'):
         assert rows[name] == f'{count_params(timm.create_model(name)) / 1e6:.2f}', name
+
+
+def test_img_size_sets_the_data_config():
+    """A model built for another resolution says so in its pretrained cfg, which data configs come from."""
+    m = timm.create_model('resnet26_local_k7', img_size=(64, 48))
+    assert m.pretrained_cfg['input_size'] == (3, 64, 48)
+    assert timm.data.resolve_data_config(model=m)['input_size'] == (3, 64, 48)
+    assert m(torch.randn(1, 3, 64, 48)).shape == (1, 1000)
+    assert [m.layer1[0].conv2.feat_size, m.layer4[0].conv2.feat_size] == [(16, 12), (2, 2)]
+
+
+@pytest.mark.parametrize('name', ['resnet26_local_k7', 'resnet26_position_k7', 'resnet26_cada_k5'])
+def test_output_stride_and_anti_aliasing(name):
+    """Dilated stages (output_stride 16 / 8) and anti-aliased downsampling size every mixer correctly."""
+    x = images()
+    for kwargs, final in ((dict(output_stride=16), SIZE // 16), (dict(output_stride=8), SIZE // 8),
+                          (dict(aa_layer=torch.nn.AvgPool2d), SIZE // 32)):
+        m = create(name, **kwargs).eval()
+        with torch.no_grad():
+            assert m.forward_features(x).shape[-1] == final, kwargs
+
+
+def test_mixer_kernels_start_at_one_scale():
+    """DW, CADA, position and local kernels share one init (He-normal over the k*k taps)."""
+    torch.manual_seed(0)
+    expected = (2 / 49) ** 0.5
+    for name, attr in (('resnet50_dw_k7', 'weight'), ('resnet50_cada_k7', 'bases'),
+                       ('resnet50_position_k7', 'bases'), ('resnet50_local_k7', 'weight')):
+        m = timm.create_model(name)
+        for layer in (m.layer1, m.layer4):
+            kernels = getattr(layer[0].conv2, attr)
+            if name.endswith('local_k7'):  # every position starts from the same kernel
+                kernels = kernels[..., 0, 0]
+            assert abs(kernels.std().item() / expected - 1) < 0.15, (name, kernels.std().item())  # >= 196 samples

@@ -5,7 +5,6 @@ A_g(p) = sum_b alpha_{g,b}(p) W_{g,b} (+ R_g), with alpha = norm(f(x)) computed 
 `ca_kernel_size` neighbourhood. B = 1 is a depthwise conv; identity bases (B = k*k one-hot
 kernels) make alpha itself the attention map: local attention with no spatial invariance.
 """
-import math
 from typing import Optional, Type
 
 import torch
@@ -15,7 +14,7 @@ from timm.layers import get_act_layer, get_norm_layer
 from timm.models import register_notrace_module
 
 from timm_cada.ops import CADA_IMPLS, cada_filter, pixel_filter
-from .helpers import check_mixer_args, check_num_bases, check_odd, num_heads
+from .helpers import check_mixer_args, check_num_bases, check_odd, init_kernels, num_heads
 
 CA_NORMS = ('softmax', 'sigmoid', 'none')
 
@@ -27,12 +26,6 @@ def normalize_ca(logits: torch.Tensor, ca_norm: str) -> torch.Tensor:
     if ca_norm == 'sigmoid':
         return logits.sigmoid()
     return logits
-
-
-def init_bases(bases: torch.Tensor) -> None:
-    """He-normal over the k*k taps of each base, as for a depthwise conv kernel."""
-    k = bases.shape[-1]
-    nn.init.normal_(bases, std=math.sqrt(2.0 / (k * k)))
 
 
 class CaGenerator(nn.Sequential):
@@ -166,7 +159,7 @@ class Cada2d(nn.Module):
     def reset_parameters(self) -> None:
         self.ca.reset_parameters()
         if self.bases is not None:
-            init_bases(self.bases)
+            init_kernels(self.bases)
         if self.rel_pos is not None:
             nn.init.zeros_(self.rel_pos)
 

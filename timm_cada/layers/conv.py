@@ -3,7 +3,7 @@ depthwise conv. Both are plain nn.Conv2d (parameter `weight`), so timm resnet we
 """
 import torch.nn as nn
 
-from .helpers import check_mixer_args, check_odd
+from .helpers import check_mixer_args, check_odd, init_kernels
 
 
 class DenseConv2d(nn.Conv2d):
@@ -45,3 +45,6 @@ class DwConv2d(nn.Conv2d):
         super().__init__(
             in_chs, in_chs, kernel_size, stride=stride, padding=dilation * (kernel_size // 2),
             dilation=dilation, groups=in_chs, bias=False, device=device, dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        init_kernels(self.weight)

@@ -1,5 +1,9 @@
 """ Argument checks shared by the spatial mixers: each names the argument and what it accepts. """
+import math
 from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
 
 
 def check_mixer_args(in_chs: int, out_chs: int, kernel_size: int, stride: int, dilation: int) -> None:
@@ -43,3 +47,13 @@ def to_feat_size(feat_size: Optional[Union[int, Tuple[int, int]]], layer: str) -
     if len(feat_size) != 2 or min(feat_size) < 1:
         raise ValueError(f'feat_size must be a positive int or an (H, W) pair, got {feat_size}')
     return feat_size
+
+
+def init_kernels(kernels: torch.Tensor) -> None:
+    """He-normal over the k*k taps of each kernel (a depthwise kernel's fan-in).
+
+    The one init of every mixer's spatial kernels (DW conv weights, CADA / position bases, local
+    kernels), so the arms of an ablation start at the same scale.
+    """
+    k = kernels.shape[-1]
+    nn.init.normal_(kernels, std=math.sqrt(2.0 / (k * k)))

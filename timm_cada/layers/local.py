@@ -1,7 +1,6 @@
 """ Locally connected mixer: a free k x k kernel per output position and head (no spatial
 invariance, no context). Its parameters exist for one feature-map size only.
 """
-import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn as nn
 from timm.models import register_notrace_module
 
 from timm_cada.ops import filter_output_size, pixel_filter
-from .helpers import check_mixer_args, num_heads, to_feat_size
+from .helpers import check_mixer_args, init_kernels, num_heads, to_feat_size
 
 
 @register_notrace_module
@@ -50,10 +49,11 @@ class Local2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        kk = self.kernel_size * self.kernel_size
+        kernel = torch.empty(
+            self.num_heads, self.kernel_size, self.kernel_size, device=self.weight.device, dtype=self.weight.dtype)
+        init_kernels(kernel)
         with torch.no_grad():
-            kernel = torch.randn(self.num_heads, kk, 1, 1, device=self.weight.device) * math.sqrt(2.0 / kk)
-            self.weight.copy_(kernel.expand_as(self.weight))
+            self.weight.copy_(kernel.reshape(self.num_heads, -1, 1, 1).expand_as(self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_h = filter_output_size(x.shape[-2], self.kernel_size, self.stride, self.dilation)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from timm.models import register_notrace_module
 
 from timm_cada.ops import CADA_IMPLS, cada_filter, filter_output_size
-from .cada import CA_NORMS, init_bases, normalize_ca
-from .helpers import check_mixer_args, check_num_bases, num_heads, to_feat_size
+from .cada import CA_NORMS, normalize_ca
+from .helpers import check_mixer_args, check_num_bases, init_kernels, num_heads, to_feat_size
 
 
 @register_notrace_module
@@ -69,7 +69,7 @@ class Position2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init_bases(self.bases)
+        init_kernels(self.bases)
         nn.init.zeros_(self.row_logits)
         nn.init.zeros_(self.col_logits)
         if self.rel_pos is not None:

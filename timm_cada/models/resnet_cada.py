@@ -15,11 +15,13 @@ import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 
-from timm_cada.layers import FEAT_SIZE_MIXERS, MIXERS, Cada2d, Local2d, Position2d, create_mixer, mixer_kwargs
+from timm_cada.layers import (
+    FEAT_SIZE_MIXERS, MIXERS, Cada2d, DwConv2d, Local2d, Position2d, create_mixer, mixer_kwargs)
 from timm_cada.pretrained import load_manifest, pretrained_cfgs, readable_weights, verified_pretrained_overlay
 
 __all__ = ['CadaBottleneck', 'CadaResNet', 'NoPretrainedWeightsError']
@@ -138,7 +140,7 @@ class CadaResNet(ResNet):
         mixer_args = mixer_kwargs(mixer, mixer_args)
         if ds_mixer is not None and ds_mixer not in MIXERS:
             raise ValueError(f'ds_mixer must be None or one of {MIXERS}, got {ds_mixer!r}')
-        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        img_size = tuple(to_2tuple(img_size))
         channels = tuple(kwargs.get('channels', (64, 128, 256, 512)))
         feat_sizes = None
         if mixer in FEAT_SIZE_MIXERS or ds_mixer in FEAT_SIZE_MIXERS:
@@ -153,14 +155,21 @@ class CadaResNet(ResNet):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
-        """timm's ResNet init, then each mixer's own (timm's conv init would overwrite the CA generator's)."""
+        """timm's ResNet init, then each mixer's own: timm's conv init would overwrite the CA generator's, and
+        its fan-out rule (C * k*k for a depthwise conv) would start the DW arm at another scale than the rest."""
         super().init_weights(zero_init_last=zero_init_last)
         for m in self.modules():
-            if isinstance(m, (Cada2d, Position2d, Local2d)):
+            if isinstance(m, (Cada2d, Position2d, Local2d, DwConv2d)):
                 m.reset_parameters()
 
 
 def _create_cada_resnet(variant: str, pretrained: bool = False, **kwargs) -> CadaResNet:
+    if kwargs.get('img_size') is not None:
+        # img_size is the resolution the model is built for (it sizes 'position' and fixes 'local' kernels):
+        # its pretrained cfg, which data configs are resolved from, says so
+        h, w = to_2tuple(kwargs['img_size'])
+        kwargs['pretrained_cfg_overlay'] = dict(
+            kwargs.get('pretrained_cfg_overlay') or {}, input_size=(kwargs.get('in_chans', 3), h, w))
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
