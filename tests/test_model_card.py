@@ -1,5 +1,4 @@
 """ MODEL_CARD.md stays true: one row per registered model, accuracy only from the manifest. """
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,18 +7,12 @@ import timm
 import timm_cada  # noqa: F401
 from timm_cada.pretrained import load_manifest
 from timm_cada.profile import count_macs, count_params
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'weights' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-model_card = _load('model_card')
+model_card = load_script('weights/model_card.py')
 
 
 @pytest.fixture(scope='module')

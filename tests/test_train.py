@@ -1,6 +1,5 @@
 """ train/train.py: a real short run on a tiny ImageFolder, resume, atomic checkpoints, DDP on CPU, bad input. """
 import csv
-import importlib.util
 import json
 import logging
 import os
@@ -20,12 +19,15 @@ from PIL import Image
 
 import timm
 import timm_cada  # noqa: F401
-from timm_cada.train_utils import load_checkpoint, save_checkpoint
+from timm_cada.train_utils import save_checkpoint
+from timm_cada.warm_start import read_checkpoint
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / 'train' / 'train.py'
 MODEL = 'resnet26_dw_k3'
-CHECKPOINT_KEYS = {'arch', 'model_kwargs', 'epoch', 'state_dict', 'optimizer', 'scheduler', 'metric', 'args', 'version'}
+CHECKPOINT_KEYS = {'arch', 'model_kwargs', 'epoch', 'state_dict', 'optimizer', 'scheduler', 'top1', 'eval_metric',
+                   'metric', 'args', 'version'}
 # Small and quick: 3 classes told apart by colour, 32 x 32 images, narrow resnet26, one process.
 TINY = ['--model', MODEL, '--img-size', '32', '-b', '8', '-j', '0', '--opt', 'adamw', '--lr', '2e-3',
         '--weight-decay', '0', '--warmup-epochs', '0', '--smoothing', '0', '--hflip', '0', '--color-jitter', '0',
@@ -33,14 +35,8 @@ TINY = ['--model', MODEL, '--img-size', '32', '-b', '8', '-j', '0', '--opt', 'ad
         '--model-kwargs', 'channels=(16,32,64,128)', '--device-modules', 'timm_cada']
 
 
-def _load_trainer():
-    spec = importlib.util.spec_from_file_location('timm_cada_train_script', TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-trainer = _load_trainer()
+trainer = load_script('train/train.py')
+ablate = load_script('train/ablate.py')
 
 
 def make_image_folder(root: Path, per_class=(8, 4), size: int = 32) -> Path:
@@ -93,7 +89,7 @@ def resumed(data, first_epoch, tmp_path_factory):
     """`first_epoch` continued with --resume; its scheduler's base lr halved first, to see that state restored."""
     out = tmp_path_factory.mktemp('run') / 'resumed'
     shutil.copytree(first_epoch, out)
-    ckpt = load_checkpoint(out / 'last.pth.tar')
+    ckpt = read_checkpoint(out / 'last.pth.tar')
     ckpt['scheduler']['base_values'] = [v / 2 for v in ckpt['scheduler']['base_values']]
     torch.save(ckpt, out / 'last.pth.tar')
     proc = train_cli('--data-dir', data, '--output', out, '--epochs', 3, '--resume', out / 'last.pth.tar', *TINY)
@@ -111,9 +107,10 @@ def test_short_run_loss_falls_and_checkpoints_load(resumed):
         assert ckpt['model_kwargs'] == {'num_classes': 3, 'channels': [16, 32, 64, 128]}
         model = timm.create_model(ckpt['arch'], **ckpt['model_kwargs'])
         model.load_state_dict(ckpt['state_dict'])
-    last = load_checkpoint(out / 'last.pth.tar')
-    assert last['epoch'] == 2 and last['metric'] == pytest.approx(float(rows[-1]['eval_top1']))
-    best = load_checkpoint(out / 'model_best.pth.tar')
+    last = read_checkpoint(out / 'last.pth.tar')
+    assert last['epoch'] == 2 and last['eval_metric'] == 'top1'
+    assert last['metric'] == last['top1'] == pytest.approx(float(rows[-1]['eval_top1']))
+    best = read_checkpoint(out / 'model_best.pth.tar')
     assert best['metric'] == pytest.approx(max(float(r['eval_top1']) for r in rows))
     results = json.loads((out / 'results.json').read_text())
     assert results['top1'] == pytest.approx(last['metric']) and 0 <= results['top5'] <= 100
@@ -124,18 +121,46 @@ def test_model_kwargs_record_img_size_only_where_it_sizes_parameters():
     assert trainer.model_kwargs(args('resnet26_local_k7'), 10) == {'num_classes': 10, 'img_size': 64, 'drop_rate': 0.1}
     assert trainer.model_kwargs(args('resnet26_position_k7'), 10)['img_size'] == 64
     assert trainer.model_kwargs(args('resnet26_cada_k7'), 10) == {'num_classes': 10, 'drop_rate': 0.1}
+    rect = trainer.parse_args(['--model', 'resnet26_local_k7', '--input-size', '3', '48', '64'])
+    assert trainer.model_kwargs(rect, 10)['img_size'] == [48, 64]  # (H, W), not W alone
+
+
+def test_ablate_reuses_only_runs_that_finished_the_recipe(first_epoch, resumed):
+    assert not ablate.finished(first_epoch, 3)  # stopped by --stop-after 1: results.json, but 1 of 3 epochs
+    assert ablate.finished(resumed[0], 3)
+    assert not ablate.finished(resumed[0], 5)  # the recipe asks for more epochs now
+    assert not ablate.finished(first_epoch / 'missing', 3)
+
+
+def test_make_digits_regenerates_when_parameters_change(tmp_path):
+    make_digits = load_script('train/make_digits.py')
+    root = tmp_path / 'digits'
+    (root / 'train' / '0').mkdir(parents=True)
+    (root / 'train' / '0' / '0000.png').write_bytes(b'\x89PNG\r\n')  # left truncated by a killed run
+    files = lambda split: {p.name for p in (root / split).rglob('*.png')}
+    assert make_digits.write_digits(str(root), size=8, val_fraction=0.2) == {'train': 1437, 'validation': 360}
+    assert Image.open(next((root / 'train').rglob('*.png'))).size == (8, 8)
+    Image.open(root / 'train' / '0' / '0000.png').load()
+    stamp = (root / 'digits.json').stat().st_mtime_ns
+    make_digits.write_digits(str(root), size=8, val_fraction=0.2)  # same parameters: kept as is
+    assert (root / 'digits.json').stat().st_mtime_ns == stamp
+    counts = make_digits.write_digits(str(root), size=12, val_fraction=0.5)
+    train, val = files('train'), files('validation')
+    assert (len(train), len(val)) == (counts['train'], counts['validation']) and not train & val
+    assert {Image.open(p).size for p in root.rglob('*.png')} == {(12, 12)}
+    assert not list(root.rglob('*.tmp'))
 
 
 def test_resume_continues_with_optimizer_and_scheduler_state(first_epoch, resumed):
     out, proc = resumed
-    first = load_checkpoint(first_epoch / 'last.pth.tar')
+    first = read_checkpoint(first_epoch / 'last.pth.tar')
     assert first['epoch'] == 0 and len(read_summary(first_epoch)) == 1
     assert 'epochs 1..2' in proc.stderr  # the resumed run starts at the second epoch
     # AdamW counts its steps: restored, the count goes on from the first run's.
     steps_per_epoch = 24 // 8
     step = lambda ckpt: int(next(iter(ckpt['optimizer']['state'].values()))['step'])
     assert step(first) == steps_per_epoch
-    assert step(load_checkpoint(out / 'last.pth.tar')) == 3 * steps_per_epoch
+    assert step(read_checkpoint(out / 'last.pth.tar')) == 3 * steps_per_epoch
     # Cosine over 3 epochs, no warmup: after epoch 1 (stepped to t=2) lr = base * (1 + cos(2 pi / 3)) / 2.
     # The base lr was halved in the checkpoint, so only a restored scheduler gives half the recipe's value.
     lr = float(read_summary(out)[1]['lr'])
@@ -168,7 +193,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
     save_checkpoint({'epoch': 0, 'w': torch.ones(3)}, path)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({'epoch': 1, 'w': torch.zeros(1 << 20), 'z': _Interrupt()}, path)
-    ckpt = load_checkpoint(path)
+    ckpt = read_checkpoint(path)
     assert ckpt['epoch'] == 0 and torch.equal(ckpt['w'], torch.ones(3))
     assert os.listdir(tmp_path) == ['last.pth.tar']
 
@@ -194,7 +219,7 @@ def test_killed_checkpoint_write_keeps_previous(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert tmp.exists()  # killed mid-write
-    assert load_checkpoint(path)['epoch'] == 0
+    assert read_checkpoint(path)['epoch'] == 0
 
 
 def _free_port() -> int:
@@ -226,7 +251,7 @@ def test_torchrun_two_cpu_processes_agree(data, tmp_path):
     assert states[0].keys() == states[1].keys()
     for k, v in states[0].items():
         torch.testing.assert_close(states[1][k], v, msg=f'ranks disagree on {k}')
-    ckpt = load_checkpoint(out / 'last.pth.tar')
+    ckpt = read_checkpoint(out / 'last.pth.tar')
     assert ckpt['epoch'] == 0 and ckpt['args']['world_size'] == 2
     assert not any(k.startswith('module.') for k in ckpt['state_dict'])  # unwrapped from DDP
 
@@ -249,25 +274,29 @@ def test_ema_bf16_channels_last_grad_checkpointing_mixup_bce(data, tmp_path):
     _run_in_process(['--data-dir', data, '--output', out, '--epochs', 1, *TINY, '--model-ema',
                      '--model-ema-decay', '0.9', '--amp', '--amp-dtype', 'bfloat16', '--channels-last',
                      '--grad-checkpointing', '--mixup', '0.2', '--cutmix', '1.0', '--bce-loss'])
-    ckpt = load_checkpoint(out / 'last.pth.tar')
+    ckpt = read_checkpoint(out / 'last.pth.tar')
     assert ckpt['state_dict_ema'].keys() == ckpt['state_dict'].keys() and 'scaler' not in ckpt
     assert not torch.equal(ckpt['state_dict_ema']['fc.weight'], ckpt['state_dict']['fc.weight'])
     assert 'ema_top1' in json.loads((out / 'results.json').read_text())
-    assert 'eval_ema_top1' in read_summary(out)[0]
+    summary = read_summary(out)[0]
+    # With EMA, model_best is selected by the EMA's metric, and both top-1s are recorded.
+    assert ckpt['eval_metric'] == 'ema_top1' and ckpt['metric'] == ckpt['ema_top1']
+    assert ckpt['ema_top1'] == pytest.approx(float(summary['eval_ema_top1']))
+    assert ckpt['top1'] == pytest.approx(float(summary['eval_top1']))
 
 
 def test_fp16_loss_scaler_saved_and_restored(data, tmp_path):
     out = tmp_path / 'fp16'
     argv = ['--data-dir', data, '--output', out, '--epochs', 2, *TINY, '--amp', '--amp-dtype', 'float16']
     _run_in_process([*argv, '--stop-after', 1])
-    ckpt = load_checkpoint(out / 'last.pth.tar')
+    ckpt = read_checkpoint(out / 'last.pth.tar')
     assert ckpt['scaler']['scale'] > 0
     # A scale the run would not reach by itself (it starts at 2 ** 16 and grows only every 2000 steps):
     # a restored scaler keeps it or halves it, a fresh one would start over at 2 ** 16.
     ckpt['scaler']['scale'] = 1024.
     torch.save(ckpt, out / 'last.pth.tar')
     _run_in_process([*argv, '--resume', out / 'last.pth.tar'])
-    ckpt = load_checkpoint(out / 'last.pth.tar')
+    ckpt = read_checkpoint(out / 'last.pth.tar')
     assert ckpt['epoch'] == 1 and ckpt['scaler']['scale'] <= 1024.
 
 
@@ -275,8 +304,43 @@ def test_torchcompile(data, tmp_path):
     """torch.compile through dynamo ('eager' backend: no C++ toolchain needed); the checkpoint is unwrapped."""
     out = tmp_path / 'compiled'
     model, _ = _run_in_process(['--data-dir', data, '--output', out, '--epochs', 1, *TINY, '--torchcompile', 'eager'])
-    assert set(load_checkpoint(out / 'last.pth.tar')['state_dict']) == set(model.state_dict())
+    assert set(read_checkpoint(out / 'last.pth.tar')['state_dict']) == set(model.state_dict())
     assert not any(k.startswith('_orig_mod.') for k in model.state_dict())
+
+
+def test_eval_metric_loss_selects_best_across_resume(data, tmp_path):
+    """--eval-metric loss: checkpoints record the loss as their metric, and a resumed run compares losses."""
+    out = tmp_path / 'by_loss'
+    argv = ['--data-dir', data, '--output', out, '--epochs', 2, *TINY, '--eval-metric', 'loss']
+    _run_in_process([*argv, '--stop-after', 1])
+    best = read_checkpoint(out / 'model_best.pth.tar')
+    assert best['eval_metric'] == 'loss' and best['metric'] == pytest.approx(float(read_summary(out)[0]['eval_loss']))
+    assert best['top1'] == pytest.approx(float(read_summary(out)[0]['eval_top1']))
+    best['metric'] = 0.  # a loss no later epoch beats
+    torch.save(best, out / 'model_best.pth.tar')
+    _run_in_process([*argv, '--resume', out / 'last.pth.tar'])
+    assert read_checkpoint(out / 'last.pth.tar')['epoch'] == 1
+    assert read_checkpoint(out / 'model_best.pth.tar')['epoch'] == 0
+
+
+def test_resume_skips_warm_start_and_initial_checkpoint(first_epoch, data, tmp_path, monkeypatch):
+    out = tmp_path / 'resume'
+    shutil.copytree(first_epoch, out)
+    monkeypatch.setattr(trainer, 'warm_start', lambda *a: pytest.fail('warm start applied on resume'))
+    model, _ = _run_in_process(['--data-dir', data, '--output', out, '--epochs', 3, '--stop-after', 0, *TINY,
+                                '--resume', out / 'last.pth.tar', '--warm-start', 'resnet50.a1_in1k',
+                                '--initial-checkpoint', tmp_path / 'missing.pth'])
+    for k, v in read_checkpoint(out / 'last.pth.tar')['state_dict'].items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_initial_checkpoint_loads_weights(data, tmp_path):
+    src = timm.create_model(MODEL, num_classes=3, channels=(16, 32, 64, 128)).state_dict()
+    torch.save({'state_dict': src, 'epoch': 4}, tmp_path / 'init.pth')
+    model, _ = _run_in_process(['--data-dir', data, '--output', tmp_path / 'out', '--epochs', 1, '--stop-after', 0,
+                                '--initial-checkpoint', tmp_path / 'init.pth', *TINY])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, src[k]), k
 
 
 # ---- bad input: a clear error naming the argument, and nothing written or lost ----
@@ -339,3 +403,27 @@ def test_corrupt_image_named_and_checkpoint_kept(data, first_epoch, tmp_path):
     assert proc.returncode == 1
     assert f'Cannot read image file {bad}' in proc.stderr.splitlines()[-1]
     assert (out / 'last.pth.tar').read_bytes() == before
+
+
+def test_pretrained_without_published_weights(data, tmp_path):
+    _expect_input_error(['--data-dir', data, '--output', tmp_path / 'out', *TINY, '--pretrained'],
+                        '--pretrained', 'No pretrained weights are published')
+    assert not (tmp_path / 'out').exists()
+
+
+class _Evil:
+    """Unpickling this creates a file: stands for any code a malicious pickle would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), 'w')
+
+
+def test_initial_checkpoint_is_read_with_weights_only(data, tmp_path):
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'fc.bias': torch.zeros(3)}, 'args': _Evil(tmp_path / 'pwned')}, evil)
+    _expect_input_error(['--data-dir', data, '--output', tmp_path / 'out', *TINY, '--initial-checkpoint', evil],
+                        '--initial-checkpoint', 'weights_only=True')
+    assert not (tmp_path / 'pwned').exists() and not (tmp_path / 'out').exists()

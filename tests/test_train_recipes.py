@@ -1,6 +1,5 @@
 """ The shared recipes and the ablation driver: recipes parse, name registered models, and train/ablate.py compares. """
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,20 +9,14 @@ import yaml
 
 import timm
 import timm_cada  # noqa: F401
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / 'train' / 'configs').glob('*.yaml'))
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f'timm_cada_{name}_script', REPO / 'train' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-trainer = _load('train')
-ablate = _load('ablate')
+trainer = load_script('train/train.py')
+ablate = load_script('train/ablate.py')
 
 
 def test_recipes_exist():

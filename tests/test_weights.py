@@ -6,7 +6,6 @@ checkpoint, published with weights/publish.py --dry-run, laid out as a Hugging F
 (pretrained=True), through hf-hub:ORG/NAME and through local-dir:DIR.
 """
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ from timm_cada.models.resnet_cada import NoPretrainedWeightsError
 from timm_cada.warm_start import warm_start
 from timm_cada.pretrained import (
     WeightsIntegrityError, file_sha256, load_manifest, pretrained_cfgs, verified_weights_file)
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'resnet26_cada_k7'
@@ -31,14 +31,7 @@ TRUNC_REPO = 'timm-cada-test/resnet26_cada_k7.trunc'
 INPUT = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-def _load_publish():
-    spec = importlib.util.spec_from_file_location('publish', ROOT / 'weights' / 'publish.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-publish = _load_publish()
+publish = load_script('weights/publish.py')
 
 
 def _perturbed(state_dict, seed):
@@ -88,9 +81,9 @@ def trained(tmp_path_factory):
     ckpt = tmp / 'last.pth.tar'
     torch.save(dict(
         arch=MODEL, model_kwargs=dict(num_classes=10), epoch=3, state_dict=weights, state_dict_ema=ema,
-        optimizer={'state': {}}, scheduler={}, scaler=None, metric=61.25,
-        args=dict(dataset='', eval_metric='top1', epochs=4, lr=0.1, data_dir='/private/data',
-                  config='train/configs/tiny.yaml', model=MODEL), version=2), ckpt)
+        optimizer={'state': {}}, scheduler={}, scaler=None, top1=61.25, ema_top1=58.5, eval_metric='ema_top1',
+        metric=58.5, args=dict(dataset='', eval_metric='top1', epochs=4, lr=0.1, data_dir='/private/data',
+                               config='train/configs/tiny.yaml', model=MODEL), version=3), ckpt)
     return dict(checkpoint=ckpt, weights=weights, ema=ema, ema_out=_outputs(ema), tmp=tmp)
 
 
@@ -139,7 +132,7 @@ def test_publish_dry_run_writes_timm_hub_files(trained, published, capsys):
     assert config['model_args']['num_classes'] == 10 and config['pretrained_cfg']['num_classes'] == 10
     card = (out / 'README.md').read_text()
     for needle in ('library_name: timm', '- tiny-10', 'Params (M): 8.01', 'GMACs @224x224: 1.51',
-                   '| tiny-10 | 63.50 | 88.00 | 224 | given at publication |', 'EMA weights',
+                   '| tiny-10 | 63.50 | 88.00 | 224x224, crop 0.95 | given at publication |', 'EMA weights',
                    'train/configs/tiny.yaml', 'arXiv:2210.17141', 'import timm_cada',
                    f'hf-hub:{REPO}', published['sha256'], 'license: apache-2.0'):
         assert needle in card, needle
@@ -161,9 +154,41 @@ def test_publish_refuses_to_overwrite_and_force_publishes_model_weights(trained,
     result = publish.main(args + ['--force', '--dataset', 'imagenet-1k'])
     weights = safetensors.torch.load_file(out / 'model.safetensors')
     assert all(torch.equal(weights[k], v) for k, v in trained['weights'].items())
-    # the checkpoint's metric is the eval top-1 of these (non-EMA) weights
-    assert '| imagenet-1k | 61.25 |  | 224 | evaluated by train/train.py after 4 epochs |' in (out / 'README.md').read_text()
+    # the checkpoint's 'top1' is the eval top-1 of these (non-EMA) weights
+    assert ('| imagenet-1k | 61.25 |  | 224x224, crop 0.95 | evaluated by train/train.py after 4 epochs |'
+            in (out / 'README.md').read_text())
     assert result['manifest_entry']['tag'] == 'in1k' and result['manifest_entry']['top1'] == 61.25
+
+
+def test_publish_ema_weights_with_their_recorded_top1(trained, tmp_path):
+    """The documented train -> publish flow: EMA weights by default, listed with the EMA's own top-1."""
+    result = publish.export(trained['checkpoint'], MODEL, REPO, tmp_path, dataset='tiny-10')
+    assert result['manifest_entry']['top1'] == 58.5
+    assert '| tiny-10 | 58.50 |' in (tmp_path / 'README.md').read_text()
+
+
+@pytest.mark.parametrize('model_name, run_args, entry', [
+    ('resnet26_local_k7', dict(img_size=32, crop_pct=1.0), True),
+    ('resnet26_dw_k3', dict(input_size=[3, 32, 32], crop_pct=1.0, mean=[0.5, 0.5, 0.5]), False),
+])
+def test_publish_takes_preprocessing_from_the_training_run(tmp_path, model_name, run_args, entry):
+    """Input size, crop and normalisation of the run (not the registry's 224 / 0.95) reach config.json, the
+    rebuild check, the card and the manifest entry; a manifest entry only when it can express them."""
+    kwargs = dict(num_classes=3, img_size=32) if model_name.endswith('local_k7') else dict(num_classes=3)
+    ckpt = tmp_path / 'last.pth.tar'
+    torch.save(dict(arch=model_name, model_kwargs=kwargs, epoch=0, top1=80.0, eval_metric='top1', metric=80.0,
+                    state_dict=timm.create_model(model_name, **kwargs).state_dict(), args=run_args), ckpt)
+    result = publish.export(ckpt, model_name, REPO, tmp_path / 'out', dataset='digits')
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['pretrained_cfg']['input_size'] == [3, 32, 32] and config['pretrained_cfg']['crop_pct'] == 1.0
+    assert config['pretrained_cfg']['mean'] == list(run_args.get('mean', timm.data.IMAGENET_DEFAULT_MEAN))
+    assert config['model_args']['num_classes'] == 3
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert 'GMACs @32x32' in card and '| digits | 80.00 |  | 32x32, crop 1.0 |' in card
+    if entry:
+        assert result['manifest_entry']['input_size'] == [3, 32, 32] and result['manifest_entry']['crop_pct'] == 1.0
+    else:
+        assert result['manifest_entry'] is None and result['extra_args'] == dict(mean=(0.5, 0.5, 0.5))
 
 
 def test_publish_bare_state_dict_and_safetensors(trained, published, tmp_path):
@@ -356,9 +381,10 @@ def test_pretrained_cfgs_from_manifest(tmp_path):
     assert cfg['num_classes'] == 10 and 'top-1 70.00%, top-5 90.00%' in cfg['description']
 
 
-def test_checkpoint_metric_is_not_claimed_for_ema_weights():
-    assert publish.checkpoint_top1(dict(metric=61.25, weights='model')) == 61.25
-    assert publish.checkpoint_top1(dict(metric=61.25, weights='EMA')) is None
+def test_checkpoint_top1_is_that_of_the_published_weights():
+    assert publish.checkpoint_top1(dict(top1=61.25, ema_top1=58.5, weights='model')) == 61.25
+    assert publish.checkpoint_top1(dict(top1=61.25, ema_top1=58.5, weights='EMA')) == 58.5
+    assert publish.checkpoint_top1(dict(top1=61.25, weights='EMA')) is None
 
 
 def test_manifest_entries_only_for_plain_variants():

@@ -1,11 +1,12 @@
 """ Training helpers shared by train/train.py and train/ablate.py: checkpoints, recipes, input checks.
 
-Checkpoint format (read by the publishing tools, loadable with torch.load(weights_only=True)):
+Checkpoint format (read with timm_cada.warm_start.read_checkpoint, i.e. torch.load(weights_only=True)):
 a dict with 'arch' (model name), 'model_kwargs' (the JSON-friendly kwargs given to timm.create_model),
 'epoch' (0-based index of the last completed epoch, as timm's train.py counts), 'state_dict'
 (unwrapped from DDP / torch.compile), 'state_dict_ema' (with EMA), 'optimizer', 'scheduler',
-'scaler' (with fp16 AMP), 'metric' (eval top-1 of that epoch, or None), 'args' (a plain dict) and
-'version'.
+'scaler' (with fp16 AMP), 'top1' (eval top-1 of the model weights that epoch), 'ema_top1' (of the EMA
+weights, with EMA), 'eval_metric' (the name of the value that selects model_best: --eval-metric, prefixed
+'ema_' with EMA) and 'metric' (its value), 'args' (a plain dict) and 'version'.
 """
 import argparse
 import difflib
@@ -21,10 +22,12 @@ from timm.data import ImageDataset
 
 __all__ = [
     'CHECKPOINT_VERSION', 'BadImageError', 'StrictImageDataset', 'check_data_dir', 'check_model_name',
-    'load_checkpoint', 'load_recipe', 'plain', 'save_checkpoint', 'copy_checkpoint',
+    'load_recipe', 'plain', 'save_checkpoint', 'copy_checkpoint',
 ]
 
-CHECKPOINT_VERSION = 2  # timm's resume_checkpoint reads 'epoch' as the last completed epoch from version 2 on
+# timm's resume_checkpoint reads 'epoch' as the last completed epoch from version 2 on; 3 records the selection
+# metric by name ('eval_metric', 'metric') apart from 'top1' / 'ema_top1'.
+CHECKPOINT_VERSION = 3
 
 # Folder names timm's create_dataset searches for each split (timm.data.dataset_factory).
 _TRAIN_SYNONYMS = ('train', 'training')
@@ -108,13 +111,6 @@ def copy_checkpoint(src: str, dst: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` (weights_only: no code runs from the file)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'Checkpoint {path} does not exist.')
-    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def load_recipe(path: str, parser: argparse.ArgumentParser, forbidden: Iterable[str] = ()) -> Dict[str, Any]:

@@ -13,19 +13,22 @@ def zoo_models(filter: str = '*') -> List[str]:
     return timm.list_models(filter, module='resnet_cada')
 
 
-def describe(name: str) -> Dict[str, object]:
+def describe(name: str, feature_channels: bool = True) -> Dict[str, object]:
+    """One table row: mixer, kernel size, params and GMACs at 224 (and the feature channels, if asked)."""
     model = timm.create_model(name)
-    feat = timm.create_model(name, features_only=True)
     args = timm_cada.models.resnet_cada._VARIANTS[name][0]
     mixer = args['mixer'] + (f" (ds: {args['ds_mixer']})" if args.get('ds_mixer') else '')
-    return {
+    row = {
         'model': name,
         'mixer': mixer,
         'k': args['kernel_size'],
         'params (M)': f'{count_params(model) / 1e6:.2f}',
         'GMACs @224': f'{count_macs(model) / 1e9:.2f}',
-        'feature channels': ', '.join(str(c) for c in feat.feature_info.channels()),
     }
+    if feature_channels:
+        feat = timm.create_model(name, features_only=True)
+        row['feature channels'] = ', '.join(str(c) for c in feat.feature_info.channels())
+    return row
 
 
 def markdown_table(rows: List[Dict[str, object]]) -> str:

@@ -6,12 +6,13 @@
     python train/ablate.py -c train/configs/digits.yaml --models resnet26_dw_k7 resnet26_cada_k7 \\
         --data-dir .cache/digits --output runs/demo
 
-Each model trains with train/train.py into OUTPUT/MODEL (a run with a last.pth.tar but no results.json is
-resumed; a finished one is kept). Arguments after `--` go to every train.py run. Writes OUTPUT/ablation.md,
+Each model trains with train/train.py into OUTPUT/MODEL: a run that finished the recipe's epochs is kept,
+any other run with a last.pth.tar (interrupted, or stopped early by --stop-after) is resumed. Arguments after `--` go to every train.py run. Writes OUTPUT/ablation.md,
 OUTPUT/ablation.csv and OUTPUT/ablation.png (top-1 against parameters and GMACs).
 """
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,7 +24,9 @@ import timm
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.profile import count_macs, count_params
-from timm_cada.train_utils import check_model_name, load_checkpoint
+from timm_cada.train_utils import check_model_name
+from timm_cada.warm_start import read_checkpoint
+from timm_cada.zoo import markdown_table
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 
@@ -48,6 +51,24 @@ def ablation_models(name: str, depth: int) -> List[str]:
     return [m.format(d=depth) for m in ABLATIONS[name]]
 
 
+def recipe_epochs(config: str, extra: List[str]) -> int:
+    """--epochs of a train.py run with this recipe and these extra arguments (train.py's own parser)."""
+    spec = importlib.util.spec_from_file_location('timm_cada_train_script', TRAIN)
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)
+    return trainer.parse_args((['-c', config] if config else []) + extra).epochs
+
+
+def finished(run_dir: str, epochs: int) -> bool:
+    """Whether the run in `run_dir` completed its schedule of `epochs` epochs (not just stopped with results)."""
+    path = os.path.join(run_dir, 'results.json')
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        results = json.load(f)
+    return results['epochs'] >= max(epochs, results.get('num_epochs', 0))
+
+
 def train_command(model: str, run_dir: str, args: argparse.Namespace, extra: List[str]) -> List[str]:
     cmd = [sys.executable, TRAIN]
     if args.nproc_per_node > 1:
@@ -65,7 +86,7 @@ def describe(model: str, run_dir: str, wall_s: Optional[float]) -> Dict[str, obj
     """One table row from a finished run: accuracy from results.json, size and MACs of the trained model."""
     with open(os.path.join(run_dir, 'results.json')) as f:
         results = json.load(f)
-    ckpt = load_checkpoint(os.path.join(run_dir, 'last.pth.tar'))
+    ckpt = read_checkpoint(os.path.join(run_dir, 'last.pth.tar'))
     net = timm.create_model(model, **ckpt['model_kwargs'])
     input_size = tuple(timm.data.resolve_data_config(ckpt['args'], model=net)['input_size'])
     return {
@@ -78,12 +99,6 @@ def describe(model: str, run_dir: str, wall_s: Optional[float]) -> Dict[str, obj
         'top-5': round(results['top5'], 2),
         'train time (min)': round(wall_s / 60, 1) if wall_s is not None else '',
     }
-
-
-def markdown_table(rows: List[Dict[str, object]]) -> str:
-    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
-    lines += ['| ' + ' | '.join(str(r[c]) for c in COLUMNS) + ' |' for r in rows]
-    return '\n'.join(lines)
 
 
 def plot(rows: List[Dict[str, object]], path: str, title: str) -> None:
@@ -128,11 +143,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(str(e))
 
     os.makedirs(args.output, exist_ok=True)
+    epochs = recipe_epochs(args.config, extra)
     rows = []
     for model in models:
         run_dir = os.path.join(args.output, model)
         wall_s = None
-        if not os.path.isfile(os.path.join(run_dir, 'results.json')):
+        if not finished(run_dir, epochs):
             cmd = train_command(model, run_dir, args, extra)
             print(f'==> {model}: {" ".join(cmd)}', flush=True)
             tic = time.time()

@@ -4,34 +4,60 @@
     python train/make_digits.py OUT [--size 32] [--val-fraction 0.2]
 
 gives OUT/train/<digit>/*.png and OUT/validation/<digit>/*.png: RGB PNGs upsampled to size x size,
-a stratified split with a fixed seed. The ImageFolder is the same data path an ImageNet run takes.
+a stratified split with a fixed seed, and OUT/digits.json (the parameters; other parameters rewrite OUT).
+The ImageFolder is the same data path an ImageNet run takes.
 """
 import argparse
+import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
 
+SPLITS = ('train', 'validation')
+STAMP = 'digits.json'  # the generation parameters, written last: its presence means the folder is complete
+
+
+def _save_atomic(img: Image.Image, path: str) -> None:
+    """Save a PNG under a temporary name, then rename: a kill never leaves a truncated image at `path`."""
+    tmp = f'{path}.tmp'
+    img.save(tmp, format='PNG')
+    os.replace(tmp, path)
+
 
 def write_digits(root: str, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Write the ImageFolder; returns the image count per split. Existing complete output is kept."""
+    """Write the ImageFolder; returns the image count per split.
+
+    A complete folder written with the same parameters is kept; anything else (other parameters, or an
+    interrupted run, which leaves no stamp) is deleted and written again.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    params = dict(size=size, val_fraction=val_fraction, seed=seed)
     digits = load_digits()
-    images = (digits.images * (255. / 16.)).round().astype(np.uint8)
     idx_train, idx_val = train_test_split(
-        np.arange(len(images)), test_size=val_fraction, random_state=seed, stratify=digits.target)
-    counts = {}
-    for split, indices in (('train', idx_train), ('validation', idx_val)):
+        np.arange(len(digits.images)), test_size=val_fraction, random_state=seed, stratify=digits.target)
+    counts = {'train': len(idx_train), 'validation': len(idx_val)}
+    stamp = os.path.join(root, STAMP)
+    if os.path.isfile(stamp):
+        with open(stamp) as f:
+            if json.load(f) == params:
+                return counts
+        os.remove(stamp)
+    for split in SPLITS:
+        shutil.rmtree(os.path.join(root, split), ignore_errors=True)
+    images = (digits.images * (255. / 16.)).round().astype(np.uint8)
+    for split, indices in zip(SPLITS, (idx_train, idx_val)):
         for i in indices:
             folder = os.path.join(root, split, str(digits.target[i]))
             os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f'{i:04d}.png')
-            if not os.path.exists(path):
-                img = Image.fromarray(images[i]).resize((size, size), Image.BICUBIC).convert('RGB')
-                img.save(path)
-        counts[split] = len(indices)
+            img = Image.fromarray(images[i]).resize((size, size), Image.BICUBIC).convert('RGB')
+            _save_atomic(img, os.path.join(folder, f'{i:04d}.png'))
+    with open(f'{stamp}.tmp', 'w') as f:
+        json.dump(params, f)
+    os.replace(f'{stamp}.tmp', stamp)
     return counts
 
 

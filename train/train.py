@@ -10,8 +10,8 @@ One or several machines (DDP; nccl on GPU, gloo on CPU):
 
     torchrun --nproc_per_node 8 train/train.py --data-dir DATA ... --output OUT
 
-Writes OUT/last.pth.tar (every epoch), OUT/model_best.pth.tar (best eval top-1), OUT/summary.csv,
-OUT/args.yaml and OUT/results.json (final top-1/top-5). `--resume OUT/last.pth.tar` continues a run.
+Writes OUT/last.pth.tar (every epoch), OUT/model_best.pth.tar (best --eval-metric, of the EMA weights with
+--model-ema, as timm's train.py selects), OUT/summary.csv, OUT/args.yaml and OUT/results.json (final top-1/top-5). `--resume OUT/last.pth.tar` continues a run.
 """
 import argparse
 import importlib
@@ -38,10 +38,11 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.layers import FEAT_SIZE_MIXERS
-from timm_cada.models.resnet_cada import _VARIANTS
+from timm_cada.models.resnet_cada import _VARIANTS, NoPretrainedWeightsError
 from timm_cada.train_utils import (
     CHECKPOINT_VERSION, BadImageError, StrictImageDataset, check_data_dir, check_model_name, copy_checkpoint,
-    load_checkpoint, load_recipe, plain, save_checkpoint)
+    load_recipe, plain, save_checkpoint)
+from timm_cada.warm_start import checkpoint_state_dict, read_checkpoint, warm_start
 
 _logger = logging.getLogger('train')
 
@@ -51,6 +52,7 @@ OURS_ONLY = ('warm_start', 'stop_after')
 NOT_IN_RECIPE = ('config', 'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'warm_start', 'local_rank')
 
 LAST, BEST = 'last.pth.tar', 'model_best.pth.tar'
+EVAL_METRICS = ('top1', 'top5', 'loss')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,10 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--model', default='resnet50_cada_k7', type=str, metavar='MODEL')
     group.add_argument('--pretrained', action='store_true', default=False)
     group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
-                       help='load these model weights (timm load_checkpoint) before training')
+                       help='start from these weights (EMA weights when the checkpoint has them; read with '
+                            'weights_only=True); ignored with --resume')
     group.add_argument('--warm-start', default='', type=str, metavar='SRC',
                        help='initialise matching weights from a checkpoint file or a pretrained timm model name '
-                            '(timm_cada.warm_start), e.g. resnet50.a1_in1k')
+                            '(timm_cada.warm_start), e.g. resnet50.a1_in1k; ignored with --resume')
     group.add_argument('--resume', default='', type=str, metavar='PATH',
                        help='continue a run from its checkpoint (model, optimizer, scheduler, EMA, scaler, epoch)')
     group.add_argument('--no-resume-opt', action='store_true', default=False,
@@ -200,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--no-prefetcher', action='store_true', default=False)
     group.add_argument('--output', default='', type=str, metavar='PATH',
                        help='run folder for checkpoints, summary.csv and results.json (default: output/train/MODEL)')
-    group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC', help='top1 or loss')
+    group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
+                       help=f'metric that selects model_best: {", ".join(EVAL_METRICS)}')
     return parser
 
 
@@ -254,7 +258,7 @@ def model_kwargs(args: argparse.Namespace, num_classes: Optional[int]) -> Dict[s
         num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop or None,
         drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
         bn_momentum=args.bn_momentum, bn_eps=args.bn_eps)
-    img_size = args.input_size[-1] if args.input_size else args.img_size
+    img_size = list(args.input_size[-2:]) if args.input_size else args.img_size  # (H, W) or N
     variant = _VARIANTS.get(args.model, ({},))[0]
     if img_size and set(FEAT_SIZE_MIXERS) & {variant.get('mixer'), variant.get('ds_mixer')}:
         kwargs['img_size'] = img_size  # sizes the position / local mixers (the others work at any size)
@@ -380,7 +384,9 @@ def validate(model: nn.Module, loader: Any, loss_fn: nn.Module, args: argparse.N
     return metrics
 
 
-def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema, metric) -> Dict:
+def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema,
+                eval_metrics: Dict[str, float], selected: str) -> Dict:
+    """The checkpoint of `epoch`: training state, top-1 of each set of weights, and the selection metric by name."""
     state = {
         'arch': args.model,
         'model_kwargs': kwargs,
@@ -388,12 +394,15 @@ def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler
         'state_dict': utils.unwrap_model(model).state_dict(),
         'optimizer': optimizer.state_dict(),
         'scheduler': plain(lr_scheduler.state_dict()) if lr_scheduler is not None else None,
-        'metric': metric,
+        'top1': eval_metrics['top1'],
+        'eval_metric': selected,
+        'metric': eval_metrics[selected],
         'args': plain(vars(args)),
         'version': CHECKPOINT_VERSION,
     }
     if model_ema is not None:
         state['state_dict_ema'] = utils.unwrap_model(model_ema).state_dict()
+        state['ema_top1'] = eval_metrics['ema_top1']
     if loss_scaler is not None:
         state['scaler'] = loss_scaler.state_dict()
     return state
@@ -413,11 +422,13 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     if args.amp and args.amp_dtype not in ('float16', 'bfloat16'):
         raise InputError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}')
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    if args.eval_metric not in EVAL_METRICS:
+        raise InputError(f'--eval-metric must be one of {", ".join(EVAL_METRICS)}, got {args.eval_metric!r}')
 
     # Everything the user can get wrong is checked before the model is built or a file is written.
     try:
         check_model_name(args.model)
-        resume_state = load_checkpoint(args.resume) if args.resume else None
+        resume_state = read_checkpoint(args.resume) if args.resume else None
         if resume_state is not None and resume_state.get('arch') != args.model:
             raise InputError(
                 f'--resume: {args.resume} is a {resume_state.get("arch")!r} checkpoint, not {args.model!r}')
@@ -427,10 +438,19 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     num_classes = _num_classes(args, dataset_train)
     kwargs = resume_state['model_kwargs'] if resume_state is not None else model_kwargs(args, num_classes)
 
-    model = timm.create_model(
-        args.model, pretrained=args.pretrained, checkpoint_path=args.initial_checkpoint or None, **kwargs)
-    if args.warm_start:
-        from timm_cada.warm_start import warm_start
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    except NoPretrainedWeightsError as e:
+        raise InputError(f'--pretrained: {e}') from e
+    if resume_state is not None:
+        if (args.initial_checkpoint or args.warm_start) and args.rank == 0:
+            _logger.info('--resume: the run continues from its checkpoint; --initial-checkpoint / --warm-start ignored.')
+    elif args.initial_checkpoint:
+        try:
+            model.load_state_dict(checkpoint_state_dict(read_checkpoint(args.initial_checkpoint)))
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            raise InputError(f'--initial-checkpoint: {e}') from e
+    elif args.warm_start:
         warm_start(model, args.warm_start)
     if args.rank == 0:
         _logger.info(f'Model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), '
@@ -520,13 +540,20 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
             lr_scheduler.step(start_epoch)
 
     output_dir = args.output or os.path.join('output', 'train', args.model)
+    # model_best is chosen by the EMA weights' metric when there is an EMA (as timm's train.py does).
+    selected = f'ema_{args.eval_metric}' if model_ema is not None else args.eval_metric
     best_metric = None
     if args.rank == 0:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             yaml.safe_dump(plain(vars(args)), f, sort_keys=False)
         if resume_state is not None and os.path.isfile(os.path.join(output_dir, BEST)):
-            best_metric = load_checkpoint(os.path.join(output_dir, BEST)).get('metric')
+            best = read_checkpoint(os.path.join(output_dir, BEST))
+            if best.get('eval_metric') == selected:
+                best_metric = best['metric']
+            else:
+                _logger.info(f'{BEST} was selected by {best.get("eval_metric")!r}, this run selects by '
+                             f'{selected!r}: the next epoch replaces it.')
         _logger.info(f'Training {args.model} for epochs {start_epoch}..{num_epochs - 1} on {len(dataset_train)} '
                      f'images ({args.world_size} process(es), global batch '
                      f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), '
@@ -548,29 +575,29 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
         if model_ema is not None:
             ema_metrics = validate(model_ema, loader_eval, eval_loss_fn, args, device, autocast, ' (EMA)')
             eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
-        lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+        lr_scheduler.step(epoch + 1, eval_metrics[selected])
         if args.rank == 0:
             lrs = [g['lr'] for g in optimizer.param_groups]
             utils.update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
                                  lr=sum(lrs) / len(lrs))
-            metric = eval_metrics[args.eval_metric]
+            metric = eval_metrics[selected]
             last = os.path.join(output_dir, LAST)
             save_checkpoint(_checkpoint(
-                args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema,
-                eval_metrics['top1']), last)
+                args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema, eval_metrics,
+                selected), last)
             lower_is_better = args.eval_metric == 'loss'
             better = best_metric is None or (metric < best_metric if lower_is_better else metric > best_metric)
             if better:
                 best_metric = metric
                 copy_checkpoint(last, os.path.join(output_dir, BEST))
-            _logger.info(f'Epoch {epoch}: saved {last}' + (f' and {BEST} ({args.eval_metric} {metric:.3f})'
+            _logger.info(f'Epoch {epoch}: saved {last}' + (f' and {BEST} ({selected} {metric:.3f})'
                                                           if better else ''))
 
     final = validate(model, loader_eval, eval_loss_fn, args, device, autocast, ' (final)') \
         if not eval_metrics else eval_metrics
     if args.rank == 0:
-        results = {'model': args.model, 'epochs': end_epoch, 'top1': final['top1'], 'top5': final['top5'],
-                   'loss': final['loss'], 'best_metric': best_metric, 'eval_metric': args.eval_metric,
+        results = {'model': args.model, 'epochs': end_epoch, 'num_epochs': num_epochs, 'top1': final['top1'],
+                   'top5': final['top5'], 'loss': final['loss'], 'best_metric': best_metric, 'eval_metric': selected,
                    'model_kwargs': kwargs}
         if model_ema is not None and 'ema_top1' in final:
             results.update(ema_top1=final['ema_top1'], ema_top5=final['ema_top5'])

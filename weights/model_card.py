@@ -14,13 +14,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import timm
-
 import timm_cada  # noqa: F401  (registers the models)
-from timm_cada.models.resnet_cada import _VARIANTS
 from timm_cada.pretrained import WeightsEntry, load_manifest
-from timm_cada.profile import count_macs, count_params
-from timm_cada.zoo import markdown_table, zoo_models
+from timm_cada.zoo import describe, markdown_table, zoo_models
 
 ROOT = Path(__file__).resolve().parents[1]
 CARD = ROOT / 'MODEL_CARD.md'
@@ -97,16 +93,11 @@ def _accuracy(entries: List[WeightsEntry]) -> str:
 def table_rows(manifest: Dict[str, WeightsEntry], throughput: Dict[str, str]) -> List[Dict[str, object]]:
     rows = []
     for name in zoo_models():
-        model = timm.create_model(name)
-        args = _VARIANTS[name][0]
-        mixer = args['mixer'] + (f" (ds: {args['ds_mixer']})" if args.get('ds_mixer') else '')
+        row = describe(name, feature_channels=False)
         rows.append({
-            'model': name,
-            'mixer': mixer,
-            'k': args['kernel_size'],
+            **{k: row[k] for k in ('model', 'mixer', 'k')},
             'ablation axis': ablation_axis(name),
-            'params (M)': f'{count_params(model) / 1e6:.2f}',
-            'GMACs @224': f'{count_macs(model) / 1e9:.2f}',
+            **{k: row[k] for k in ('params (M)', 'GMACs @224')},
             'CPU img/s': throughput.get(name, NOT_MEASURED),
             'top-1 (%)': _accuracy([e for e in manifest.values() if e.model == name]),
         })

@@ -38,6 +38,9 @@ OUTPUT_FILES = ('model.safetensors', 'config.json', 'README.md')
 # Model args that a manifest entry (a registered name + pretrained cfg) can express: the rest need hf-hub:.
 _CFG_ARGS = {'num_classes', 'img_size', 'in_chans', 'global_pool'}
 
+# Eval preprocessing of the training run that the published pretrained cfg carries.
+_DATA_CFG = ('input_size', 'crop_pct', 'interpolation', 'mean', 'std')
+
 # Training arguments left out of the card: local paths and process details, not the recipe.
 _PRIVATE_ARGS = {'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'local_rank', 'device', 'experiment'}
 
@@ -98,7 +101,8 @@ def load_weights(
                          f'`python -m timm_cada.zoo` (e.g. resnet50_cada_k7)')
     ckpt = read_checkpoint(checkpoint)
     is_training = isinstance(ckpt.get('state_dict'), dict)
-    meta = {k: ckpt.get(k) for k in ('arch', 'model_kwargs', 'epoch', 'metric', 'args', 'version')} if is_training else {}
+    keys = ('arch', 'model_kwargs', 'epoch', 'top1', 'ema_top1', 'args', 'version')
+    meta = {k: ckpt.get(k) for k in keys} if is_training else {}
     if meta.get('arch') not in (None, model_name):
         raise ValueError(f'--model {model_name!r} does not match the checkpoint, which is a {meta["arch"]!r}')
     has_ema = is_training and ckpt.get('state_dict_ema') is not None
@@ -117,21 +121,24 @@ def load_weights(
         raise ValueError(
             f'{checkpoint} does not fit {model_name} with kwargs {kwargs} (pass the training --model-kwargs): '
             f'missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}')
+    meta['model_kwargs'] = kwargs  # what the model was built with (the checkpoint's, updated by `model_kwargs`)
     return model.eval(), meta
 
 
+def run_data_config(model: torch.nn.Module, meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The eval preprocessing of the training run (its args over the model's cfg), as train/train.py resolved it."""
+    return resolve_data_config(meta.get('args') or {}, model=model)
+
+
 def checkpoint_top1(meta: Dict[str, Any]) -> Optional[float]:
-    """The top-1 the checkpoint records for the published weights, if any.
-
-    train/train.py records the eval top-1 of the model weights ('metric'), not of its EMA: EMA weights need --top1.
-    """
-    return meta.get('metric') if meta.get('weights') == 'model' else None
+    """The top-1 the checkpoint records for the published weights (its 'top1', or 'ema_top1' for EMA), if any."""
+    return meta.get('ema_top1' if meta.get('weights') == 'EMA' else 'top1')
 
 
-def _check_rebuild(model: torch.nn.Module, out: Path) -> None:
-    """`local-dir:out` must rebuild `model` exactly: same variant, same weights, same outputs."""
+def _check_rebuild(model: torch.nn.Module, out: Path, input_size: Sequence[int]) -> None:
+    """`local-dir:out` must rebuild `model` exactly: same variant, same weights, same outputs at `input_size`."""
     rebuilt = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
-    x = torch.randn((1, *resolve_data_config(model=model)['input_size']), generator=torch.Generator().manual_seed(0))
+    x = torch.randn((1, *input_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if not torch.equal(model(x), rebuilt(x)):
             raise RuntimeError(f'{out} does not rebuild the checkpoint model (outputs differ); nothing to publish')
@@ -150,8 +157,11 @@ def model_card(
         license: str,
         top1_from_checkpoint: bool = False,
 ) -> str:
-    """README.md of the Hub repository: timm's model card layout plus results, recipe and weights hash."""
-    input_size = resolve_data_config(model=model)['input_size']
+    """README.md of the Hub repository: timm's model card layout plus results, recipe and weights hash.
+
+    Image size and GMACs are those of `model.pretrained_cfg`, i.e. the training run's eval preprocessing.
+    """
+    input_size = model.pretrained_cfg['input_size']
     args = meta.get('args') or {}
     epoch = meta.get('epoch')
     desc = _VARIANTS[model_name][1]
@@ -195,7 +205,7 @@ logits = model(transform(img).unsqueeze(0))  # img: a PIL image
             f'evaluated by train/train.py after {epoch + 1} epochs' if epoch is not None else 'evaluated by train/train.py')
         text += (f'\n| dataset | top-1 (%) | top-5 (%) | eval size | source |\n|---|---|---|---|---|\n'
                  f'| {dataset or "not recorded"} | {top1:.2f} | {"" if top5 is None else f"{top5:.2f}"} '
-                 f'| {input_size[1]} | {source} |\n')
+                 f'| {input_size[1]}x{input_size[2]}, crop {model.pretrained_cfg["crop_pct"]} | {source} |\n')
     text += '\n## Training recipe\n\n'
     text += f'{recipe}\n' if recipe else 'Not recorded with the checkpoint.\n'
     shown = {k: v for k, v in sorted(args.items()) if k not in _PRIVATE_ARGS}
@@ -234,22 +244,30 @@ def export(
     measured = top1 is None and checkpoint_top1(meta) is not None
     top1 = checkpoint_top1(meta) if top1 is None else top1
     recipe = recipe or args.get('config') or None
+    # The preprocessing the weights were trained and evaluated with, not the registry's 224 / 0.95 defaults.
+    data_config = {k: v for k, v in run_data_config(model, meta).items() if k in _DATA_CFG}
+    registered = model.pretrained_cfg
+    model.pretrained_cfg = dict(registered, **data_config)
     out.mkdir(parents=True, exist_ok=True)
-    save_for_hf(model, out, safe_serialization=True)
-    _check_rebuild(model, out)
+    save_for_hf(model, out, model_args=meta['model_kwargs'], safe_serialization=True, data_config=data_config)
+    _check_rebuild(model, out, data_config['input_size'])
     sha256 = file_sha256(out / 'model.safetensors')
     card = model_card(model, model_name, repo_id, meta, sha256, dataset, top1, top5, recipe, license, measured)
     (out / 'README.md').write_text(card, encoding='utf-8')
 
     model_args = json.loads((out / 'config.json').read_text())['model_args']
     extra = _variant_args(model_name, model_args, model.pretrained_cfg.get('fixed_input_size', False))
+    # A manifest entry carries input_size and crop_pct; other preprocessing must come from config.json (hf-hub:).
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v
+    extra.update({k: data_config[k] for k in ('interpolation', 'mean', 'std')
+                  if as_list(data_config[k]) != as_list(registered.get(k))})
     tag = tag or _dataset_tag(dataset or '')
     entry = None
     if not extra and dataset and top1 is not None:
         entry = dict(model=model_name, tag=tag, hf_hub_id=repo_id, revision=None, sha256=sha256, dataset=dataset,
                      top1=round(float(top1), 3), top5=None if top5 is None else round(float(top5), 3), recipe=recipe,
-                     num_classes=model.num_classes, input_size=list(resolve_data_config(model=model)['input_size']),
-                     crop_pct=model.pretrained_cfg.get('crop_pct', 0.95), license=license)
+                     num_classes=model.num_classes, input_size=list(data_config['input_size']),
+                     crop_pct=data_config['crop_pct'], license=license)
         entry = {k: v for k, v in entry.items() if v is not None or k == 'revision'}
     return dict(out=out, sha256=sha256, extra_args=extra, manifest_entry=entry)
 
@@ -310,7 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f'uploaded to https://huggingface.co/{args.repo_id} at revision {result["revision"]}')
     entry = result['manifest_entry']
     if entry is None:
-        why = (f'model kwargs {result["extra_args"]} differ from the registered {args.model}'
+        why = (f'model kwargs / preprocessing {result["extra_args"]} differ from the registered {args.model}'
                if result['extra_args'] else 'no dataset / top-1 recorded (pass --dataset and --top1)')
         print(f'no weights manifest entry: {why}; load it with timm.create_model("hf-hub:{args.repo_id}")')
     else:
