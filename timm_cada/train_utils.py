@@ -9,9 +9,11 @@ weights, with EMA), 'eval_metric' (the name of the value that selects model_best
 'ema_' with EMA) and 'metric' (its value), 'args' (a plain dict) and 'version'.
 """
 import argparse
+import contextlib
 import difflib
 import os
-from typing import Any, Dict, Iterable, List, Optional
+import shutil
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional
 
 import torch
 import yaml
@@ -84,12 +86,14 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    """torch.save `state` to `path` atomically: a killed or failed write leaves the previous file intact."""
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+    """Write `path` through a temporary file renamed over it once complete and synced: a killed or failed
+    write leaves the previous file intact."""
     tmp = f'{path}.tmp'
     try:
         with open(tmp, 'wb') as f:
-            torch.save(state, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -98,19 +102,16 @@ def save_checkpoint(state: Dict[str, Any], path: str) -> None:
             os.remove(tmp)
 
 
+def save_checkpoint(state: Dict[str, Any], path: str) -> None:
+    """torch.save `state` to `path` atomically."""
+    with atomic_file(path) as f:
+        torch.save(state, f)
+
+
 def copy_checkpoint(src: str, dst: str) -> None:
     """Copy a checkpoint file atomically (e.g. last -> best)."""
-    tmp = f'{dst}.tmp'
-    try:
-        with open(src, 'rb') as fi, open(tmp, 'wb') as fo:
-            while chunk := fi.read(1 << 22):
-                fo.write(chunk)
-            fo.flush()
-            os.fsync(fo.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with open(src, 'rb') as fi, atomic_file(dst) as fo:
+        shutil.copyfileobj(fi, fo, 1 << 22)
 
 
 def load_recipe(path: str, parser: argparse.ArgumentParser, forbidden: Iterable[str] = ()) -> Dict[str, Any]:
