@@ -21,7 +21,7 @@ import timm
 import timm_cada  # noqa: F401
 from timm_cada.train_utils import save_checkpoint
 from timm_cada.warm_start import read_checkpoint
-from conftest import load_script
+from conftest import EvilPickle, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / 'train' / 'train.py'
@@ -411,19 +411,9 @@ def test_pretrained_without_published_weights(data, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
-class _Evil:
-    """Unpickling this creates a file: stands for any code a malicious pickle would run."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), 'w')
-
-
 def test_initial_checkpoint_is_read_with_weights_only(data, tmp_path):
     evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {'fc.bias': torch.zeros(3)}, 'args': _Evil(tmp_path / 'pwned')}, evil)
+    torch.save({'state_dict': {'fc.bias': torch.zeros(3)}, 'args': EvilPickle(tmp_path / 'pwned')}, evil)
     _expect_input_error(['--data-dir', data, '--output', tmp_path / 'out', *TINY, '--initial-checkpoint', evil],
                         '--initial-checkpoint', 'weights_only=True')
     assert not (tmp_path / 'pwned').exists() and not (tmp_path / 'out').exists()

@@ -22,7 +22,7 @@ from timm_cada.models.resnet_cada import NoPretrainedWeightsError
 from timm_cada.warm_start import warm_start
 from timm_cada.pretrained import (
     WeightsIntegrityError, file_sha256, load_manifest, pretrained_cfgs, verified_weights_file)
-from conftest import load_script
+from conftest import EvilPickle, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'resnet26_cada_k7'
@@ -299,20 +299,10 @@ def test_verified_weights_file_checks_sha256(hub, monkeypatch):
         verified_weights_file(bad, cache_dir=hub['cache'])
 
 
-class _Evil:
-    """Unpickling this creates a file: stands for any code a malicious pickle would run."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), 'w')
-
-
 def test_pickles_that_run_code_are_refused(published, tmp_path):
     marker = tmp_path / 'pwned'
     evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {'fc.bias': torch.zeros(10)}, 'args': _Evil(marker)}, evil)
+    torch.save({'state_dict': {'fc.bias': torch.zeros(10)}, 'args': EvilPickle(marker)}, evil)
     with pytest.raises(ValueError, match='weights_only=True'):
         publish.export(evil, MODEL, REPO, tmp_path / 'out')
     with pytest.raises(ValueError, match='weights_only=True'):
@@ -320,7 +310,7 @@ def test_pickles_that_run_code_are_refused(published, tmp_path):
     local = tmp_path / 'local'
     local.mkdir()
     (local / 'config.json').write_text((published['out'] / 'config.json').read_text())
-    torch.save(_Evil(marker), local / 'pytorch_model.bin')
+    torch.save(EvilPickle(marker), local / 'pytorch_model.bin')
     with pytest.raises(RuntimeError, match='weights_only=True blocked'):
         timm.create_model(f'local-dir:{local}', pretrained=True)
     assert not marker.exists()
