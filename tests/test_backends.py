@@ -9,8 +9,9 @@ import pytest
 import timm
 import torch
 
+import timm_cada.ops
 from timm_cada.layers import Cada2d, Local2d, Position2d
-from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, filter_output_size, pixel_filter, taps
+from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, dense, filter_output_size, pixel_filter, taps
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
 
 DT = torch.float64
@@ -80,8 +81,10 @@ def test_gradcheck(case):
     x, alpha, bases, rel_pos, attn = make(k, **{**dict(N=2, C=4, H=6, W=5, G=2, B=2), **kw})
     for t in (x, alpha, bases, rel_pos, attn):
         t.requires_grad_()
-    assert torch.autograd.gradcheck(lambda *a: taps.cada_taps(*a, stride, dilation), (x, alpha, bases, rel_pos))
-    assert torch.autograd.gradcheck(lambda *a: taps.pixel_filter_taps(*a, k, stride, dilation), (x, attn))
+    for backend, cada, pf in ((taps, taps.cada_taps, taps.pixel_filter_taps),
+                              (dense, dense.cada_dense, dense.pixel_filter_dense)):
+        assert torch.autograd.gradcheck(lambda *a: cada(*a, stride, dilation), (x, alpha, bases, rel_pos)), backend
+        assert torch.autograd.gradcheck(lambda *a: pf(*a, k, stride, dilation), (x, attn)), backend
 
 
 @pytest.mark.parametrize('batch1', [False, True])
@@ -91,15 +94,31 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
 
     def run():
-        y1 = taps.cada_taps(x, alpha, bases, rel_pos, 2)
-        y2 = taps.pixel_filter_taps(x, attn, 5, 2)
-        return [y1, y2, *grads(y1 + y2, inputs)]
+        ys = [taps.cada_taps(x, alpha, bases, rel_pos, 2), taps.pixel_filter_taps(x, attn, 5, 2),
+              dense.cada_dense(x, alpha, bases, rel_pos, 2), dense.pixel_filter_dense(x, attn, 5, 2)]
+        return ys + list(grads(sum(ys), inputs))
 
     one = run()
     monkeypatch.setattr(taps, 'CHUNK_ELEMS', 2 * x.shape[1] * 9 * 6)  # two samples per chunk
     assert taps._chunks(5, x.shape[1] * 9 * 6) == [(0, 2), (2, 4), (4, 5)]
+    monkeypatch.setattr(dense, 'CHUNK_ELEMS', 2 * 2 * 5 * 4 * 9 * 7)  # two samples of G * P * Q entries
+    assert dense._chunk_step(2 * 5 * 4 * 9 * 7) == 2
     for a, b in zip(run(), one):
         torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize('grad', [False, True])
+def test_auto_picks_dense_on_small_maps_only(grad):
+    """The dense backend runs where its H * W matrix columns cost little more than the k * k window."""
+    def impl_for(C, H, k, stride=1):
+        x = torch.randn(2, C, H, H, requires_grad=grad)
+        Ho = filter_output_size(H, k, stride)
+        alpha = torch.randn(2, C // 16, 8, Ho, Ho)
+        return cada_filter.__globals__['_auto_cada_impl'](x, alpha, torch.randn(C // 16, 8, k, k), None)
+
+    assert impl_for(512, 7, 7) == 'dense' and impl_for(256, 14, 13) == 'dense'
+    assert impl_for(64, 56, 7) != 'dense' and impl_for(128, 28, 7) != 'dense'
+    assert (impl_for(256, 28, 13) == 'dense') == grad  # inference: conv-then-combine wins there
 
 
 @pytest.mark.parametrize('fn', ['cada', 'pixel'])
@@ -132,8 +151,16 @@ def _perturb(m):
     return m.eval()
 
 
+@pytest.fixture(params=['dense', 'taps'])
+def small_map_backend(request, monkeypatch):
+    """The tests' small maps make 'auto' pick the dense backend; run them with the tap walk too."""
+    if request.param == 'taps':
+        monkeypatch.setattr(timm_cada.ops, 'dense_pays', lambda *args: False)
+    return request.param
+
+
 @pytest.mark.parametrize('idx', range(5))
-def test_bf16_autocast_close_to_fp32(idx):
+def test_bf16_autocast_close_to_fp32(idx, small_map_backend):
     m = _perturb(_mixers()[idx])
     x = torch.randn(2, 32, 8, 8)
     ref = m(x)
@@ -163,7 +190,7 @@ def test_fx_feature_extraction_keeps_mixers_as_leaves():
     torch.testing.assert_close(*outs)
 
 
-def test_compile_fwd_bwd_matches_eager():
+def test_compile_fwd_bwd_matches_eager(small_map_backend):
     """Dynamo and AOT autograd through the custom Functions (the Inductor run on a model is slow)."""
     m = _perturb(Cada2d(32, 32, 5, rel_pos=True)).train()
     free = _perturb(Cada2d(32, 32, 3, stride=2, identity_bases=True, num_bases=None)).train()
@@ -238,5 +265,6 @@ def test_custom_ops_pass_opcheck(channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     for t in (x, alpha, bases, rel_pos, attn):
         t.requires_grad_()
-    torch.library.opcheck(torch.ops.timm_cada.cada_taps.default, (x, alpha, bases, rel_pos, 2, 1))
-    torch.library.opcheck(torch.ops.timm_cada.pixel_filter_taps.default, (x, attn, 3, 2, 1))
+    for backend in ('taps', 'dense'):
+        torch.library.opcheck(getattr(torch.ops.timm_cada, f'cada_{backend}').default, (x, alpha, bases, rel_pos, 2, 1))
+        torch.library.opcheck(getattr(torch.ops.timm_cada, f'pixel_filter_{backend}').default, (x, attn, 3, 2, 1))

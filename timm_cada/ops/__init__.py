@@ -10,11 +10,12 @@ from typing import Optional
 import torch
 
 from .combine import cada_combine
+from .dense import cada_dense, dense_pays, pixel_filter_dense
 from .reference import cada_reference, filter_output_size, pixel_filter_reference, synthesize_attn  # noqa: F401
 from .taps import cada_taps, pixel_filter_taps
 
-PIXEL_FILTER_IMPLS = ('auto', 'reference', 'taps')
-CADA_IMPLS = ('auto', 'reference', 'combine', 'synthesize')
+PIXEL_FILTER_IMPLS = ('auto', 'reference', 'taps', 'dense')
+CADA_IMPLS = ('auto', 'reference', 'combine', 'synthesize', 'dense')
 
 
 def _check_shapes(x: torch.Tensor, kernels: torch.Tensor, name: str, kernel_dim: int):
@@ -38,29 +39,38 @@ def pixel_filter(
 ) -> torch.Tensor:
     """y[n, c, p] = sum_d attn[n, g(c), d, p] * x[n, c, s * p + d]; attn is (N or 1, G, k * k, Ho, Wo)."""
     _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
-    if impl not in ('auto', 'reference', 'taps'):  # literal: TorchScript cannot read globals
-        raise ValueError('impl must be one of auto, reference, taps; got {}'.format(impl))
+    if impl not in ('auto', 'reference', 'taps', 'dense'):  # literal: TorchScript cannot read globals
+        raise ValueError('impl must be one of auto, reference, taps, dense; got {}'.format(impl))
     if not torch.jit.is_scripting():
-        # TorchScript cannot run custom autograd Functions: scripted models use the reference
-        if impl in ('auto', 'taps'):
+        # TorchScript cannot run custom ops' Python bodies: scripted models use the reference
+        if impl == 'auto':
+            grad = torch.is_grad_enabled() and (x.requires_grad or attn.requires_grad)
+            impl = 'dense' if dense_pays(x.shape[-2], x.shape[-1], kernel_size, grad) else 'taps'
+        if impl == 'dense':
+            return pixel_filter_dense(x, attn, kernel_size, stride, dilation)
+        if impl == 'taps':
             return pixel_filter_taps(x, attn, kernel_size, stride, dilation)
     return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
 
 
 def _auto_cada_impl(x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor]) -> str:
-    """The backend 'auto' runs: 'synthesize' whenever a gradient is needed (its backward avoids the
-    slow depthwise-conv weight gradient), and for inference whichever streams less memory.
+    """The backend 'auto' runs, chosen from the shapes by what was fastest on the benchmark CPU
+    (benchmarks/RESULTS.md).
 
-    'synthesize' makes about k*k passes over the output, each (Wo + k - 1) / Wo longer than a row
-    (the row pitch); 'combine' makes B passes plus B library depthwise convs. On the benchmark CPU
-    (benchmarks/RESULTS.md) 'combine' wins for inference once the first exceeds the second about
-    9 times: large kernels on small maps.
+    'dense' on small maps (see `dense_pays`). Otherwise 'synthesize' whenever a gradient is needed
+    (its backward avoids the slow depthwise-conv weight gradient), and for inference whichever
+    streams less memory: 'synthesize' makes about k*k passes over the output, each (Wo + k - 1) / Wo
+    longer than a row (the row pitch); 'combine' makes B passes plus B library depthwise convs, and
+    wins once the first exceeds the second about 9 times: large kernels on small maps.
     """
     grads = (x.requires_grad or alpha.requires_grad or bases.requires_grad
              or (rel_pos is not None and rel_pos.requires_grad))
-    if torch.is_grad_enabled() and grads:
-        return 'synthesize'
+    grad = torch.is_grad_enabled() and grads
     k, num_bases, wo = bases.shape[-1], bases.shape[1], alpha.shape[-1]
+    if dense_pays(x.shape[-2], x.shape[-1], k, grad):
+        return 'dense'
+    if grad:
+        return 'synthesize'
     return 'combine' if k * k * (wo + k - 1) >= 9 * num_bases * wo else 'synthesize'
 
 
@@ -81,18 +91,21 @@ def cada_filter(
         bases: base kernels (G, B, k, k).
         rel_pos: optional static kernel per head (G, k, k).
         impl: 'auto' (see `_auto_cada_impl`), 'reference', 'combine' (conv-then-combine, B library
-            depthwise convs) or 'synthesize' (synthesise-then-apply one window row at a time, in-place tap
-            accumulation, hand-written backward).
+            depthwise convs), 'synthesize' (synthesise-then-apply one window row at a time, in-place tap
+            accumulation, hand-written backward) or 'dense' (each head's kernels as one dense matrix
+            over the map, applied by GEMM; for small maps).
     """
     _check_shapes(x, alpha, 'alpha', bases.shape[1])
-    if impl not in ('auto', 'reference', 'combine', 'synthesize'):
-        raise ValueError('impl must be one of auto, reference, combine, synthesize; got {}'.format(impl))
+    if impl not in ('auto', 'reference', 'combine', 'synthesize', 'dense'):
+        raise ValueError('impl must be one of auto, reference, combine, synthesize, dense; got {}'.format(impl))
     if not torch.jit.is_scripting():
         if impl == 'auto':
             impl = _auto_cada_impl(x, alpha, bases, rel_pos)
         if impl == 'synthesize':
             return cada_taps(x, alpha, bases, rel_pos, stride, dilation)
+        if impl == 'dense':
+            return cada_dense(x, alpha, bases, rel_pos, stride, dilation)
     if impl == 'reference':
         return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
-    # 'combine', and in TorchScript (no custom autograd Functions) 'auto' and 'synthesize'
+    # 'combine', and in TorchScript (no custom ops' Python bodies) 'auto', 'synthesize' and 'dense'
     return cada_combine(x, alpha, bases, rel_pos, stride, dilation)

@@ -11,15 +11,15 @@ tap at (i, j) is then the slice starting at i * Wp + j, and the output is comput
 pitch, its Wp - Wo extra columns per row discarded. With stride s the padded input is first split
 into its s * s phases x[a::s, b::s], so strided taps are contiguous slices of one phase.
 
-Both operators are torch.library custom ops with custom-op backwards, so autograd, torch.compile
-(which treats them as opaque: no graph break, no tracing of the loops) and torch.export see one op.
-Gradients are first order only.
+Both operators are torch.library custom ops (`custom_ops.py`), so autograd, torch.compile and
+torch.export see one op each. Gradients are first order only.
 """
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from .custom_ops import out_like, register_cada, register_pixel_filter
 from .reference import filter_output_size
 
 # accumulator elements per batch chunk (1 MiB of float32): a chunk's taps then run from the L2 cache, and
@@ -115,13 +115,6 @@ def _batch(t: torch.Tensor, n0: int, n1: int) -> torch.Tensor:
     return t if t.shape[0] == 1 else t[n0:n1]
 
 
-def _out_like(x: torch.Tensor, geo: _Geometry) -> torch.Tensor:
-    """The (N, C, Ho, Wo) output buffer, in x's dtype and memory format."""
-    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.empty(x.shape[0], x.shape[1], geo.Ho, geo.Wo, dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last if cl else torch.contiguous_format)
-
-
 def _pitched_chunks(t: torch.Tensor, geo: _Geometry, dtype: torch.dtype, n0: int, n1: int, whole: Optional[torch.Tensor]):
     """Rows n0:n1 of t, pitched and cast; a batch-1 tensor is pitched once (`whole`)."""
     return whole if whole is not None else geo.pitched(t[n0:n1].to(dtype))
@@ -135,7 +128,7 @@ def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, 
     G = attn.shape[1]
     geo = _Geometry(H, W, k, stride, dilation)
     acc = _acc_dtype(x.dtype)
-    y = _out_like(x, geo)
+    y = out_like(x, geo.Ho, geo.Wo)
     with torch.autocast(x.device.type, enabled=False):
         whole = geo.pitched(attn.to(acc)) if attn.shape[0] == 1 else None
         for n0, n1 in _chunks(N, C * geo.L):
@@ -188,7 +181,7 @@ def _cada_fwd(
     G, B, k, _ = bases.shape
     geo = _Geometry(H, W, k, stride, dilation)
     acc = _acc_dtype(x.dtype)
-    y = _out_like(x, geo)
+    y = out_like(x, geo.Ho, geo.Wo)
     with torch.autocast(x.device.type, enabled=False):
         bases = bases.to(acc)
         rel_pos = rel_pos.to(acc) if rel_pos is not None else None
@@ -279,99 +272,8 @@ def _synth_row(
     return a_row
 
 
-# The two operators are registered as torch.library custom ops, each with its backward a custom op too:
-# autograd, autocast, torch.compile (opaque to Dynamo and Inductor: no graph break, no tracing of the
-# tap loops) and torch.export all see one op.
-
-@torch.library.custom_op('timm_cada::pixel_filter_taps', mutates_args=())
-def _pixel_filter_op(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
-    return _pixel_filter_fwd(x, attn, k, stride, dilation)
-
-
-@torch.library.custom_op('timm_cada::pixel_filter_taps_backward', mutates_args=())
-def _pixel_filter_bwd_op(
-        gy: torch.Tensor, x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int,
-        need_x: bool, need_attn: bool,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    gx, ga = _pixel_filter_bwd(gy, x, attn, k, stride, dilation, need_x, need_attn)
-    return gx.contiguous(), ga.contiguous()
-
-
-@torch.library.custom_op('timm_cada::cada_taps', mutates_args=())
-def _cada_op(
-        x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor],
-        stride: int, dilation: int,
-) -> torch.Tensor:
-    return _cada_fwd(x, alpha, bases, rel_pos, stride, dilation)
-
-
-@torch.library.custom_op('timm_cada::cada_taps_backward', mutates_args=())
-def _cada_bwd_op(
-        gy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor],
-        stride: int, dilation: int, need_x: bool, need_alpha: bool, need_bases: bool, need_rel: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = _cada_bwd(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel)
-    return tuple(g.contiguous() for g in grads)
-
-
-def _fake_out(x: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
-    return _out_like(x, _Geometry(x.shape[-2], x.shape[-1], k, stride, dilation))
-
-
-def _fake_grad(t: Optional[torch.Tensor], need: bool) -> torch.Tensor:
-    return torch.empty_like(t, memory_format=torch.contiguous_format) if need and t is not None else t.new_empty(0) \
-        if t is not None else torch.empty(0)
-
-
-@_pixel_filter_op.register_fake
-def _(x, attn, k, stride, dilation):
-    return _fake_out(x, k, stride, dilation)
-
-
-@_pixel_filter_bwd_op.register_fake
-def _(gy, x, attn, k, stride, dilation, need_x, need_attn):
-    return _fake_grad(x, need_x), _fake_grad(attn, need_attn)
-
-
-@_cada_op.register_fake
-def _(x, alpha, bases, rel_pos, stride, dilation):
-    return _fake_out(x, bases.shape[-1], stride, dilation)
-
-
-@_cada_bwd_op.register_fake
-def _(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel):
-    rel = _fake_grad(rel_pos, need_rel) if rel_pos is not None else x.new_empty(0)
-    return _fake_grad(x, need_x), _fake_grad(alpha, need_alpha), _fake_grad(bases, need_bases), rel
-
-
-def _pixel_filter_setup(ctx, inputs, output):
-    x, attn, k, stride, dilation = inputs
-    ctx.save_for_backward(x, attn)
-    ctx.args = (k, stride, dilation)
-
-
-def _pixel_filter_backward(ctx, gy):
-    x, attn = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    gx, ga = torch.ops.timm_cada.pixel_filter_taps_backward(gy, x, attn, *ctx.args, need[0], need[1])
-    return gx if need[0] else None, ga if need[1] else None, None, None, None
-
-
-def _cada_setup(ctx, inputs, output):
-    x, alpha, bases, rel_pos, stride, dilation = inputs
-    ctx.save_for_backward(x, alpha, bases, rel_pos)
-    ctx.args = (stride, dilation)
-
-
-def _cada_backward(ctx, gy):
-    x, alpha, bases, rel_pos = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    grads = torch.ops.timm_cada.cada_taps_backward(gy, x, alpha, bases, rel_pos, *ctx.args, *need[:4])
-    return tuple(g if n else None for g, n in zip(grads, need[:4])) + (None, None)
-
-
-_pixel_filter_op.register_autograd(_pixel_filter_backward, setup_context=_pixel_filter_setup)
-_cada_op.register_autograd(_cada_backward, setup_context=_cada_setup)
+_pixel_filter_op = register_pixel_filter('pixel_filter_taps', _pixel_filter_fwd, _pixel_filter_bwd)
+_cada_op = register_cada('cada_taps', _cada_fwd, _cada_bwd)
 
 
 def pixel_filter_taps(

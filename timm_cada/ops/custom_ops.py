@@ -1,0 +1,114 @@
+""" Registration of the fast backends as torch.library custom ops.
+
+Each backend supplies a forward and a hand-written backward as plain functions; this wraps them as
+custom ops (the backward a custom op too) with fake kernels and autograd, so autograd, autocast,
+torch.compile (one opaque op: no graph break, no tracing of the loops inside) and torch.export see
+one op per call. Gradients are first order only.
+"""
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .reference import filter_output_size
+
+
+def out_like(x: torch.Tensor, Ho: int, Wo: int) -> torch.Tensor:
+    """The (N, C, Ho, Wo) output buffer, in x's dtype and memory format."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.empty(x.shape[0], x.shape[1], Ho, Wo, dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def _fake_out(x: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
+    H, W = x.shape[-2], x.shape[-1]
+    return out_like(x, filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation))
+
+
+def _fake_grad(t: Optional[torch.Tensor], need: bool) -> torch.Tensor:
+    if t is None:
+        return torch.empty(0)
+    return torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty(0)
+
+
+def register_pixel_filter(name: str, fwd: Callable, bwd: Callable) -> Callable:
+    """timm_cada::{name}(x, attn, k, stride, dilation); bwd(gy, x, attn, k, stride, dilation, need_x,
+    need_attn) returns (grad_x, grad_attn), an empty tensor for a gradient not asked for."""
+
+    @torch.library.custom_op(f'timm_cada::{name}', mutates_args=())
+    def op(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
+        return fwd(x, attn, k, stride, dilation)
+
+    @torch.library.custom_op(f'timm_cada::{name}_backward', mutates_args=())
+    def bwd_op(
+            gy: torch.Tensor, x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int,
+            need_x: bool, need_attn: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        gx, ga = bwd(gy, x, attn, k, stride, dilation, need_x, need_attn)
+        return gx.contiguous(), ga.contiguous()
+
+    @op.register_fake
+    def _(x, attn, k, stride, dilation):
+        return _fake_out(x, k, stride, dilation)
+
+    @bwd_op.register_fake
+    def _(gy, x, attn, k, stride, dilation, need_x, need_attn):
+        return _fake_grad(x, need_x), _fake_grad(attn, need_attn)
+
+    def setup_context(ctx, inputs, output):
+        x, attn, k, stride, dilation = inputs
+        ctx.save_for_backward(x, attn)
+        ctx.args = (k, stride, dilation)
+
+    def backward(ctx, gy):
+        x, attn = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gx, ga = bwd_op(gy, x, attn, *ctx.args, need[0], need[1])
+        return gx if need[0] else None, ga if need[1] else None, None, None, None
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+def register_cada(name: str, fwd: Callable, bwd: Callable) -> Callable:
+    """timm_cada::{name}(x, alpha, bases, rel_pos, stride, dilation); bwd(gy, x, alpha, bases, rel_pos,
+    stride, dilation, need_x, need_alpha, need_bases, need_rel) returns the four gradients, an empty
+    tensor for each not asked for."""
+
+    @torch.library.custom_op(f'timm_cada::{name}', mutates_args=())
+    def op(
+            x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor],
+            stride: int, dilation: int,
+    ) -> torch.Tensor:
+        return fwd(x, alpha, bases, rel_pos, stride, dilation)
+
+    @torch.library.custom_op(f'timm_cada::{name}_backward', mutates_args=())
+    def bwd_op(
+            gy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor,
+            rel_pos: Optional[torch.Tensor], stride: int, dilation: int,
+            need_x: bool, need_alpha: bool, need_bases: bool, need_rel: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        grads = bwd(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel)
+        return tuple(g.contiguous() for g in grads)
+
+    @op.register_fake
+    def _(x, alpha, bases, rel_pos, stride, dilation):
+        return _fake_out(x, bases.shape[-1], stride, dilation)
+
+    @bwd_op.register_fake
+    def _(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel):
+        rel = _fake_grad(rel_pos, need_rel) if rel_pos is not None else x.new_empty(0)
+        return _fake_grad(x, need_x), _fake_grad(alpha, need_alpha), _fake_grad(bases, need_bases), rel
+
+    def setup_context(ctx, inputs, output):
+        x, alpha, bases, rel_pos, stride, dilation = inputs
+        ctx.save_for_backward(x, alpha, bases, rel_pos)
+        ctx.args = (stride, dilation)
+
+    def backward(ctx, gy):
+        x, alpha, bases, rel_pos = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grads = bwd_op(gy, x, alpha, bases, rel_pos, *ctx.args, *need[:4])
+        return tuple(g if n else None for g, n in zip(grads, need[:4])) + (None, None)
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
