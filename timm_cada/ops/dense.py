@@ -46,20 +46,35 @@ def _indices(
     return taps, entry.flatten()[taps], valid
 
 
-def _matrix(attn: torch.Tensor, taps: torch.Tensor, entries: torch.Tensor, Q: int) -> torch.Tensor:
+class _Zeroed:
+    """A zero-filled scratch buffer reused across batch chunks. Every chunk writes the same entries
+    (the window taps), so the rest stays zero: it is allocated and zeroed once per call."""
+
+    def __init__(self):
+        self.buf: Optional[torch.Tensor] = None
+
+    def rows(self, n: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        if self.buf is None or self.buf.shape[0] < n:
+            self.buf = like.new_zeros(n, cols)
+        return self.buf[:n]
+
+
+def _matrix(attn: torch.Tensor, taps: torch.Tensor, entries: torch.Tensor, Q: int, scratch: _Zeroed) -> torch.Tensor:
     """Kernel maps (..., k * k, P) -> matrices (..., P, Q), zero outside each pixel's window."""
     lead, P = attn.shape[:-2], attn.shape[-1]
     flat = attn.reshape(-1, attn.shape[-2] * P)
-    m = flat.new_zeros(flat.shape[0], P * Q)
+    m = scratch.rows(flat.shape[0], P * Q, flat)
     m.index_copy_(1, entries, flat.index_select(1, taps))
     return m.view(lead + (P, Q))
 
 
-def _kernel_grad(gm: torch.Tensor, taps: torch.Tensor, entries: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _kernel_grad(
+        gm: torch.Tensor, taps: torch.Tensor, entries: torch.Tensor, valid: torch.Tensor, scratch: _Zeroed,
+) -> torch.Tensor:
     """Matrix gradient (..., P, Q) -> kernel-map gradient (..., k * k, P), zero for taps on the padding."""
     lead = gm.shape[:-2]
     flat = gm.reshape(-1, gm.shape[-2] * gm.shape[-1])
-    g = flat.new_zeros(flat.shape[0], valid.numel())
+    g = scratch.rows(flat.shape[0], valid.numel(), flat)
     g.index_copy_(1, taps, flat.index_select(1, entries))
     return g.view(lead + valid.shape)
 
@@ -123,11 +138,12 @@ def _forward(x: torch.Tensor, kernels, G: int, batch: int, k: int, stride: int, 
     acc = _acc_dtype(x.dtype)
     y = out_like(x, Ho, Wo)
     with torch.autocast(x.device.type, enabled=False):
-        m_whole = _matrix(kernels(0, 1), taps, entries, H * W) if batch == 1 else None
+        scratch = _Zeroed()
+        m_whole = _matrix(kernels(0, 1), taps, entries, H * W, scratch) if batch == 1 else None
         step = N if batch == 1 else _chunk_step(G * Ho * Wo * H * W)
         for n0 in range(0, N, step):
             n1 = min(n0 + step, N)
-            m = m_whole if m_whole is not None else _matrix(kernels(n0, n1), taps, entries, H * W)
+            m = m_whole if m_whole is not None else _matrix(kernels(n0, n1), taps, entries, H * W, scratch)
             yh = _apply(_heads(x[n0:n1], G, acc), m)
             y[n0:n1] = yh.reshape(n1 - n0, C, Ho, Wo)
     return y
@@ -145,23 +161,24 @@ def _backward(
     acc = _acc_dtype(x.dtype)
     grad_x = x.new_empty(x.shape) if need_x else x.new_empty(0)
     with torch.autocast(x.device.type, enabled=False):
-        m_whole = _matrix(kernels(0, 1), taps, entries, H * W) if batch == 1 and need_x else None
+        m_scratch, g_scratch = _Zeroed(), _Zeroed()
+        m_whole = _matrix(kernels(0, 1), taps, entries, H * W, m_scratch) if batch == 1 and need_x else None
         gm_sum = None
         step = _chunk_step(G * Ho * Wo * H * W)
         for n0 in range(0, N, step):
             n1 = min(n0 + step, N)
             gyh = _heads(gy[n0:n1], G, acc)
             if need_x:
-                m = m_whole if m_whole is not None else _matrix(kernels(n0, n1), taps, entries, H * W)
+                m = m_whole if m_whole is not None else _matrix(kernels(n0, n1), taps, entries, H * W, m_scratch)
                 grad_x[n0:n1] = _apply_t(gyh, m).reshape(n1 - n0, C, H, W)
             if need_kernels:
                 gm = _matrix_grad(gyh, _heads(x[n0:n1], G, acc), batch == 1)
                 if batch == 1:
                     gm_sum = gm if gm_sum is None else gm_sum.add_(gm)
                 else:
-                    fold(n0, n1, _kernel_grad(gm, taps, entries, valid))
+                    fold(n0, n1, _kernel_grad(gm, taps, entries, valid, g_scratch))
         if gm_sum is not None:
-            fold(0, N, _kernel_grad(gm_sum, taps, entries, valid))
+            fold(0, N, _kernel_grad(gm_sum, taps, entries, valid, g_scratch))
     return grad_x
 
 
