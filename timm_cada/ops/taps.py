@@ -103,6 +103,9 @@ def _tap_grad(
 ) -> None:
     """out (N or 1, G, L) (+)= sum over a head's channels (and the batch, for a batch-1 out) of gy * x_d."""
     torch.mul(_tap(xph, geo, d, gy.shape[1]), gy, out=buf)
+    if out.shape[0] == buf.shape[0] and not accumulate:
+        torch.sum(buf, 2, out=out)  # straight into the (strided) destination: no temporary, no copy
+        return
     g = buf.sum(2) if out.shape[0] == buf.shape[0] else buf.sum((0, 2)).unsqueeze(0)
     if accumulate:
         out.add_(g)
@@ -231,26 +234,25 @@ def _cada_bwd(
             gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
             gxc = torch.zeros(xc.shape, dtype=acc, device=x.device) if need_x else None
             buf = torch.empty_like(gyc)
-            # (G, B, N' * L) view of alpha, for the bases gradient as one bmm per row
-            alpha_g = alc.permute(1, 2, 0, 3).reshape(G, B, -1) if g_bases is not None else None
             for i in range(k):
                 a_row = _synth_row(alc, bases_a, rel_a, i) if gxc is not None else None
-                # this row's kernel gradient, laid out (G, k, N', L) so that the bases product is a bmm
-                ga_row = gy.new_empty(G, k, alc.shape[0], geo.L, dtype=acc) if need_kernels else None
+                # this row's kernel gradient, (N' or 1, G, k, L)
+                ga_row = gy.new_empty(alc.shape[0], G, k, geo.L, dtype=acc) if need_kernels else None
                 for j in range(k):
                     if gxc is not None and a_row is not None:
                         _scatter(gxc, geo, i * k + j, gyc, a_row[:, :, j:j + 1])
                     if ga_row is not None:
-                        _tap_grad(xc, geo, i * k + j, gyc, buf, ga_row[:, j].transpose(0, 1))
+                        _tap_grad(xc, geo, i * k + j, gyc, buf, ga_row[:, :, j])
                 if ga_row is None:
                     continue
                 if g_alpha is not None:
                     # (G, B, k) @ (N', G, k, L)
-                    _batch(g_alpha, n0, n1).add_(torch.matmul(bases_a[:, :, i], ga_row.permute(2, 0, 1, 3)))
-                if g_bases is not None and alpha_g is not None:
-                    g_bases[:, :, i] += torch.bmm(alpha_g, ga_row.reshape(G, k, -1).transpose(1, 2))
+                    _batch(g_alpha, n0, n1).add_(torch.matmul(bases_a[:, :, i], ga_row))
+                if g_bases is not None:
+                    # (N', G, B, L) @ (N', G, L, k), summed over the chunk
+                    g_bases[:, :, i] += torch.matmul(alc, ga_row.transpose(-1, -2)).sum(0)
                 if g_rel is not None:
-                    g_rel[:, i] += ga_row.sum((2, 3))
+                    g_rel[:, i] += ga_row.sum((0, 3))
             if gxc is not None:
                 grad_x[n0:n1] = geo.unphase(gxc)
         if g_alpha is not None:
