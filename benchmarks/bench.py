@@ -33,7 +33,7 @@ from timm.models.resnet import Bottleneck
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.layers import Cada2d, DenseConv2d, DwConv2d, Local2d, Position2d
-from timm_cada.ops import CADA_IMPLS, cada_filter
+from timm_cada.ops import CADA_IMPLS, cada_filter, dense_pays
 from timm_cada.profile import count_macs, count_params
 
 STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
@@ -144,6 +144,8 @@ def _op_cases(C: int, H: int, k: int, device: torch.device, with_reference: bool
     for impl in CADA_IMPLS:
         if impl == 'reference' and (not with_reference or k > REFERENCE_MAX_K):
             continue
+        if impl == 'dense' and not dense_pays(H, H, k):
+            continue  # seconds per call on large maps (an H * W by H * W matrix per head), never picked there
         cases[f'cada_op_{impl}'] = (lambda a, b, c, impl=impl: cada_filter(a, b, c, impl=impl), (x, alpha, bases))
     cases['Cada2d'] = (Cada2d(C, C, k).to(device), (x,))
     cases['Cada2d_free'] = (Cada2d(C, C, k, identity_bases=True, num_bases=None).to(device), (x,))

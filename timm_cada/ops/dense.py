@@ -260,15 +260,15 @@ _pixel_filter_op = register_pixel_filter('pixel_filter_dense', _pixel_filter_fwd
 _cada_op = register_cada('cada_dense', _cada_fwd, _cada_bwd)
 
 
-def dense_pays(H: int, W: int, k: int, grad: bool) -> bool:
+def dense_pays(H: int, W: int, k: int, vs_combine: bool = False) -> bool:
     """Whether the dense product beats the other backends on an H x W input with a k x k window.
 
     The matrix costs H * W multiply-adds per output and channel against the window's k * k, but in
     GEMMs, where each tap of the tap walk is an elementwise pass over a padded map. On the benchmark
-    CPU (benchmarks/RESULTS.md) it wins forward + backward up to about 12 times the window's work,
-    and for inference, where conv-then-combine is the other contender, up to about 4 times.
+    CPU (benchmarks/RESULTS.md) it beats the tap walk up to about 12 times the window's work, and
+    conv-then-combine (CADA inference, `vs_combine`) up to about 4 times.
     """
-    return H * W <= (12 if grad else 4) * k * k
+    return H * W <= (4 if vs_combine else 12) * k * k
 
 
 def pixel_filter_dense(
