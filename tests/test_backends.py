@@ -155,7 +155,7 @@ def _perturb(m):
 def small_map_backend(request, monkeypatch):
     """The tests' small maps make 'auto' pick the dense backend; run them with the tap walk too."""
     if request.param == 'taps':
-        monkeypatch.setattr(timm_cada.ops, 'dense_pays', lambda *args: False)
+        monkeypatch.setattr(timm_cada.ops, 'dense_pays', lambda *args, **kwargs: False)
     return request.param
 
 
