@@ -98,11 +98,16 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
               dense.cada_dense(x, alpha, bases, rel_pos, 2), dense.pixel_filter_dense(x, attn, 5, 2)]
         return ys + list(grads(sum(ys), inputs))
 
-    one = run()
+    with monkeypatch.context() as m:  # everything in one chunk
+        m.setattr(taps, '_chunks', lambda n, per_sample: [(0, n)])
+        m.setattr(dense, '_rows_per_chunk', lambda *args: 10 ** 9)
+        one = run()
     monkeypatch.setattr(taps, 'CHUNK_ELEMS', 2 * x.shape[1] * 9 * 6)  # two samples per chunk
     assert taps._chunks(5, x.shape[1] * 9 * 6) == [(0, 2), (2, 4), (4, 5)]
-    monkeypatch.setattr(dense, 'CHUNK_ELEMS', 2 * 2 * 5 * 4 * 9 * 7)  # two samples of G * P * Q entries
-    assert dense._chunk_step(2 * 5 * 4 * 9 * 7) == 2
+    # capped by x's 2520 elements: one kernel-map row (a 20 x 63 matrix, 25 x 20 kernels) per chunk
+    assert dense._rows_per_chunk(x, 20, 63, 25) == 1
+    # rows of 3 + 3 + 3 + 1 (samples x heads), or 1 + 1 (the heads of a batch-1 map)
+    monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 1 if batch1 else 3)
     for a, b in zip(run(), one):
         torch.testing.assert_close(a, b, **TOL)
 

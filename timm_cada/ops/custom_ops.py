@@ -1,4 +1,4 @@
-""" Registration of the fast backends as torch.library custom ops.
+""" Registration of the fast backends as torch.library custom ops, and the helpers they share.
 
 Each backend supplies a forward and a hand-written backward as plain functions; this wraps them as
 custom ops (the backward a custom op too) with fake kernels and autograd, so autograd, autocast,
@@ -10,6 +10,11 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from .reference import filter_output_size
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulate half-precision inputs in float32 (sums run over k*k taps and head_dim channels)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def out_like(x: torch.Tensor, Ho: int, Wo: int) -> torch.Tensor:

@@ -8,16 +8,15 @@ but run at library GEMM speed in a handful of calls, where the tap walk (`taps.p
 elementwise passes over a map padded to W + k - 1 columns. `timm_cada.ops` picks it for 'auto'
 where that pays (`dense_pays`).
 
-M is built per batch chunk (about CHUNK_ELEMS entries), so the temporaries stay bounded; a
-batch-1 (broadcast) kernel map is turned into M once and applied to the whole batch.
+M is built for a few (sample, head) rows at a time (about CHUNK_ELEMS entries), so the temporaries
+stay bounded; the matrix of a batch-1 (broadcast) kernel map serves the whole batch in one GEMM.
 """
 from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from .custom_ops import out_like, register_cada, register_pixel_filter
+from .custom_ops import acc_dtype, out_like, register_cada, register_pixel_filter
 from .reference import filter_output_size
 
 # matrix entries per batch chunk (2 MiB of float32)
@@ -79,141 +78,142 @@ def _kernel_grad(
     return g.view(lead + valid.shape)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+def _rows(t: torch.Tensor, i0: int, i1: int, batch1: bool) -> torch.Tensor:
+    """Rows i0:i1 of an (N, G, hd, S) tensor as matrices: with per-sample kernels a row is one
+    (sample, head), (R, hd, S); with a batch-1 kernel map a row is one head over the whole batch,
+    (R, N * hd, S), so that its one matrix serves every sample in a single GEMM."""
+    if batch1:
+        return t[:, i0:i1].transpose(0, 1).reshape(i1 - i0, -1, t.shape[-1])
+    return t.view(-1, t.shape[-2], t.shape[-1])[i0:i1]
 
 
-def _chunk_step(per_sample: int) -> int:
-    return max(1, CHUNK_ELEMS // max(per_sample, 1))
+def _bmm_rows(out: torch.Tensor, i0: int, i1: int, batch1: bool, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Rows i0:i1 (see `_rows`) of a contiguous (N, G, hd, S) `out` = a @ b, in place where the layout allows."""
+    if batch1:
+        val = torch.bmm(a, b)
+        out[:, i0:i1] = val.view(i1 - i0, out.shape[0], out.shape[2], -1).transpose(0, 1)
+    else:
+        torch.bmm(a, b, out=out.view(-1, out.shape[-2], out.shape[-1])[i0:i1])
+
+
+def _rows_per_chunk(x: torch.Tensor, P: int, Q: int, kk: int) -> int:
+    """Kernel-map rows per chunk: matrices and kernel maps of about CHUNK_ELEMS entries in all, and no
+    more than x has elements, so that on the smallest maps the temporaries stay within an activation
+    or two (the depthwise conv's whole forward and backward needs about three)."""
+    return max(1, min(CHUNK_ELEMS, x.numel()) // (P * Q + kk * P))
 
 
 def _heads(x: torch.Tensor, G: int, dtype: torch.dtype) -> torch.Tensor:
-    """(N, C, H, W) -> (N, G, C // G, H * W) in the accumulation dtype."""
+    """(N, C, H, W) -> contiguous (N, G, C // G, H * W) in the accumulation dtype (a view when it can be)."""
     N, C = x.shape[:2]
-    return x.to(dtype).reshape(N, G, C // G, -1)
-
-
-def _apply(xh: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """y (N', G, hd, P) = x (N', G, hd, Q) M^T, M (N' or 1, G, P, Q); a batch-1 M is shared in one GEMM per head."""
-    if m.shape[0] == 1 and xh.shape[0] > 1:
-        n, g, hd, q = xh.shape
-        y = torch.matmul(xh.transpose(0, 1).reshape(g, n * hd, q), m[0].transpose(1, 2))
-        return y.view(g, n, hd, -1).transpose(0, 1)
-    return torch.matmul(xh, m.transpose(-1, -2))
-
-
-def _apply_t(gyh: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """grad_x (N', G, hd, Q) = gy (N', G, hd, P) M."""
-    if m.shape[0] == 1 and gyh.shape[0] > 1:
-        n, g, hd, p = gyh.shape
-        gx = torch.matmul(gyh.transpose(0, 1).reshape(g, n * hd, p), m[0])
-        return gx.view(g, n, hd, -1).transpose(0, 1)
-    return torch.matmul(gyh, m)
-
-
-def _matrix_grad(gyh: torch.Tensor, xh: torch.Tensor, batch1: bool) -> torch.Tensor:
-    """grad_M = gy^T x, (N', G, P, Q); for a batch-1 M summed over the chunk, (1, G, P, Q)."""
-    if batch1:
-        n, g, hd, p = gyh.shape
-        gm = torch.matmul(gyh.transpose(0, 1).reshape(g, n * hd, p).transpose(1, 2),
-                          xh.transpose(0, 1).reshape(g, n * hd, -1))
-        return gm.unsqueeze(0)
-    return torch.matmul(gyh.transpose(-1, -2), xh)
+    return x.to(dtype).reshape(N, G, C // G, -1).contiguous()
 
 
 def _synth(alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor]) -> torch.Tensor:
-    """(N', G, B, P) CA parameters -> (N', G, k * k, P) kernels."""
-    G, B = bases.shape[:2]
-    attn = torch.matmul(bases.reshape(G, B, -1).transpose(1, 2), alpha)
+    """CA parameters (R, B, P), each row's bases (R, B, k * k) and rel_pos (R, k * k) -> kernels (R, k * k, P)."""
+    attn = torch.bmm(bases.transpose(1, 2), alpha)
     if rel_pos is not None:
-        attn = attn + rel_pos.reshape(G, -1, 1)
+        attn = attn + rel_pos.unsqueeze(-1)
     return attn
 
 
-def _forward(x: torch.Tensor, kernels, G: int, batch: int, k: int, stride: int, dilation: int) -> torch.Tensor:
-    """Shared forward: `kernels(n0, n1)` gives the (N' or 1, G, k * k, P) kernel map of a batch chunk."""
+def _forward(x: torch.Tensor, kernels, rows: int, G: int, k: int, stride: int, dilation: int) -> torch.Tensor:
+    """Shared forward: `kernels(i0, i1)` gives rows i0:i1 of the (rows, k * k, P) kernel map, whose
+    rows run over (sample, head), or over heads alone for a batch-1 map (rows == G)."""
     N, C, H, W = x.shape
     Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
     taps, entries, _ = _indices(H, W, k, stride, dilation, x.device)
-    acc = _acc_dtype(x.dtype)
-    y = out_like(x, Ho, Wo)
+    acc = acc_dtype(x.dtype)
+    batch1 = rows == G and N > 1
+    out = out_like(x, Ho, Wo)
+    # rows are written straight into the output when its layout allows (float32, NCHW)
+    direct = out.is_contiguous() and out.dtype == acc
+    y = out.view(N, G, C // G, Ho * Wo) if direct else torch.empty(N, G, C // G, Ho * Wo, dtype=acc, device=x.device)
     with torch.autocast(x.device.type, enabled=False):
-        scratch = _Zeroed()
-        m_whole = _matrix(kernels(0, 1), taps, entries, H * W, scratch) if batch == 1 else None
-        step = N if batch == 1 else _chunk_step(G * Ho * Wo * H * W)
-        for n0 in range(0, N, step):
-            n1 = min(n0 + step, N)
-            m = m_whole if m_whole is not None else _matrix(kernels(n0, n1), taps, entries, H * W, scratch)
-            yh = _apply(_heads(x[n0:n1], G, acc), m)
-            y[n0:n1] = yh.reshape(n1 - n0, C, Ho, Wo)
-    return y
+        xh, scratch = _heads(x, G, acc), _Zeroed()
+        step = _rows_per_chunk(x, Ho * Wo, H * W, k * k)
+        for i0 in range(0, rows, step):
+            i1 = min(i0 + step, rows)
+            m = _matrix(kernels(i0, i1), taps, entries, H * W, scratch)
+            _bmm_rows(y, i0, i1, batch1, _rows(xh, i0, i1, batch1), m.transpose(1, 2))
+    if not direct:
+        out.copy_(y.view(N, C, Ho, Wo))
+    return out
 
 
 def _backward(
-        gy: torch.Tensor, x: torch.Tensor, kernels, fold, G: int, batch: int, k: int, stride: int, dilation: int,
+        gy: torch.Tensor, x: torch.Tensor, kernels, fold, rows: int, G: int, k: int, stride: int, dilation: int,
         need_x: bool, need_kernels: bool,
 ) -> torch.Tensor:
-    """Shared backward: returns grad_x (empty if not asked for); `fold(n0, n1, grad_kernels)` takes
-    each chunk's kernel-map gradient (summed over the batch for a batch-1 map, then given once)."""
+    """Shared backward: returns grad_x (empty if not asked for); `fold(i0, i1, grad_kernels)` takes
+    the gradient of kernel-map rows i0:i1, (R, k * k, P), summed over the batch for a batch-1 map."""
     N, C, H, W = x.shape
     Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
     taps, entries, valid = _indices(H, W, k, stride, dilation, x.device)
-    acc = _acc_dtype(x.dtype)
-    grad_x = x.new_empty(x.shape) if need_x else x.new_empty(0)
+    acc = acc_dtype(x.dtype)
+    batch1 = rows == G and N > 1
+    grad_x = torch.empty(N, G, C // G, H * W, dtype=acc, device=x.device) if need_x else x.new_empty(0)
     with torch.autocast(x.device.type, enabled=False):
-        m_scratch, g_scratch = _Zeroed(), _Zeroed()
-        m_whole = _matrix(kernels(0, 1), taps, entries, H * W, m_scratch) if batch == 1 and need_x else None
-        gm_sum = None
-        step = _chunk_step(G * Ho * Wo * H * W)
-        for n0 in range(0, N, step):
-            n1 = min(n0 + step, N)
-            gyh = _heads(gy[n0:n1], G, acc)
+        gyh, xh = _heads(gy, G, acc), _heads(x, G, acc) if need_kernels else None
+        scratch, g_scratch = _Zeroed(), _Zeroed()
+        P, Q = Ho * Wo, H * W
+        step = _rows_per_chunk(x, P, Q, k * k)
+        for i0 in range(0, rows, step):
+            i1 = min(i0 + step, rows)
+            gyr = _rows(gyh, i0, i1, batch1)
             if need_x:
-                m = m_whole if m_whole is not None else _matrix(kernels(n0, n1), taps, entries, H * W, m_scratch)
-                grad_x[n0:n1] = _apply_t(gyh, m).reshape(n1 - n0, C, H, W)
-            if need_kernels:
-                gm = _matrix_grad(gyh, _heads(x[n0:n1], G, acc), batch == 1)
-                if batch == 1:
-                    gm_sum = gm if gm_sum is None else gm_sum.add_(gm)
-                else:
-                    fold(n0, n1, _kernel_grad(gm, taps, entries, valid, g_scratch))
-        if gm_sum is not None:
-            fold(0, N, _kernel_grad(gm_sum, taps, entries, valid, g_scratch))
-    return grad_x
+                m = _matrix(kernels(i0, i1), taps, entries, Q, scratch)
+                _bmm_rows(grad_x, i0, i1, batch1, gyr, m)
+            if xh is not None:
+                # grad_M takes the matrix's place in the scratch, zeroed again for the next chunk's matrix
+                gm = scratch.rows(i1 - i0, P * Q, gyr).view(i1 - i0, P, Q)
+                torch.bmm(gyr.transpose(1, 2), _rows(xh, i0, i1, batch1), out=gm)
+                fold(i0, i1, _kernel_grad(gm, taps, entries, valid, g_scratch))
+                if need_x and i1 < rows:
+                    gm.zero_()
+    return grad_x.view(x.shape).to(x.dtype) if need_x else grad_x
 
 
 def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
-    acc = _acc_dtype(x.dtype)
-    a = attn.to(acc).flatten(-2)
-    return _forward(x, lambda n0, n1: a if a.shape[0] == 1 else a[n0:n1], attn.shape[1], attn.shape[0],
-                    k, stride, dilation)
+    a = attn.to(acc_dtype(x.dtype)).flatten(-2).flatten(0, 1)
+    return _forward(x, lambda i0, i1: a[i0:i1], a.shape[0], attn.shape[1], k, stride, dilation)
 
 
 def _pixel_filter_bwd(
         gy: torch.Tensor, x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int,
         need_x: bool, need_attn: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    acc = _acc_dtype(x.dtype)
-    a = attn.to(acc).flatten(-2)
-    grad_attn = torch.zeros(a.shape, dtype=acc, device=x.device) if need_attn else x.new_empty(0)
+    a = attn.to(acc_dtype(x.dtype)).flatten(-2).flatten(0, 1)
+    grad_attn = torch.empty_like(a) if need_attn else x.new_empty(0)
 
-    def fold(n0: int, n1: int, g: torch.Tensor) -> None:
-        grad_attn[n0:n1] = g
+    def fold(i0: int, i1: int, g: torch.Tensor) -> None:
+        grad_attn[i0:i1] = g
 
-    grad_x = _backward(gy, x, lambda n0, n1: a if a.shape[0] == 1 else a[n0:n1], fold, attn.shape[1], attn.shape[0],
-                       k, stride, dilation, need_x, need_attn)
+    grad_x = _backward(gy, x, lambda i0, i1: a[i0:i1], fold, a.shape[0], attn.shape[1], k, stride, dilation,
+                       need_x, need_attn)
     return grad_x, grad_attn.view(attn.shape).to(attn.dtype) if need_attn else grad_attn
+
+
+def _cada_rows(alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor], acc: torch.dtype):
+    """alpha as (rows, B, P), and the bases (rows, B, k * k) and rel_pos (rows, k * k) of each row's head."""
+    G, B, k, _ = bases.shape
+    al = alpha.to(acc).flatten(-2).flatten(0, 1)
+    reps = al.shape[0] // G
+    bs = bases.to(acc).reshape(G, B, k * k).repeat(reps, 1, 1)
+    rp = rel_pos.to(acc).reshape(G, k * k).repeat(reps, 1) if rel_pos is not None else None
+    return al, bs, rp
 
 
 def _cada_fwd(
         x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor],
         stride: int, dilation: int,
 ) -> torch.Tensor:
-    acc = _acc_dtype(x.dtype)
-    al, bs = alpha.to(acc).flatten(-2), bases.to(acc)
-    rp = rel_pos.to(acc) if rel_pos is not None else None
-    return _forward(x, lambda n0, n1: _synth(al if al.shape[0] == 1 else al[n0:n1], bs, rp),
-                    bases.shape[0], alpha.shape[0], bases.shape[-1], stride, dilation)
+    al, bs, rp = _cada_rows(alpha, bases, rel_pos, acc_dtype(x.dtype))
+
+    def kernels(i0: int, i1: int) -> torch.Tensor:
+        return _synth(al[i0:i1], bs[i0:i1], rp[i0:i1] if rp is not None else None)
+
+    return _forward(x, kernels, al.shape[0], bases.shape[0], bases.shape[-1], stride, dilation)
 
 
 def _cada_bwd(
@@ -222,37 +222,36 @@ def _cada_bwd(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_alpha, grad_bases, grad_rel_pos); an empty tensor stands for one not asked for.
 
-    The kernel-map gradient of each chunk is folded at once into grad_alpha (bases^T g), grad_bases
-    (g alpha^T, summed over the chunk) and grad_rel_pos (g summed over pixels and the chunk).
+    The kernel-map gradient of each chunk of rows is folded at once into grad_alpha (bases^T g) and
+    per-row grad_bases (alpha g^T) and grad_rel_pos (g summed over pixels), summed over each head's
+    rows at the end.
     """
-    acc = _acc_dtype(x.dtype)
     G, B, k, _ = bases.shape
-    al, bs = alpha.to(acc).flatten(-2), bases.to(acc)
-    rp = rel_pos.to(acc) if rel_pos is not None else None
-    need_rel = need_rel and rel_pos is not None
-    g_alpha = torch.empty(al.shape, dtype=acc, device=x.device) if need_alpha else None
-    g_bases = torch.zeros(G, k * k, B, dtype=acc, device=x.device) if need_bases else None
-    g_rel = torch.zeros(G, k * k, dtype=acc, device=x.device) if need_rel else None
-    bt = bs.reshape(G, B, k * k)
+    al, bs, rp = _cada_rows(alpha, bases, rel_pos, acc_dtype(x.dtype))
+    need_rel = need_rel and rp is not None
+    g_alpha = torch.empty_like(al) if need_alpha else None
+    g_bases = torch.empty_like(bs) if need_bases else None
+    g_rel = torch.empty_like(rp) if need_rel and rp is not None else None
 
-    def chunk(n0: int, n1: int) -> torch.Tensor:
-        return al if al.shape[0] == 1 else al[n0:n1]
+    def kernels(i0: int, i1: int) -> torch.Tensor:
+        return _synth(al[i0:i1], bs[i0:i1], rp[i0:i1] if rp is not None else None)
 
-    def fold(n0: int, n1: int, g: torch.Tensor) -> None:
+    def fold(i0: int, i1: int, ga: torch.Tensor) -> None:
         if g_alpha is not None:
-            g_alpha[n0:n1] = torch.matmul(bt, g)
+            torch.bmm(bs[i0:i1], ga, out=g_alpha[i0:i1])
         if g_bases is not None:
-            g_bases.add_(torch.matmul(g, chunk(n0, n1).transpose(-1, -2)).sum(0))
+            torch.bmm(al[i0:i1], ga.transpose(1, 2), out=g_bases[i0:i1])
         if g_rel is not None:
-            g_rel.add_(g.sum((0, 3)))
+            torch.sum(ga, -1, out=g_rel[i0:i1])
 
-    grad_x = _backward(gy, x, lambda n0, n1: _synth(chunk(n0, n1), bs, rp), fold, G, alpha.shape[0],
-                       k, stride, dilation, need_x, need_alpha or need_bases or need_rel)
+    grad_x = _backward(gy, x, kernels, fold, al.shape[0], G, k, stride, dilation,
+                       need_x, need_alpha or need_bases or need_rel)
     return (
         grad_x,
         g_alpha.view(alpha.shape).to(alpha.dtype) if g_alpha is not None else x.new_empty(0),
-        g_bases.transpose(1, 2).reshape(bases.shape).to(bases.dtype) if g_bases is not None else x.new_empty(0),
-        g_rel.view(G, k, k).to(rel_pos.dtype) if g_rel is not None and rel_pos is not None else x.new_empty(0),
+        g_bases.view(-1, G, B, k, k).sum(0).to(bases.dtype) if g_bases is not None else x.new_empty(0),
+        g_rel.view(-1, G, k, k).sum(0).to(rel_pos.dtype) if g_rel is not None and rel_pos is not None
+        else x.new_empty(0),
     )
 
 

@@ -3,8 +3,9 @@
 The k x k window is walked tap by tap over a zero-padded copy of x, each tap one fused multiply-add
 over a batch chunk, accumulated in place; the backward walks the taps the same way for grad_x (a
 scatter-add into a padded gradient) and for the kernels' gradient (the channels of a head summed per
-tap). No tap is ever stored, and the batch is processed in chunks of about CHUNK_ELEMS outputs, so
-the temporaries (padded input, pitched gradient, accumulators) are a fraction of one activation.
+tap). No tap is ever stored, and the batch is processed in chunks of about CHUNK_ELEMS outputs (at
+most half the batch), so the temporaries (padded input, pitched gradient, accumulators) stay within
+a few activations.
 
 To keep every tap a long contiguous run, the padded input is flattened with its row pitch Wp: the
 tap at (i, j) is then the slice starting at i * Wp + j, and the output is computed on the same
@@ -19,11 +20,11 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .custom_ops import out_like, register_cada, register_pixel_filter
+from .custom_ops import acc_dtype, out_like, register_cada, register_pixel_filter
 from .reference import filter_output_size
 
 # accumulator elements per batch chunk (4 MiB of float32): on the benchmark CPU 2 to 4 times faster
-# than 2^17 or 2^18 (fewer, longer ops), no faster at 2^21 or 2^22, and a fraction of an activation
+# than 2^17 or 2^18 (fewer, longer ops, each paying for waking the thread pool), no faster beyond
 CHUNK_ELEMS = 1 << 20
 
 
@@ -74,14 +75,11 @@ class _Geometry:
         return t.unflatten(-1, (self.Ho, self.Wph))[..., :self.Wo]
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulate half-precision inputs in float32 (sums run over k*k taps and head_dim channels)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _chunks(n: int, per_sample: int) -> List[Tuple[int, int]]:
-    """Batch slices of about CHUNK_ELEMS accumulator elements each."""
-    step = max(1, CHUNK_ELEMS // max(per_sample, 1))
+    """Batch slices of about CHUNK_ELEMS accumulator elements each, and at most half the batch: the
+    backward holds about five chunk-sized temporaries (see benchmarks/RESULTS.md for what a smaller
+    chunk saves in memory and costs in time)."""
+    step = max(1, min(CHUNK_ELEMS, n * per_sample // 2) // max(per_sample, 1))
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
@@ -113,11 +111,6 @@ def _tap_grad(
         out.copy_(g)
 
 
-def _batch(t: torch.Tensor, n0: int, n1: int) -> torch.Tensor:
-    """Rows n0:n1 of a per-sample tensor; a batch-1 (broadcast) tensor as it is."""
-    return t if t.shape[0] == 1 else t[n0:n1]
-
-
 def _pitched_chunks(t: torch.Tensor, geo: _Geometry, dtype: torch.dtype, n0: int, n1: int, whole: Optional[torch.Tensor]):
     """Rows n0:n1 of t, pitched and cast; a batch-1 tensor is pitched once (`whole`)."""
     return whole if whole is not None else geo.pitched(t[n0:n1].to(dtype))
@@ -130,7 +123,7 @@ def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, 
     N, C, H, W = x.shape
     G = attn.shape[1]
     geo = _Geometry(H, W, k, stride, dilation)
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     y = out_like(x, geo.Ho, geo.Wo)
     with torch.autocast(x.device.type, enabled=False):
         whole = geo.pitched(attn.to(acc)) if attn.shape[0] == 1 else None
@@ -152,12 +145,16 @@ def _pixel_filter_bwd(
     G = attn.shape[1]
     kk = k * k
     geo = _Geometry(H, W, k, stride, dilation)
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     grad_x = x.new_empty(x.shape) if need_x else x.new_empty(0)
     grad_attn = x.new_empty(0)
     with torch.autocast(x.device.type, enabled=False):
         whole = geo.pitched(attn.to(acc)) if attn.shape[0] == 1 else None
-        ga = gy.new_zeros(attn.shape[0], G, kk, geo.L, dtype=acc) if need_attn else None
+        # a per-sample map's gradient is finished chunk by chunk; a batch-1 map's sums over all of them
+        batch1 = attn.shape[0] == 1
+        ga1 = gy.new_zeros(1, G, kk, geo.L, dtype=acc) if need_attn and batch1 else None
+        if need_attn and not batch1:
+            grad_attn = attn.new_empty(attn.shape)
         for n0, n1 in _chunks(N, C * geo.L):
             xc, ac = geo.phases(x[n0:n1]), _pitched_chunks(attn, geo, acc, n0, n1, whole)
             gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
@@ -166,13 +163,15 @@ def _pixel_filter_bwd(
                 for d in range(kk):
                     _scatter(gxc, geo, d, gyc, ac[:, :, d:d + 1])
                 grad_x[n0:n1] = geo.unphase(gxc)
-            if ga is not None:
+            if need_attn:
                 buf = torch.empty_like(gyc)
-                gac = _batch(ga, n0, n1)
+                gac = ga1 if ga1 is not None else gy.new_empty(n1 - n0, G, kk, geo.L, dtype=acc)
                 for d in range(kk):
-                    _tap_grad(xc, geo, d, gyc, buf, gac[:, :, d], accumulate=ga.shape[0] == 1)
-        if ga is not None:
-            grad_attn = geo.unpitched(ga).to(attn.dtype)
+                    _tap_grad(xc, geo, d, gyc, buf, gac[:, :, d], accumulate=batch1)
+                if not batch1:
+                    grad_attn[n0:n1] = geo.unpitched(gac)
+        if ga1 is not None:
+            grad_attn = geo.unpitched(ga1).to(attn.dtype)
     return grad_x, grad_attn
 
 
@@ -183,7 +182,7 @@ def _cada_fwd(
     N, C, H, W = x.shape
     G, B, k, _ = bases.shape
     geo = _Geometry(H, W, k, stride, dilation)
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     y = out_like(x, geo.Ho, geo.Wo)
     with torch.autocast(x.device.type, enabled=False):
         bases = bases.to(acc)
@@ -216,7 +215,7 @@ def _cada_bwd(
     N, C, H, W = x.shape
     G, B, k, _ = bases.shape
     geo = _Geometry(H, W, k, stride, dilation)
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     need_rel = need_rel and rel_pos is not None
     grad_x, grad_alpha, grad_bases, grad_rel = (x.new_empty(0) for _ in range(4))
     if need_x:
@@ -225,7 +224,10 @@ def _cada_bwd(
         bases_a = bases.to(acc)
         rel_a = rel_pos.to(acc) if rel_pos is not None else None
         whole = geo.pitched(alpha.to(acc)) if alpha.shape[0] == 1 else None
-        g_alpha = gy.new_zeros(alpha.shape[0], G, B, geo.L, dtype=acc) if need_alpha else None
+        # a per-sample alpha's gradient is finished chunk by chunk; a batch-1 alpha's sums over all of them
+        g_alpha1 = gy.new_zeros(1, G, B, geo.L, dtype=acc) if need_alpha and alpha.shape[0] == 1 else None
+        if need_alpha and g_alpha1 is None:
+            grad_alpha = alpha.new_empty(alpha.shape)
         g_bases = torch.zeros_like(bases_a) if need_bases else None
         g_rel = torch.zeros(G, k, k, dtype=acc, device=x.device) if need_rel else None
         need_kernels = need_alpha or need_bases or need_rel
@@ -234,6 +236,9 @@ def _cada_bwd(
             gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
             gxc = torch.zeros(xc.shape, dtype=acc, device=x.device) if need_x else None
             buf = torch.empty_like(gyc)
+            # this chunk's alpha gradient (all of it, for a batch-1 alpha)
+            g_alpha = g_alpha1 if g_alpha1 is not None else (
+                gy.new_zeros(n1 - n0, G, B, geo.L, dtype=acc) if need_alpha else None)
             for i in range(k):
                 a_row = _synth_row(alc, bases_a, rel_a, i) if gxc is not None else None
                 # this row's kernel gradient, (N' or 1, G, k, L)
@@ -247,7 +252,7 @@ def _cada_bwd(
                     continue
                 if g_alpha is not None:
                     # (G, B, k) @ (N', G, k, L)
-                    _batch(g_alpha, n0, n1).add_(torch.matmul(bases_a[:, :, i], ga_row))
+                    g_alpha.add_(torch.matmul(bases_a[:, :, i], ga_row))
                 if g_bases is not None:
                     # (N', G, B, L) @ (N', G, L, k), summed over the chunk
                     g_bases[:, :, i] += torch.matmul(alc, ga_row.transpose(-1, -2)).sum(0)
@@ -255,8 +260,10 @@ def _cada_bwd(
                     g_rel[:, i] += ga_row.sum((0, 3))
             if gxc is not None:
                 grad_x[n0:n1] = geo.unphase(gxc)
-        if g_alpha is not None:
-            grad_alpha = geo.unpitched(g_alpha).to(alpha.dtype)
+            if g_alpha is not None and g_alpha1 is None:
+                grad_alpha[n0:n1] = geo.unpitched(g_alpha)
+        if g_alpha1 is not None:
+            grad_alpha = geo.unpitched(g_alpha1).to(alpha.dtype)
         if g_bases is not None:
             grad_bases = g_bases.to(bases.dtype)
         if g_rel is not None and rel_pos is not None:
