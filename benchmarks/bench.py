@@ -1,6 +1,6 @@
 """ Speed and memory of the CADA mixers and models, against depthwise convs and timm's resnet50.
 
-    python benchmarks/bench.py                   # CPU, operator and model level, full run
+    python benchmarks/bench.py                   # CPU, operator level, chunk study and model level, full run
     python benchmarks/bench.py --quick           # a few minutes: fewer shapes, models and repeats
     python benchmarks/bench.py --device cuda --amp bf16 --channels-last
 
@@ -33,7 +33,7 @@ from timm.models.resnet import Bottleneck
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.layers import Cada2d, DenseConv2d, DwConv2d, Local2d, Position2d
-from timm_cada.ops import CADA_IMPLS, cada_filter, dense_pays
+from timm_cada.ops import CADA_IMPLS, cada_filter, dense_pays, taps
 from timm_cada.profile import count_macs, count_params
 
 STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
@@ -187,6 +187,37 @@ def bench_ops(run: Runner, stages, kernels, with_reference: bool, channels_last:
     return rows
 
 
+def bench_chunks(run: Runner, shapes, fractions=(0.5, 0.4, 0.25)) -> List[Dict]:
+    """Memory against time of the tap walk: CADA fwd+bwd ('auto') with at most each fraction of the
+    batch per chunk (taps.MAX_CHUNK_FRACTION), against the depthwise conv, side by side."""
+    rows, default = [], taps.MAX_CHUNK_FRACTION
+    for C, H, k in shapes:
+        cases = _op_cases(C, H, k, run.device, with_reference=False)
+        dw_mod, (x,) = cases['dw_conv']
+        _, (_, alpha, bases) = cases['cada_op_auto']
+        x, alpha, bases = (t.detach().requires_grad_() for t in (x, alpha, bases))
+        gy = torch.randn_like(x)
+
+        def dw():
+            dw_mod(x).backward(gy)
+
+        def op():
+            cada_filter(x, alpha, bases).backward(gy)
+
+        dw_ms, dw_mib = run.time(dw) * 1e3, run.peak_mem(dw)
+        for frac in fractions:
+            taps.MAX_CHUNK_FRACTION = frac
+            try:
+                ms, mib = run.time(op) * 1e3, run.peak_mem(op)
+            finally:
+                taps.MAX_CHUNK_FRACTION = default
+            rows.append(dict(C=C, H=H, k=k, max_chunk_fraction=frac, fwd_bwd_ms=ms, peak_mib=mib,
+                             fwd_bwd_x_dw=ms / dw_ms, peak_x_dw=mib / dw_mib if dw_mib else float('nan')))
+            print('  chunks {C}@{H} k{k} fraction {max_chunk_fraction}: fwd+bwd {fwd_bwd_ms:.2f} ms, '
+                  'peak {peak_mib:.1f} MiB'.format(**rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ model level
 
 class _NoMixer(nn.Module):
@@ -319,7 +350,7 @@ def main(argv=None) -> None:
     p.add_argument('--device', default='cpu', help='cpu or cuda')
     p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'), help='autocast dtype')
     p.add_argument('--channels-last', action='store_true', help='operator level: channels_last inputs')
-    p.add_argument('--level', default='all', choices=('op', 'model', 'all'))
+    p.add_argument('--level', default='all', choices=('op', 'chunks', 'model', 'all'))
     p.add_argument('--quick', action='store_true', help='a short run: fewer shapes, models and repeats')
     p.add_argument('--dry-run', action='store_true', help='run every code path on tiny shapes (for tests)')
     p.add_argument('--repeats', type=int, default=None, help='timed runs per figure (median reported)')
@@ -364,6 +395,13 @@ def main(argv=None) -> None:
             BASES, HEAD_DIM))
         targets = op_targets(rows)
         print(markdown(targets, list(targets[0]) if targets else []) + '\n')
+    if args.level in ('chunks', 'all'):
+        # the shapes 'auto' runs the tap walk on (the dense backend takes the smaller maps)
+        shapes = [(C, H, k) for C, H in stages for k in kernels if k > 3 and not dense_pays(H, H, k)]
+        rows = bench_chunks(run, shapes or [stages[0] + kernels[:1]])
+        write_csv(rows, os.path.join(args.out_dir, f'chunks_{tag}.csv'))
+        print('## Memory against time: the tap walk with at most a fraction of the batch per chunk\n')
+        print(markdown(rows, list(rows[0])) + '\n')
     if args.level in ('model', 'all'):
         rows = bench_models(run, names, compile_names, batches[0], batches[1], img)
         write_csv(rows, os.path.join(args.out_dir, f'models_{tag}.csv'))

@@ -126,8 +126,16 @@ def test_auto_picks_dense_on_small_maps_only(grad):
     assert (impl_for(256, 28, 13) == 'dense') == grad  # inference: conv-then-combine wins there
 
 
+@pytest.fixture(params=['dense', 'taps'])
+def small_map_backend(request, monkeypatch):
+    """The tests' small maps make 'auto' pick the dense backend; run them with the tap walk too."""
+    if request.param == 'taps':
+        monkeypatch.setattr(timm_cada.ops, 'dense_pays', lambda *args, **kwargs: False)
+    return request.param
+
+
 @pytest.mark.parametrize('fn', ['cada', 'pixel'])
-def test_channels_last_in_channels_last_out(fn):
+def test_channels_last_in_channels_last_out(fn, small_map_backend):
     x, alpha, bases, rel_pos, attn = make(3, C=16, H=8, W=8)
     xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     if fn == 'cada':
@@ -154,14 +162,6 @@ def _perturb(m):
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     return m.eval()
-
-
-@pytest.fixture(params=['dense', 'taps'])
-def small_map_backend(request, monkeypatch):
-    """The tests' small maps make 'auto' pick the dense backend; run them with the tap walk too."""
-    if request.param == 'taps':
-        monkeypatch.setattr(timm_cada.ops, 'dense_pays', lambda *args, **kwargs: False)
-    return request.param
 
 
 @pytest.mark.parametrize('idx', range(5))
@@ -247,6 +247,13 @@ def test_bench_dry_run_op_level(tmp_path, capsys):
     out = capsys.readouterr().out
     assert '| 32 | 8 | 3 | dw_conv |' in out and 'cada_op_synthesize' in out and 'unfold_ref' in out
     assert (tmp_path / 'ops_cpu_bf16.csv').read_text().count('\n') > 10
+
+
+def test_bench_dry_run_chunk_study(tmp_path, capsys):
+    _bench().main(['--dry-run', '--level', 'chunks', '--out-dir', str(tmp_path)])
+    assert '| 32 | 8 | 3 | 0.25 |' in capsys.readouterr().out
+    assert taps.MAX_CHUNK_FRACTION == 0.5  # restored
+    assert (tmp_path / 'chunks_cpu.csv').read_text().count('\n') == 4
 
 
 @pytest.mark.slow

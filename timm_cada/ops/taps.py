@@ -3,9 +3,9 @@
 The k x k window is walked tap by tap over a zero-padded copy of x, each tap one fused multiply-add
 over a batch chunk, accumulated in place; the backward walks the taps the same way for grad_x (a
 scatter-add into a padded gradient) and for the kernels' gradient (the channels of a head summed per
-tap). No tap is ever stored, and the batch is processed in chunks of about CHUNK_ELEMS outputs (at
-most half the batch), so the temporaries (padded input, pitched gradient, accumulators) stay within
-a few activations.
+tap). No tap is ever stored, and the batch is processed in chunks of about CHUNK_ELEMS outputs (and
+at most MAX_CHUNK_FRACTION of the batch), so the temporaries (padded input, pitched gradient,
+accumulators) stay within a few activations.
 
 To keep every tap a long contiguous run, the padded input is flattened with its row pitch Wp: the
 tap at (i, j) is then the slice starting at i * Wp + j, and the output is computed on the same
@@ -26,6 +26,9 @@ from .reference import filter_output_size
 # accumulator elements per batch chunk (4 MiB of float32): on the benchmark CPU 2 to 4 times faster
 # than 2^17 or 2^18 (fewer, longer ops, each paying for waking the thread pool), no faster beyond
 CHUNK_ELEMS = 1 << 20
+# and at most this fraction of the batch per chunk: a smaller one saves memory and costs time
+# (benchmarks/RESULTS.md, 'Memory against time')
+MAX_CHUNK_FRACTION = 0.5
 
 
 class _Geometry:
@@ -76,10 +79,9 @@ class _Geometry:
 
 
 def _chunks(n: int, per_sample: int) -> List[Tuple[int, int]]:
-    """Batch slices of about CHUNK_ELEMS accumulator elements each, and at most half the batch: the
-    backward holds about five chunk-sized temporaries (see benchmarks/RESULTS.md for what a smaller
-    chunk saves in memory and costs in time)."""
-    step = max(1, min(CHUNK_ELEMS, n * per_sample // 2) // max(per_sample, 1))
+    """Batch slices of about CHUNK_ELEMS accumulator elements each, and at most MAX_CHUNK_FRACTION of
+    the batch (the backward holds about five chunk-sized temporaries)."""
+    step = max(1, min(CHUNK_ELEMS, int(n * per_sample * MAX_CHUNK_FRACTION)) // max(per_sample, 1))
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
