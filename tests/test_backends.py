@@ -12,6 +12,7 @@ import torch
 import timm_cada.ops
 from timm_cada.layers import Cada2d, Local2d, Position2d
 from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, dense, filter_output_size, pixel_filter, taps
+from timm_cada.ops import _auto_cada_impl
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
 
 DT = torch.float64
@@ -119,7 +120,7 @@ def test_auto_picks_dense_on_small_maps_only(grad):
         x = torch.randn(2, C, H, H, requires_grad=grad)
         Ho = filter_output_size(H, k, stride)
         alpha = torch.randn(2, C // 16, 8, Ho, Ho)
-        return cada_filter.__globals__['_auto_cada_impl'](x, alpha, torch.randn(C // 16, 8, k, k), None)
+        return _auto_cada_impl(x, alpha, torch.randn(C // 16, 8, k, k), None)
 
     assert impl_for(512, 7, 7) == 'dense' and impl_for(256, 14, 13) == 'dense'
     assert impl_for(64, 56, 7) != 'dense' and impl_for(128, 28, 7) != 'dense'
@@ -138,14 +139,29 @@ def small_map_backend(request, monkeypatch):
 def test_channels_last_in_channels_last_out(fn, small_map_backend):
     x, alpha, bases, rel_pos, attn = make(3, C=16, H=8, W=8)
     xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    x.requires_grad_()
     if fn == 'cada':
         out, ref = cada_filter(xc, alpha, bases, rel_pos), cada_reference(x, alpha, bases, rel_pos)
     else:
         out, ref = pixel_filter(xc, attn, 3), pixel_filter_reference(x, attn, 3)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, **TOL)
-    (g,) = grads(out, [xc])
-    assert g.shape == x.shape
+    torch.testing.assert_close(grads(out, [xc])[0], grads(ref, [x])[0], **TOL)
+
+
+@pytest.mark.parametrize('impl', ['synthesize', 'dense'])
+@pytest.mark.parametrize('batch1', [False, True])
+def test_kernel_grads_without_input_grad(monkeypatch, impl, batch1):
+    """Only the kernels need a gradient (x is data): the backwards skip grad_x, and the dense one then
+    reuses its scratch without re-zeroing it; several chunks, so a stale entry would show."""
+    monkeypatch.setattr(taps, 'CHUNK_ELEMS', 1)  # one sample per chunk
+    monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 1)
+    x, alpha, bases, rel_pos, _ = make(5, N=3, stride=2, batch1=batch1)
+    inputs = [t.requires_grad_() for t in (alpha, bases, rel_pos)]
+    out = cada_filter(x, alpha, bases, rel_pos, 2, impl=impl)
+    ref = cada_reference(x, alpha, bases, rel_pos, 2)
+    for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
+        torch.testing.assert_close(g, g_ref, **TOL)
 
 
 def _mixers():
@@ -223,16 +239,29 @@ def test_compile_inductor_resnet26_cada_k7():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('amp', [torch.float16, torch.bfloat16])
-def test_cuda_autocast_matches_reference(amp):
+@pytest.mark.parametrize('impls', [('synthesize', 'taps'), ('dense', 'dense')], ids=str)
+def test_cuda_autocast_matches_reference(amp, impls):
     x, alpha, bases, rel_pos, attn = (t.cuda().float() for t in make(7, C=32, H=14, W=14, G=2, B=8))
     ref = cada_reference(x, alpha, bases, rel_pos)
     with torch.autocast('cuda', dtype=amp):
-        out = cada_filter(x.to(amp), alpha, bases, rel_pos)
-        out_pf = pixel_filter(x.to(amp), attn, 7)
+        out = cada_filter(x.to(amp), alpha, bases, rel_pos, impl=impls[0])
+        out_pf = pixel_filter(x.to(amp), attn, 7, impl=impls[1])
     assert out.dtype == amp
     torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
     ref_pf = pixel_filter_reference(x, attn, 7)
     torch.testing.assert_close(out_pf.float(), ref_pf, rtol=0.05, atol=0.05 * ref_pf.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('impl', ['synthesize', 'dense'])
+def test_cuda_grads_match_reference(impl):
+    x, alpha, bases, rel_pos, _ = (t.cuda() for t in make(5, stride=2, dilation=1))
+    inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos)]
+    out = cada_filter(x, alpha, bases, rel_pos, 2, impl=impl)
+    ref = cada_reference(x, alpha, bases, rel_pos, 2)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
+        torch.testing.assert_close(g, g_ref, **TOL)
 
 
 def _bench():
@@ -250,10 +279,16 @@ def test_bench_dry_run_op_level(tmp_path, capsys):
 
 
 def test_bench_dry_run_chunk_study(tmp_path, capsys):
-    _bench().main(['--dry-run', '--level', 'chunks', '--out-dir', str(tmp_path)])
-    assert '| 32 | 8 | 3 | 0.25 |' in capsys.readouterr().out
+    rows = {}
+    bench = _bench()
+    real = bench.bench_chunks
+    bench.bench_chunks = lambda *a, **kw: rows.setdefault('rows', real(*a, **kw))
+    bench.main(['--dry-run', '--level', 'chunks', '--out-dir', str(tmp_path)])
+    assert '| 32 | 16 | 3 | 0.25 |' in capsys.readouterr().out
     assert taps.MAX_CHUNK_FRACTION == 0.5  # restored
     assert (tmp_path / 'chunks_cpu.csv').read_text().count('\n') == 4
+    peak = {r['max_chunk_fraction']: r['peak_mib'] for r in rows['rows']}
+    assert peak[0.25] < peak[0.4] < peak[0.5]  # the fraction reaches the tap walk: smaller chunks, less memory
 
 
 @pytest.mark.slow
@@ -267,6 +302,27 @@ def test_bench_dry_run_model_level(tmp_path, capsys):
 def test_bench_cuda_dry_run(tmp_path, capsys):
     _bench().main(['--dry-run', '--device', 'cuda', '--amp', 'fp16', '--channels-last', '--out-dir', str(tmp_path)])
     assert (tmp_path / 'ops_cuda_fp16_cl.csv').exists() and (tmp_path / 'models_cuda_fp16_cl.csv').exists()
+
+
+@pytest.mark.parametrize('backend', ['taps', 'dense'])
+def test_fake_backward_matches_real_dtypes(backend):
+    """What torch.compile traces (the fake kernels) must match what runs, including the empty tensors
+    that stand for gradients not asked for, under bf16 autocast (x bf16, kernels float32)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    x, alpha, bases, rel_pos, attn = make(3, dtype=torch.float32)
+    gy, x = torch.randn(x.shape, dtype=torch.bfloat16), x.to(torch.bfloat16)
+    calls = [
+        (getattr(torch.ops.timm_cada, f'cada_{backend}_backward'), (gy, x, alpha, bases, rel_pos),
+         (1, 1, True, False, True, False)),
+        (getattr(torch.ops.timm_cada, f'cada_{backend}_backward'), (gy, x, alpha, bases, None),
+         (1, 1, False, True, False, True)),
+        (getattr(torch.ops.timm_cada, f'pixel_filter_{backend}_backward'), (gy, x, attn), (3, 1, 1, False, True)),
+    ]
+    for op, tensors, args in calls:
+        real = op(*tensors, *args)
+        with FakeTensorMode() as mode:
+            fake = op(*(t if t is None else mode.from_tensor(t) for t in tensors), *args)
+        assert [(t.dtype, t.shape) for t in real] == [(t.dtype, t.shape) for t in fake]
 
 
 @pytest.mark.parametrize('channels_last', [False, True])

@@ -37,7 +37,11 @@ def pixel_filter(
         dilation: int = 1,
         impl: str = 'auto',
 ) -> torch.Tensor:
-    """y[n, c, p] = sum_d attn[n, g(c), d, p] * x[n, c, s * p + d]; attn is (N or 1, G, k * k, Ho, Wo)."""
+    """y[n, c, p] = sum_d attn[n, g(c), d, p] * x[n, c, s * p + d]; attn is (N or 1, G, k * k, Ho, Wo).
+
+    impl: 'auto' ('dense' on small maps, see `dense_pays`, else 'taps'), 'reference', 'taps' (in-place
+    tap accumulation) or 'dense' (each head's kernels as one dense matrix over the map, by GEMM).
+    """
     _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
     if impl not in ('auto', 'reference', 'taps', 'dense'):  # literal: TorchScript cannot read globals
         raise ValueError('impl must be one of auto, reference, taps, dense; got {}'.format(impl))

@@ -29,9 +29,13 @@ def _fake_out(x: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tens
     return out_like(x, filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation))
 
 
-def _fake_grad(t: Optional[torch.Tensor], need: bool) -> torch.Tensor:
-    if t is None:
-        return torch.empty(0)
+def _grad_or_empty(g: torch.Tensor, t: torch.Tensor, need: bool) -> torch.Tensor:
+    """The gradient for input t, contiguous; for one not asked for, an empty tensor of t's dtype (the
+    fake kernels promise exactly that)."""
+    return g.contiguous() if need else t.new_empty(0)
+
+
+def _fake_grad(t: torch.Tensor, need: bool) -> torch.Tensor:
     return torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty(0)
 
 
@@ -49,7 +53,7 @@ def register_pixel_filter(name: str, fwd: Callable, bwd: Callable) -> Callable:
             need_x: bool, need_attn: bool,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         gx, ga = bwd(gy, x, attn, k, stride, dilation, need_x, need_attn)
-        return gx.contiguous(), ga.contiguous()
+        return _grad_or_empty(gx, x, need_x), _grad_or_empty(ga, attn, need_attn)
 
     @op.register_fake
     def _(x, attn, k, stride, dilation):
@@ -93,7 +97,9 @@ def register_cada(name: str, fwd: Callable, bwd: Callable) -> Callable:
             need_x: bool, need_alpha: bool, need_bases: bool, need_rel: bool,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         grads = bwd(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel)
-        return tuple(g.contiguous() for g in grads)
+        rel, need_rel = (rel_pos, need_rel) if rel_pos is not None else (x, False)
+        return (_grad_or_empty(grads[0], x, need_x), _grad_or_empty(grads[1], alpha, need_alpha),
+                _grad_or_empty(grads[2], bases, need_bases), _grad_or_empty(grads[3], rel, need_rel))
 
     @op.register_fake
     def _(x, alpha, bases, rel_pos, stride, dilation):

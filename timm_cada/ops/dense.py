@@ -8,8 +8,10 @@ but run at library GEMM speed in a handful of calls, where the tap walk (`taps.p
 elementwise passes over a map padded to W + k - 1 columns. `timm_cada.ops` picks it for 'auto'
 where that pays (`dense_pays`).
 
-M is built for a few (sample, head) rows at a time (about CHUNK_ELEMS entries), so the temporaries
-stay bounded; the matrix of a batch-1 (broadcast) kernel map serves the whole batch in one GEMM.
+M is built for a few (sample, head) rows at a time (see `_rows_per_chunk`), so the temporaries stay
+bounded; the matrix of a batch-1 (broadcast) kernel map serves the whole batch in one GEMM. Inputs in
+half precision or channels_last are converted to float32 NCHW whole (x, and gy in the backward), as
+are the output and grad_x buffers: on the small maps this backend serves, a few float32 activations.
 """
 from functools import lru_cache
 from typing import Optional, Tuple
@@ -46,8 +48,9 @@ def _indices(
 
 
 class _Zeroed:
-    """A zero-filled scratch buffer reused across batch chunks. Every chunk writes the same entries
-    (the window taps), so the rest stays zero: it is allocated and zeroed once per call."""
+    """A zero-filled scratch buffer reused across batch chunks, allocated and zeroed once per call.
+    A matrix writes only its window entries, the same ones in every chunk, so the rest stays zero;
+    whoever writes anything else there (the backward's grad_M) zeroes it again after use."""
 
     def __init__(self):
         self.buf: Optional[torch.Tensor] = None

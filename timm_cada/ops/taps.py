@@ -119,7 +119,7 @@ def _pitched_chunks(t: torch.Tensor, geo: _Geometry, dtype: torch.dtype, n0: int
 
 
 # Every function below works one batch chunk at a time: its padded phases, pitched gradient and
-# accumulators exist for one chunk only, so the temporaries stay a fraction of an activation.
+# accumulators exist for one chunk only (see `_chunks`).
 
 def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
     N, C, H, W = x.shape
