@@ -61,6 +61,10 @@ class _Geometry:
         xp = xp.view(N, C, self.Hph, s, self.Wph, s).permute(3, 5, 0, 1, 2, 4)
         return xp.reshape(s * s, N, C, -1)
 
+    def zero_phases(self, N: int, C: int, like: torch.Tensor) -> torch.Tensor:
+        """A zero (s * s, N, C, Hph * Wph) buffer: the layout of `phases`, for a gradient."""
+        return like.new_zeros(self.s * self.s, N, C, self.Hph * self.Wph)
+
     def unphase(self, xph: torch.Tensor) -> torch.Tensor:
         """Inverse of `phases`, dropping the padding: (s * s, N, C, Hph * Wph) -> (N, C, H, W)."""
         s, p = self.s, self.pad
@@ -157,16 +161,19 @@ def _pixel_filter_bwd(
         ga1 = gy.new_zeros(1, G, kk, geo.L, dtype=acc) if need_attn and batch1 else None
         if need_attn and not batch1:
             grad_attn = attn.new_empty(attn.shape)
+        # grad_x and the kernels' gradient in turn, so that the padded gradient and the padded input
+        # never exist at once
         for n0, n1 in _chunks(N, C * geo.L):
-            xc, ac = geo.phases(x[n0:n1]), _pitched_chunks(attn, geo, acc, n0, n1, whole)
+            ac = _pitched_chunks(attn, geo, acc, n0, n1, whole)
             gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
             if need_x:
-                gxc = torch.zeros(xc.shape, dtype=acc, device=x.device)
+                gxc = geo.zero_phases(n1 - n0, C, gyc)
                 for d in range(kk):
                     _scatter(gxc, geo, d, gyc, ac[:, :, d:d + 1])
                 grad_x[n0:n1] = geo.unphase(gxc)
+                del gxc
             if need_attn:
-                buf = torch.empty_like(gyc)
+                xc, buf = geo.phases(x[n0:n1]), torch.empty_like(gyc)
                 gac = ga1 if ga1 is not None else gy.new_empty(n1 - n0, G, kk, geo.L, dtype=acc)
                 for d in range(kk):
                     _tap_grad(xc, geo, d, gyc, buf, gac[:, :, d], accumulate=batch1)
@@ -233,25 +240,30 @@ def _cada_bwd(
         g_bases = torch.zeros_like(bases_a) if need_bases else None
         g_rel = torch.zeros(G, k, k, dtype=acc, device=x.device) if need_rel else None
         need_kernels = need_alpha or need_bases or need_rel
+        # per chunk, grad_x and then the kernels' gradient, so that the padded gradient and the padded
+        # input (with the kernel-gradient buffers) never exist at once
         for n0, n1 in _chunks(N, C * geo.L):
-            xc, alc = geo.phases(x[n0:n1]), _pitched_chunks(alpha, geo, acc, n0, n1, whole)
+            alc = _pitched_chunks(alpha, geo, acc, n0, n1, whole)
             gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
-            gxc = torch.zeros(xc.shape, dtype=acc, device=x.device) if need_x else None
-            buf = torch.empty_like(gyc)
+            if need_x:
+                gxc = geo.zero_phases(n1 - n0, C, gyc)
+                for i in range(k):
+                    a_row = _synth_row(alc, bases_a, rel_a, i)
+                    for j in range(k):
+                        _scatter(gxc, geo, i * k + j, gyc, a_row[:, :, j:j + 1])
+                grad_x[n0:n1] = geo.unphase(gxc)
+                del gxc, a_row
+            if not need_kernels:
+                continue
+            xc, buf = geo.phases(x[n0:n1]), torch.empty_like(gyc)
             # this chunk's alpha gradient (all of it, for a batch-1 alpha)
             g_alpha = g_alpha1 if g_alpha1 is not None else (
                 gy.new_zeros(n1 - n0, G, B, geo.L, dtype=acc) if need_alpha else None)
             for i in range(k):
-                a_row = _synth_row(alc, bases_a, rel_a, i) if gxc is not None else None
                 # this row's kernel gradient, (N' or 1, G, k, L)
-                ga_row = gy.new_empty(alc.shape[0], G, k, geo.L, dtype=acc) if need_kernels else None
+                ga_row = gy.new_empty(alc.shape[0], G, k, geo.L, dtype=acc)
                 for j in range(k):
-                    if gxc is not None and a_row is not None:
-                        _scatter(gxc, geo, i * k + j, gyc, a_row[:, :, j:j + 1])
-                    if ga_row is not None:
-                        _tap_grad(xc, geo, i * k + j, gyc, buf, ga_row[:, :, j])
-                if ga_row is None:
-                    continue
+                    _tap_grad(xc, geo, i * k + j, gyc, buf, ga_row[:, :, j])
                 if g_alpha is not None:
                     # (G, B, k) @ (N', G, k, L)
                     g_alpha.add_(torch.matmul(bases_a[:, :, i], ga_row))
@@ -260,8 +272,6 @@ def _cada_bwd(
                     g_bases[:, :, i] += torch.matmul(alc, ga_row.transpose(-1, -2)).sum(0)
                 if g_rel is not None:
                     g_rel[:, i] += ga_row.sum((0, 3))
-            if gxc is not None:
-                grad_x[n0:n1] = geo.unphase(gxc)
             if g_alpha is not None and g_alpha1 is None:
                 grad_alpha[n0:n1] = geo.unpitched(g_alpha)
         if g_alpha1 is not None:
