@@ -130,13 +130,18 @@ def unfold_cada(x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, strid
     return (cols * attn.unsqueeze(2)).sum(3).view(N, C, Ho, Wo)
 
 
+def _op_inputs(C: int, H: int, k: int, device: torch.device):
+    """x, alpha and bases of the CADA operator at one shape."""
+    G = C // HEAD_DIM
+    x = torch.randn(BATCH, C, H, H, device=device)
+    alpha = torch.randn(BATCH, G, BASES, H, H, device=device).softmax(2)
+    bases = torch.randn(G, BASES, k, k, device=device) * 0.1
+    return x, alpha, bases
+
+
 def _op_cases(C: int, H: int, k: int, device: torch.device, with_reference: bool) -> Dict[str, tuple]:
     """name -> (module or function, inputs) for every mixer and CADA backend at one shape."""
-    G = C // HEAD_DIM
-    dd = dict(device=device)
-    x = torch.randn(BATCH, C, H, H, **dd)
-    alpha = torch.randn(BATCH, G, BASES, H, H, **dd).softmax(2)
-    bases = torch.randn(G, BASES, k, k, **dd) * 0.1
+    x, alpha, bases = _op_inputs(C, H, k, device)
     cases: Dict[str, tuple] = {'dw_conv': (DwConv2d(C, C, k).to(device), (x,))}
     if k == 3:
         cases['dense_conv'] = (DenseConv2d(C, C, k).to(device), (x,))
@@ -192,10 +197,8 @@ def bench_chunks(run: Runner, shapes, fractions=(0.5, 0.4, 0.25)) -> List[Dict]:
     batch per chunk (taps.MAX_CHUNK_FRACTION), against the depthwise conv, side by side."""
     rows, default = [], taps.MAX_CHUNK_FRACTION
     for C, H, k in shapes:
-        cases = _op_cases(C, H, k, run.device, with_reference=False)
-        dw_mod, (x,) = cases['dw_conv']
-        _, (_, alpha, bases) = cases['cada_op_auto']
-        x, alpha, bases = (t.detach().requires_grad_() for t in (x, alpha, bases))
+        dw_mod = DwConv2d(C, C, k).to(run.device)
+        x, alpha, bases = (t.requires_grad_() for t in _op_inputs(C, H, k, run.device))
         gy = torch.randn_like(x)
 
         def dw():
