@@ -75,6 +75,33 @@ def test_pixel_filter_values_and_grads_match_reference(impl, case):
         torch.testing.assert_close(g, g_ref, **TOL)
 
 
+@pytest.fixture
+def fresh_plans():
+    """The dense backend caches its plans: start and end with none."""
+    dense._plan.cache_clear()
+    yield
+    dense._plan.cache_clear()
+
+
+@pytest.mark.parametrize('h', [1, 2, 3])
+@pytest.mark.parametrize('case', CASES, ids=str)
+def test_dense_bands_match_reference(monkeypatch, fresh_plans, case, h):
+    """The dense backend splits larger maps into bands of output rows (the test maps are one band by
+    default): force bands of h rows, the last one shorter where h does not divide Ho, and chunks of two
+    kernel-map rows, so that the full bands of a chunk follow the short band of the one before."""
+    monkeypatch.setattr(dense, '_band_height', lambda *args: h)
+    monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 2)
+    k, stride, dilation, kw = split(case)
+    x, alpha, bases, rel_pos, attn = make(k, **{**kw, 'N': 3})
+    assert len(dense._plan(x.shape[-2], x.shape[-1], k, stride, dilation).bands) == -(-alpha.shape[-2] // h)
+    inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
+    out = dense.cada_dense(x, alpha, bases, rel_pos, stride, dilation) + dense.pixel_filter_dense(x, attn, k, stride, dilation)
+    ref = cada_reference(x, alpha, bases, rel_pos, stride, dilation) + pixel_filter_reference(x, attn, k, stride, dilation)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
+        torch.testing.assert_close(g, g_ref, **TOL)
+
+
 @pytest.mark.parametrize('case', [dict(k=3), dict(k=3, stride=2, dilation=2, H=10, W=9), dict(k=5, batch1=True)],
                          ids=str)
 def test_gradcheck(case):
@@ -105,8 +132,10 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
         one = run()
     monkeypatch.setattr(taps, 'CHUNK_ELEMS', 2 * x.shape[1] * 9 * 6)  # two samples per chunk
     assert taps._chunks(5, x.shape[1] * 9 * 6) == [(0, 2), (2, 4), (4, 5)]
-    # capped by x's 2520 elements: one kernel-map row (a 20 x 63 matrix, 25 x 20 kernels) per chunk
-    assert dense._rows_per_chunk(x, 20, 63, 25) == 1
+    # capped by 1.5 times x's 2520 elements: one kernel-map row per chunk for the matrices (a 20 x 95
+    # matrix and 20 x 25 kernels), two for their gradients (20 x 63, and the kernels' gradient)
+    plan = dense._plan(9, 7, 5, 2, 1)
+    assert [dense._rows_per_chunk(n, x.numel()) for n in (plan.matrix_entries(), plan.gradient_entries())] == [1, 2]
     # rows of 3 + 3 + 3 + 1 (samples x heads), or 1 + 1 (the heads of a batch-1 map)
     monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 1 if batch1 else 3)
     for a, b in zip(run(), one):
@@ -115,16 +144,18 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
 
 @pytest.mark.parametrize('grad', [False, True])
 def test_auto_picks_dense_on_small_maps_only(grad):
-    """The dense backend runs where its H * W matrix columns cost little more than the k * k window."""
+    """The dense backend runs where its banded matrices cost little more than the k * k window."""
     def impl_for(C, H, k, stride=1):
         x = torch.randn(2, C, H, H, requires_grad=grad)
         Ho = filter_output_size(H, k, stride)
         alpha = torch.randn(2, C // 16, 8, Ho, Ho)
         return _auto_cada_impl(x, alpha, torch.randn(C // 16, 8, k, k), None)
 
-    assert impl_for(512, 7, 7) == 'dense' and impl_for(256, 14, 13) == 'dense'
-    assert impl_for(64, 56, 7) != 'dense' and impl_for(128, 28, 7) != 'dense'
-    assert (impl_for(256, 28, 13) == 'dense') == grad  # inference: conv-then-combine wins there
+    assert impl_for(512, 7, 7) == 'dense' and impl_for(256, 14, 13) == 'dense' and impl_for(512, 7, 3) == 'dense'
+    assert impl_for(256, 28, 7, stride=2) == 'dense'  # the output's size counts
+    assert impl_for(64, 56, 7) != 'dense' and impl_for(64, 56, 13) != 'dense' and impl_for(128, 28, 3) != 'dense'
+    # inference: conv-then-combine or the tap walk win there
+    assert (impl_for(128, 28, 7) == 'dense') == grad and (impl_for(256, 28, 13) == 'dense') == grad
 
 
 @pytest.fixture(params=['dense', 'taps'])

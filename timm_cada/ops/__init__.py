@@ -48,7 +48,7 @@ def pixel_filter(
     if not torch.jit.is_scripting():
         # TorchScript cannot run custom ops' Python bodies: scripted models use the reference
         if impl == 'auto':
-            impl = 'dense' if dense_pays(x.shape[-2], x.shape[-1], kernel_size) else 'taps'
+            impl = 'dense' if dense_pays(attn.shape[-2], attn.shape[-1], kernel_size) else 'taps'
         if impl == 'dense':
             return pixel_filter_dense(x, attn, kernel_size, stride, dilation)
         if impl == 'taps':
@@ -70,7 +70,7 @@ def _auto_cada_impl(x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, r
              or (rel_pos is not None and rel_pos.requires_grad))
     grad = torch.is_grad_enabled() and grads
     k, num_bases, wo = bases.shape[-1], bases.shape[1], alpha.shape[-1]
-    if dense_pays(x.shape[-2], x.shape[-1], k, vs_combine=not grad):
+    if dense_pays(alpha.shape[-2], wo, k, vs_combine=not grad):
         return 'dense'
     if grad:
         return 'synthesize'

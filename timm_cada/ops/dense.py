@@ -1,84 +1,173 @@
-""" Local filtering as a dense matrix product: the backend for small maps.
+""" Local filtering as banded dense matrix products: the backend for small maps.
 
-Each head's per-pixel kernels are scattered into one (Ho * Wo, H * W) matrix M, zero outside every
-pixel's window, and the filter becomes a batched matmul per pass: y = x M^T, grad_x = gy M and
-grad_M = gy^T x, whose window entries gathered back are the kernels' gradient. The matmuls do
-H * W / (k * k) times the multiply-adds of the window (1 for k = 7 on a 7 x 7 map, 4 at 14 x 14),
-but run at library GEMM speed in a handful of calls, where the tap walk (`taps.py`) makes k * k
-elementwise passes over a map padded to W + k - 1 columns. `timm_cada.ops` picks it for 'auto'
-where that pays (`dense_pays`).
+Each head's per-pixel kernels become matrices M, zero outside every pixel's window, and each pass is
+a batched matmul: y = x M^T, grad_x = gy M, and grad_M = gy^T x, whose window entries are the
+kernels' gradient. The output rows are split into bands of h rows (`_plan`): a band's matrix has a
+row per output pixel of the band and a column per input pixel of the input rows its windows reach.
+On a small map one band covers everything, and the matmuls do H * W multiply-adds per output where
+the window does k * k (4 times as many at 14 x 14 for k = 7), but at library GEMM speed in a handful
+of calls, where the tap walk (`taps.py`) makes k * k elementwise passes. `timm_cada.ops` picks this
+backend for 'auto' where that pays (`dense_pays`).
 
-M is built for a few (sample, head) rows at a time (see `_rows_per_chunk`), so the temporaries stay
-bounded; the matrix of a batch-1 (broadcast) kernel map serves the whole batch in one GEMM. Inputs in
-half precision or channels_last are converted to float32 NCHW whole (x, and gy in the backward), as
-are the output and grad_x buffers: on the small maps this backend serves, a few float32 activations.
+No index tensors: every matrix row is laid out on the row pitch of the zero-padded input, so entry
+(i, j, a, b) (output pixel (i, j) of the band, tap (a, b)) lies at a fixed linear offset, and all the
+window entries of a chunk of matrices form one strided view (`_Plan.tap_view`). It is written by one
+multiply, the kernels times a 0/1 mask of the taps inside the map (taps beside the map's columns
+would land on the inputs of the neighbouring row), and read back the same way for the gradient.
+
+The matrices are built for a few (sample, head) rows at a time (`_rows_per_chunk`), so the
+temporaries stay bounded; the backward computes grad_x, then the kernels' gradient, so the matrices
+and the matrix gradients share one scratch. The matrix of a batch-1 (broadcast) kernel map serves the
+whole batch in one GEMM. Inputs in half precision or channels_last are converted to float32 NCHW whole
+(x, and gy in the backward), as are the output and grad_x buffers: on the small maps this backend
+serves, a few float32 activations.
 """
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from .custom_ops import acc_dtype, out_like, register_cada, register_pixel_filter
 from .reference import filter_output_size
 
-# matrix entries per batch chunk (2 MiB of float32)
-CHUNK_ELEMS = 1 << 19
+# scratch entries per batch chunk (4 MiB of float32), and at most this many times x's elements: on the
+# benchmark CPU 1.5 keeps the peak memory under twice the depthwise conv's (benchmarks/RESULTS.md)
+CHUNK_ELEMS = 1 << 20
+NUMEL_FACTOR = 1.5
+# per-band cost of the extra calls, in multiply-adds per head channel (see `_band_height`)
+BAND_COST = 1 << 14
+
+
+class _Band(NamedTuple):
+    """Output rows o0:o0 + n, which read input rows r0:r1: matrix columns lo:lo + (r1 - r0) * Wp."""
+    o0: int
+    n: int
+    r0: int
+    r1: int
+    lo: int
+
+
+class _Plan(NamedTuple):
+    """The matrix layout for one geometry (see the module docstring)."""
+    k: int
+    s: int
+    d: int
+    Ho: int
+    Wo: int
+    Wp: int  # row pitch of the input and of the matrix columns: W, or the window's span if wider
+    Q: int  # matrix row length
+    h: int  # output rows per band
+    bands: Tuple[_Band, ...]
+
+    def tap_view(self, buf: torch.Tensor, offset: int, rows: int, row_stride: int, n: int, row_len: int) -> torch.Tensor:
+        """The window entries of matrices of n * Wo rows of length row_len, stored in buf from offset
+        every row_stride, as (rows, n, Wo, k, k): entry (i, j, a, b) of a band lies at column
+        (i * s + a * d) * Wp + j * s + b * d of matrix row i * Wo + j (minus lo in a cropped matrix)."""
+        s, d, Wp, Wo = self.s, self.d, self.Wp, self.Wo
+        stride = (row_stride, Wo * row_len + s * Wp, row_len + s, d * Wp, d)
+        return buf.as_strided((rows, n, Wo, self.k, self.k), stride, buf.storage_offset() + offset)
+
+    def matrix_entries(self) -> int:
+        """Scratch entries per kernel-map row for its matrices: one band's, and the kernels."""
+        return self.h * self.Wo * self.Q + self.Ho * self.Wo * self.k * self.k
+
+    def gradient_entries(self) -> int:
+        """Scratch entries per kernel-map row for its matrix gradients: the widest band's, and the
+        kernels' gradient."""
+        return max(b.n * (b.r1 - b.r0) for b in self.bands) * self.Wo * self.Wp + self.Ho * self.Wo * self.k * self.k
+
+    def pixels(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., P, k * k) -> (..., Ho, Wo, k, k)."""
+        return t.unflatten(-1, (self.k, self.k)).unflatten(-3, (self.Ho, self.Wo))
+
+
+def _bands(H: int, k: int, s: int, d: int, Ho: int, Wp: int, h: int) -> Tuple[_Band, ...]:
+    pad = d * (k // 2)
+    bands = []
+    for o0 in range(0, Ho, h):
+        n = min(h, Ho - o0)
+        r0, r1 = max(0, o0 * s - pad), min(H, (o0 + n - 1) * s + (k - 1) * d - pad + 1)
+        bands.append(_Band(o0, n, r0, r1, (r0 + pad - o0 * s) * Wp + pad))
+    return tuple(bands)
+
+
+def _band_cost(bands: Tuple[_Band, ...], Wo: int, Wp: int) -> int:
+    return sum(b.n * Wo * (b.r1 - b.r0) * Wp + BAND_COST for b in bands)
+
+
+def _band_height(H: int, k: int, s: int, d: int, Ho: int, Wo: int, Wp: int) -> int:
+    """Output rows per band: the fewest multiply-adds plus BAND_COST per band (each band is a few more
+    calls), the tallest bands among equals."""
+    return min(range(1, Ho + 1), key=lambda h: (_band_cost(_bands(H, k, s, d, Ho, Wp, h), Wo, Wp), -h))
 
 
 @lru_cache(maxsize=64)
-def _indices(
-        H: int, W: int, k: int, stride: int, dilation: int, device: torch.device,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(taps, entries, valid) for one geometry, P = Ho * Wo output pixels, Q = H * W inputs.
-
-    taps: the indices, in a flattened (k * k, P) kernel map, of the taps that fall inside the map.
-    entries: for each of those, the index of its entry (p, q) in the flattened (P, Q) matrix.
-    valid: (k * k, P), whether each tap falls inside the map (taps on the padding have no entry).
-    """
-    Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
-    pad = dilation * (k // 2)
-    P, Q = Ho * Wo, H * W
-    offsets = torch.arange(k, device=device) * dilation - pad
-    rows = (torch.arange(Ho, device=device) * stride).view(1, 1, Ho, 1) + offsets.view(k, 1, 1, 1)
-    cols = (torch.arange(Wo, device=device) * stride).view(1, 1, 1, Wo) + offsets.view(1, k, 1, 1)
-    valid = ((rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)).reshape(k * k, P)
-    entry = torch.arange(P, device=device).view(1, P) * Q + (rows * W + cols).reshape(k * k, P)
-    taps = valid.flatten().nonzero().squeeze(1)
-    return taps, entry.flatten()[taps], valid
+def _plan(H: int, W: int, k: int, s: int, d: int) -> _Plan:
+    """Row pitch, band height and matrix row length for one geometry."""
+    Ho, Wo = filter_output_size(H, k, s, d), filter_output_size(W, k, s, d)
+    # a pitch wider than the window's span keeps a pixel's k * k entries in distinct columns
+    Wp = max(W, (k - 1) * d + 1)
+    h = _band_height(H, k, s, d, Ho, Wo, Wp)
+    bands = _bands(H, k, s, d, Ho, Wp, h)
+    # a matrix row holds every window entry (those on the padding included) and the columns multiplied
+    Q = max(((h - 1) * s + (k - 1) * d) * Wp + (Wo - 1) * s + (k - 1) * d + 1,
+            max(b.lo + (b.r1 - b.r0) * Wp for b in bands))
+    return _Plan(k, s, d, Ho, Wo, Wp, Q, h, bands)
 
 
-class _Zeroed:
-    """A zero-filled scratch buffer reused across batch chunks, allocated and zeroed once per call.
-    A matrix writes only its window entries, the same ones in every chunk, so the rest stays zero;
-    whoever writes anything else there (the backward's grad_M) zeroes it again after use."""
+@lru_cache(maxsize=64)
+def _inside(H: int, W: int, k: int, s: int, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(Ho * Wo, k * k): 1 where a pixel's tap falls inside the map, 0 on the padding (a factor: on
+    the benchmark CPU a multiply is 2.5 times faster than masked_fill_)."""
+    pad = d * (k // 2)
+    Ho, Wo = filter_output_size(H, k, s, d), filter_output_size(W, k, s, d)
+    rows = torch.arange(Ho, device=device).view(Ho, 1, 1, 1) * s + torch.arange(k, device=device).view(k, 1) * d - pad
+    cols = torch.arange(Wo, device=device).view(1, Wo, 1, 1) * s + torch.arange(k, device=device) * d - pad
+    return ((rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)).to(dtype).view(Ho * Wo, k * k)
+
+
+class _Scratch:
+    """A buffer reused across batch chunks and bands, zero-filled once per call. Matrices are only
+    ever written at window entries, the same ones in every chunk, so the rest stays zero; the
+    backward's matrix gradients overwrite it once the matrices are done with."""
 
     def __init__(self):
         self.buf: Optional[torch.Tensor] = None
 
-    def rows(self, n: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-        if self.buf is None or self.buf.shape[0] < n:
-            self.buf = like.new_zeros(n, cols)
-        return self.buf[:n]
+    def get(self, numel: int, like: torch.Tensor) -> torch.Tensor:
+        if self.buf is None or self.buf.numel() < numel:
+            self.buf = like.new_zeros(numel)
+        return self.buf
 
 
-def _matrix(attn: torch.Tensor, taps: torch.Tensor, entries: torch.Tensor, Q: int, scratch: _Zeroed) -> torch.Tensor:
-    """Kernel maps (..., k * k, P) -> matrices (..., P, Q), zero outside each pixel's window."""
-    lead, P = attn.shape[:-2], attn.shape[-1]
-    flat = attn.reshape(-1, attn.shape[-2] * P)
-    m = scratch.rows(flat.shape[0], P * Q, flat)
-    m.index_copy_(1, entries, flat.index_select(1, taps))
-    return m.view(lead + (P, Q))
+def _matrix(plan: _Plan, kern: torch.Tensor, inside: torch.Tensor, band: _Band, scratch: _Scratch) -> torch.Tensor:
+    """One band's matrices (R, n * Wo, width) for kernel maps (R, P, k * k): the columns lo:lo + width
+    of each full-length row. Window entries on the padding are written as zeros (`inside`, (P, k * k)):
+    those beside the map's columns land on its neighbouring row's inputs."""
+    R, n, Q, hw = kern.shape[0], band.n, plan.Q, plan.h * plan.Wo
+    # laid out as full bands whatever n, so that a short band's entries are a subset of a full one's
+    buf = scratch.get(R * hw * Q, kern)
+    rows = slice(band.o0, band.o0 + n)
+    torch.mul(plan.pixels(kern)[:, rows], plan.pixels(inside)[rows],
+              out=plan.tap_view(buf, 0, R, hw * Q, n, Q))
+    m = buf[:R * hw * Q].view(R, hw, Q)
+    return m[:, :n * plan.Wo, band.lo:band.lo + (band.r1 - band.r0) * plan.Wp]
 
 
-def _kernel_grad(
-        gm: torch.Tensor, taps: torch.Tensor, entries: torch.Tensor, valid: torch.Tensor, scratch: _Zeroed,
-) -> torch.Tensor:
-    """Matrix gradient (..., P, Q) -> kernel-map gradient (..., k * k, P), zero for taps on the padding."""
-    lead = gm.shape[:-2]
-    flat = gm.reshape(-1, gm.shape[-2] * gm.shape[-1])
-    g = scratch.rows(flat.shape[0], valid.numel(), flat)
-    g.index_copy_(1, taps, flat.index_select(1, entries))
-    return g.view(lead + valid.shape)
+def _kernel_grad(plan: _Plan, gy: torch.Tensor, x: torch.Tensor, inside: torch.Tensor, band: _Band,
+                 g: torch.Tensor, scratch: _Scratch) -> None:
+    """g[:, band's pixels] = the window entries of the band's matrix gradient gy^T x, (R, n * Wo, width),
+    zero for those on the padding (which read whatever lies there: another entry, or the margin)."""
+    R, n, width = g.shape[0], band.n, x.shape[-1]
+    size = R * n * plan.Wo * width
+    # the window entries of a row reach from `lo` columns before its first column to past its last
+    margin = plan.Q
+    buf = scratch.get(size + 2 * margin, x)
+    gm = buf[margin:margin + size].view(R, n * plan.Wo, width)
+    torch.bmm(gy.transpose(1, 2), x, out=gm)
+    rows = slice(band.o0, band.o0 + n)
+    torch.mul(plan.tap_view(buf, margin - band.lo, R, n * plan.Wo * width, n, width), plan.pixels(inside)[rows],
+              out=plan.pixels(g)[:, rows])
 
 
 def _rows(t: torch.Tensor, i0: int, i1: int, batch1: bool) -> torch.Tensor:
@@ -90,55 +179,75 @@ def _rows(t: torch.Tensor, i0: int, i1: int, batch1: bool) -> torch.Tensor:
     return t.view(-1, t.shape[-2], t.shape[-1])[i0:i1]
 
 
-def _bmm_rows(out: torch.Tensor, i0: int, i1: int, batch1: bool, a: torch.Tensor, b: torch.Tensor) -> None:
-    """Rows i0:i1 (see `_rows`) of a contiguous (N, G, hd, S) `out` = a @ b, in place where the layout allows."""
-    if batch1:
-        val = torch.bmm(a, b)
-        out[:, i0:i1] = val.view(i1 - i0, out.shape[0], out.shape[2], -1).transpose(0, 1)
-    else:
+def _store(out: torch.Tensor, i0: int, i1: int, batch1: bool, a: torch.Tensor, b: torch.Tensor, c0: int,
+           add: bool) -> None:
+    """Rows i0:i1 (see `_rows`), columns c0: of a contiguous (N, G, hd, S) `out` = (or +=) a @ b;
+    straight into `out` where the layout allows."""
+    c1 = c0 + b.shape[-1]
+    if not batch1 and not add and c0 == 0 and c1 == out.shape[-1]:
         torch.bmm(a, b, out=out.view(-1, out.shape[-2], out.shape[-1])[i0:i1])
+        return
+    val = torch.bmm(a, b)
+    if batch1:
+        dst, val = out[:, i0:i1, :, c0:c1], val.view(i1 - i0, out.shape[0], out.shape[2], -1).transpose(0, 1)
+    else:
+        dst = out.view(-1, out.shape[-2], out.shape[-1])[i0:i1, :, c0:c1]
+    if add:
+        dst.add_(val)
+    else:
+        dst.copy_(val)
 
 
-def _rows_per_chunk(x: torch.Tensor, P: int, Q: int, kk: int) -> int:
-    """Kernel-map rows per chunk: matrices and kernel maps of about CHUNK_ELEMS entries in all, and no
-    more than x has elements, so that on the smallest maps the temporaries stay within an activation
-    or two (the depthwise conv's whole forward and backward needs about three)."""
-    return max(1, min(CHUNK_ELEMS, x.numel()) // (P * Q + kk * P))
+def _rows_per_chunk(per_row: int, numel: int) -> int:
+    """Kernel-map rows per chunk, for per_row scratch entries a row: about CHUNK_ELEMS entries in all,
+    and no more than NUMEL_FACTOR times x's elements (numel), so that on the smallest maps the
+    temporaries stay within two activations (the depthwise conv's forward and backward needs about
+    three). Longer GEMMs run faster: this bound sets the speed on small maps."""
+    return max(1, min(CHUNK_ELEMS, int(NUMEL_FACTOR * numel)) // per_row)
 
 
-def _heads(x: torch.Tensor, G: int, dtype: torch.dtype) -> torch.Tensor:
-    """(N, C, H, W) -> contiguous (N, G, C // G, H * W) in the accumulation dtype (a view when it can be)."""
-    N, C = x.shape[:2]
-    return x.to(dtype).reshape(N, G, C // G, -1).contiguous()
+def _heads(x: torch.Tensor, G: int, Wp: int, dtype: torch.dtype) -> torch.Tensor:
+    """(N, C, H, W) -> contiguous (N, G, C // G, H * Wp) in the accumulation dtype, each row padded
+    with zeros to the pitch Wp (a view when it can be)."""
+    N, C, H, W = x.shape
+    if Wp == W:
+        return x.to(dtype).reshape(N, G, C // G, H * W).contiguous()
+    xp = x.new_zeros(N, G, C // G, H, Wp, dtype=dtype)
+    xp[..., :W] = x.view(N, G, C // G, H, W)
+    return xp.view(N, G, C // G, H * Wp)
 
 
 def _synth(alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor]) -> torch.Tensor:
-    """CA parameters (R, B, P), each row's bases (R, B, k * k) and rel_pos (R, k * k) -> kernels (R, k * k, P)."""
-    attn = torch.bmm(bases.transpose(1, 2), alpha)
+    """CA parameters (R, B, P), each row's bases (R, B, k * k) and rel_pos (R, k * k) -> kernels (R, P, k * k)."""
+    attn = torch.bmm(alpha.transpose(1, 2), bases)
     if rel_pos is not None:
-        attn = attn + rel_pos.unsqueeze(-1)
+        attn += rel_pos.unsqueeze(1)
     return attn
 
 
 def _forward(x: torch.Tensor, kernels, rows: int, G: int, k: int, stride: int, dilation: int) -> torch.Tensor:
-    """Shared forward: `kernels(i0, i1)` gives rows i0:i1 of the (rows, k * k, P) kernel map, whose
+    """Shared forward: `kernels(i0, i1)` gives rows i0:i1 of the (rows, P, k * k) kernel map, whose
     rows run over (sample, head), or over heads alone for a batch-1 map (rows == G)."""
     N, C, H, W = x.shape
-    Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
-    taps, entries, _ = _indices(H, W, k, stride, dilation, x.device)
+    plan = _plan(H, W, k, stride, dilation)
+    Ho, Wo, Wp = plan.Ho, plan.Wo, plan.Wp
     acc = acc_dtype(x.dtype)
+    inside = _inside(H, W, k, stride, dilation, x.device, acc)
     batch1 = rows == G and N > 1
     out = out_like(x, Ho, Wo)
     # rows are written straight into the output when its layout allows (float32, NCHW)
     direct = out.is_contiguous() and out.dtype == acc
     y = out.view(N, G, C // G, Ho * Wo) if direct else torch.empty(N, G, C // G, Ho * Wo, dtype=acc, device=x.device)
     with torch.autocast(x.device.type, enabled=False):
-        xh, scratch = _heads(x, G, acc), _Zeroed()
-        step = _rows_per_chunk(x, Ho * Wo, H * W, k * k)
+        xh, scratch = _heads(x, G, Wp, acc), _Scratch()
+        step = _rows_per_chunk(plan.matrix_entries(), x.numel())
         for i0 in range(0, rows, step):
             i1 = min(i0 + step, rows)
-            m = _matrix(kernels(i0, i1), taps, entries, H * W, scratch)
-            _bmm_rows(y, i0, i1, batch1, _rows(xh, i0, i1, batch1), m.transpose(1, 2))
+            kern = kernels(i0, i1)
+            xr = _rows(xh, i0, i1, batch1)
+            for band in plan.bands:
+                m = _matrix(plan, kern, inside, band, scratch)
+                _store(y, i0, i1, batch1, xr[:, :, band.r0 * Wp:band.r1 * Wp], m.transpose(1, 2), band.o0 * Wo, False)
     if not direct:
         out.copy_(y.view(N, C, Ho, Wo))
     return out
@@ -149,37 +258,48 @@ def _backward(
         need_x: bool, need_kernels: bool,
 ) -> torch.Tensor:
     """Shared backward: returns grad_x (empty if not asked for); `fold(i0, i1, grad_kernels)` takes
-    the gradient of kernel-map rows i0:i1, (R, k * k, P), summed over the batch for a batch-1 map."""
+    the gradient of kernel-map rows i0:i1, (R, P, k * k), summed over the batch for a batch-1 map."""
     N, C, H, W = x.shape
-    Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
-    taps, entries, valid = _indices(H, W, k, stride, dilation, x.device)
+    plan = _plan(H, W, k, stride, dilation)
+    Wo, Wp = plan.Wo, plan.Wp
     acc = acc_dtype(x.dtype)
+    inside = _inside(H, W, k, stride, dilation, x.device, acc)
     batch1 = rows == G and N > 1
-    grad_x = torch.empty(N, G, C // G, H * W, dtype=acc, device=x.device) if need_x else x.new_empty(0)
+    # bands overlap in their input rows, and some input rows may be read by no output: accumulate
+    whole = len(plan.bands) == 1 and plan.bands[0].r1 - plan.bands[0].r0 == H
+    gx = (torch.empty if whole else torch.zeros)(N, G, C // G, H * Wp, dtype=acc, device=x.device) \
+        if need_x else None
     with torch.autocast(x.device.type, enabled=False):
-        gyh, xh = _heads(gy, G, acc), _heads(x, G, acc) if need_kernels else None
-        scratch, g_scratch = _Zeroed(), _Zeroed()
-        P, Q = Ho * Wo, H * W
-        step = _rows_per_chunk(x, P, Q, k * k)
-        for i0 in range(0, rows, step):
-            i1 = min(i0 + step, rows)
-            gyr = _rows(gyh, i0, i1, batch1)
-            if need_x:
-                m = _matrix(kernels(i0, i1), taps, entries, Q, scratch)
-                _bmm_rows(grad_x, i0, i1, batch1, gyr, m)
-            if xh is not None:
-                # grad_M takes the matrix's place in the scratch, zeroed again for the next chunk's matrix
-                gm = scratch.rows(i1 - i0, P * Q, gyr).view(i1 - i0, P, Q)
-                torch.bmm(gyr.transpose(1, 2), _rows(xh, i0, i1, batch1), out=gm)
-                fold(i0, i1, _kernel_grad(gm, taps, entries, valid, g_scratch))
-                if need_x and i1 < rows:
-                    gm.zero_()
-    return grad_x.view(x.shape).to(x.dtype) if need_x else grad_x
+        gyh, scratch = _heads(gy, G, Wo, acc), _Scratch()
+        # grad_x, then the kernels' gradient (which needs no kernels): the matrices and the matrix
+        # gradients are never held at once, and share one scratch
+        if need_x:
+            step = _rows_per_chunk(plan.matrix_entries(), x.numel())
+            for i0 in range(0, rows, step):
+                i1 = min(i0 + step, rows)
+                gyr, kern = _rows(gyh, i0, i1, batch1), kernels(i0, i1)
+                for band in plan.bands:
+                    gyb = gyr[:, :, band.o0 * Wo:(band.o0 + band.n) * Wo]
+                    _store(gx, i0, i1, batch1, gyb, _matrix(plan, kern, inside, band, scratch), band.r0 * Wp, not whole)
+        if need_kernels:
+            xh = _heads(x, G, Wp, acc)
+            step = _rows_per_chunk(plan.gradient_entries(), x.numel())
+            for i0 in range(0, rows, step):
+                i1 = min(i0 + step, rows)
+                gyr, xr = _rows(gyh, i0, i1, batch1), _rows(xh, i0, i1, batch1)
+                g = gyr.new_empty(i1 - i0, plan.Ho * Wo, k * k)
+                for band in plan.bands:
+                    gyb = gyr[:, :, band.o0 * Wo:(band.o0 + band.n) * Wo]
+                    _kernel_grad(plan, gyb, xr[:, :, band.r0 * Wp:band.r1 * Wp], inside, band, g, scratch)
+                fold(i0, i1, g)
+    if not need_x:
+        return x.new_empty(0)
+    return gx.view(N, C, H, Wp)[..., :W].to(x.dtype)
 
 
 def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
     a = attn.to(acc_dtype(x.dtype)).flatten(-2).flatten(0, 1)
-    return _forward(x, lambda i0, i1: a[i0:i1], a.shape[0], attn.shape[1], k, stride, dilation)
+    return _forward(x, lambda i0, i1: a[i0:i1].transpose(1, 2), a.shape[0], attn.shape[1], k, stride, dilation)
 
 
 def _pixel_filter_bwd(
@@ -190,9 +310,9 @@ def _pixel_filter_bwd(
     grad_attn = torch.empty_like(a) if need_attn else x.new_empty(0)
 
     def fold(i0: int, i1: int, g: torch.Tensor) -> None:
-        grad_attn[i0:i1] = g
+        grad_attn[i0:i1] = g.transpose(1, 2)
 
-    grad_x = _backward(gy, x, lambda i0, i1: a[i0:i1], fold, a.shape[0], attn.shape[1], k, stride, dilation,
+    grad_x = _backward(gy, x, lambda i0, i1: a[i0:i1].transpose(1, 2), fold, a.shape[0], attn.shape[1], k, stride, dilation,
                        need_x, need_attn)
     return grad_x, grad_attn.view(attn.shape).to(attn.dtype) if need_attn else grad_attn
 
@@ -241,11 +361,11 @@ def _cada_bwd(
 
     def fold(i0: int, i1: int, ga: torch.Tensor) -> None:
         if g_alpha is not None:
-            torch.bmm(bs[i0:i1], ga, out=g_alpha[i0:i1])
+            torch.bmm(bs[i0:i1], ga.transpose(1, 2), out=g_alpha[i0:i1])
         if g_bases is not None:
-            torch.bmm(al[i0:i1], ga.transpose(1, 2), out=g_bases[i0:i1])
+            torch.bmm(al[i0:i1], ga, out=g_bases[i0:i1])
         if g_rel is not None:
-            torch.sum(ga, -1, out=g_rel[i0:i1])
+            torch.sum(ga, 1, out=g_rel[i0:i1])
 
     grad_x = _backward(gy, x, kernels, fold, al.shape[0], G, k, stride, dilation,
                        need_x, need_alpha or need_bases or need_rel)
@@ -262,15 +382,17 @@ _pixel_filter_op = register_pixel_filter('pixel_filter_dense', _pixel_filter_fwd
 _cada_op = register_cada('cada_dense', _cada_fwd, _cada_bwd)
 
 
-def dense_pays(H: int, W: int, k: int, vs_combine: bool = False) -> bool:
-    """Whether the dense product beats the other backends on an H x W input with a k x k window.
+def dense_pays(Ho: int, Wo: int, k: int, vs_combine: bool = False) -> bool:
+    """Whether the banded matrix product beats the other backends for an Ho x Wo output, k x k window.
 
-    The matrix costs H * W multiply-adds per output and channel against the window's k * k, but in
-    GEMMs, where each tap of the tap walk is an elementwise pass over a padded map. On the benchmark
-    CPU (benchmarks/RESULTS.md) it beats the tap walk up to about 12 times the window's work, and
-    conv-then-combine (CADA inference, `vs_combine`) up to about 4 times.
+    Measured on the benchmark CPU at ResNet-50's stage shapes, stride 1 and 2 (benchmarks/RESULTS.md):
+    with a gradient it beats the tap walk up to Ho * Wo = 16 k * k output pixels (from 28 x 28 at
+    k = 7); for inference it beats conv-then-combine and the tap walk up to 4 k * k, and on maps of
+    at most 64 pixels whatever k. Beyond, the kernel maps of a single row of a chunk outgrow the chunk
+    and the bands multiply the calls.
     """
-    return H * W <= (4 if vs_combine else 12) * k * k
+    P = Ho * Wo
+    return P <= 4 * k * k or P <= 64 if vs_combine else P <= 16 * k * k
 
 
 def pixel_filter_dense(
