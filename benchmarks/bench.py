@@ -33,7 +33,7 @@ from timm.models.resnet import Bottleneck
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.layers import Cada2d, DenseConv2d, DwConv2d, Local2d, Position2d
-from timm_cada.ops import CADA_IMPLS, cada_filter, dense_pays, taps
+from timm_cada.ops import CADA_IMPLS, cada_filter, dense, dense_pays, taps
 from timm_cada.profile import count_macs, count_params
 
 STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
@@ -45,6 +45,11 @@ MODELS = (
 )
 COMPILE_MODELS = ('resnet50', 'resnet50_cada_k7')
 REFERENCE_MAX_K = 7  # the Python-loop reference with autograd takes seconds per call beyond this
+# the setting that bounds each backend's batch chunks, and the values the chunk study tries (default first)
+CHUNK_SETTINGS = {
+    'taps': (taps, 'MAX_CHUNK_FRACTION', (0.5, 0.4, 0.25)),
+    'dense': (dense, 'NUMEL_FACTOR', (1.5, 1.0, 2.0)),
+}
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -192,11 +197,15 @@ def bench_ops(run: Runner, stages, kernels, with_reference: bool, channels_last:
     return rows
 
 
-def bench_chunks(run: Runner, shapes, fractions=(0.5, 0.4, 0.25)) -> List[Dict]:
-    """Memory against time of the tap walk: CADA fwd+bwd ('auto') with at most each fraction of the
-    batch per chunk (taps.MAX_CHUNK_FRACTION), against the depthwise conv, side by side."""
-    rows, default = [], taps.MAX_CHUNK_FRACTION
+def bench_chunks(run: Runner, shapes) -> List[Dict]:
+    """Memory against time of the batch chunks: CADA fwd+bwd ('auto') with each value of the setting that
+    bounds the chunks of the backend 'auto' runs at the shape (CHUNK_SETTINGS), against the depthwise
+    conv, side by side."""
+    rows = []
     for C, H, k in shapes:
+        backend = 'dense' if dense_pays(H, H, k) else 'taps'
+        module, name, values = CHUNK_SETTINGS[backend]
+        default = getattr(module, name)
         dw_mod = DwConv2d(C, C, k).to(run.device)
         x, alpha, bases = (t.requires_grad_() for t in _op_inputs(C, H, k, run.device))
         gy = torch.randn_like(x)
@@ -208,15 +217,15 @@ def bench_chunks(run: Runner, shapes, fractions=(0.5, 0.4, 0.25)) -> List[Dict]:
             cada_filter(x, alpha, bases).backward(gy)
 
         dw_ms, dw_mib = run.time(dw) * 1e3, run.peak_mem(dw)
-        for frac in fractions:
-            taps.MAX_CHUNK_FRACTION = frac
+        for value in values:
+            setattr(module, name, value)
             try:
                 ms, mib = run.time(op) * 1e3, run.peak_mem(op)
             finally:
-                taps.MAX_CHUNK_FRACTION = default
-            rows.append(dict(C=C, H=H, k=k, max_chunk_fraction=frac, fwd_bwd_ms=ms, peak_mib=mib,
-                             fwd_bwd_x_dw=ms / dw_ms, peak_x_dw=mib / dw_mib if dw_mib else float('nan')))
-            print('  chunks {C}@{H} k{k} fraction {max_chunk_fraction}: fwd+bwd {fwd_bwd_ms:.2f} ms, '
+                setattr(module, name, default)
+            rows.append(dict(C=C, H=H, k=k, backend=backend, setting=name, value=value, fwd_bwd_ms=ms,
+                             peak_mib=mib, fwd_bwd_x_dw=ms / dw_ms, peak_x_dw=mib / dw_mib if dw_mib else float('nan')))
+            print('  chunks {C}@{H} k{k} {backend} {setting} {value}: fwd+bwd {fwd_bwd_ms:.2f} ms, '
                   'peak {peak_mib:.1f} MiB'.format(**rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -399,12 +408,11 @@ def main(argv=None) -> None:
         targets = op_targets(rows)
         print(markdown(targets, list(targets[0]) if targets else []) + '\n')
     if args.level in ('chunks', 'all'):
-        # the shapes 'auto' runs the tap walk on (the dense backend takes the smaller maps); the dry run's
-        # tiny maps are all dense, so it studies a 16 x 16 one
-        shapes = [(C, H, k) for C, H in stages for k in kernels if k > 3 and not dense_pays(H, H, k)]
-        rows = bench_chunks(run, [(32, 16, 3)] if args.dry_run else shapes)
+        # the dry run's stage map is dense: it adds a 16 x 16 one for the tap walk
+        shapes = [(C, H, k) for C, H in stages for k in kernels if k > 3 or args.dry_run]
+        rows = bench_chunks(run, shapes + [(32, 16, 3)] if args.dry_run else shapes)
         write_csv(rows, os.path.join(args.out_dir, f'chunks_{tag}.csv'))
-        print('## Memory against time: the tap walk with at most a fraction of the batch per chunk\n')
+        print('## Memory against time: the batch chunks of each backend\n')
         print(markdown(rows, list(rows[0])) + '\n')
     if args.level in ('model', 'all'):
         rows = bench_models(run, names, compile_names, batches[0], batches[1], img)

@@ -315,11 +315,14 @@ def test_bench_dry_run_chunk_study(tmp_path, capsys):
     real = bench.bench_chunks
     bench.bench_chunks = lambda *a, **kw: rows.setdefault('rows', real(*a, **kw))
     bench.main(['--dry-run', '--level', 'chunks', '--out-dir', str(tmp_path)])
-    assert '| 32 | 16 | 3 | 0.25 |' in capsys.readouterr().out
-    assert taps.MAX_CHUNK_FRACTION == 0.5  # restored
-    assert (tmp_path / 'chunks_cpu.csv').read_text().count('\n') == 4
-    peak = {r['max_chunk_fraction']: r['peak_mib'] for r in rows['rows']}
-    assert peak[0.25] < peak[0.4] < peak[0.5]  # the fraction reaches the tap walk: smaller chunks, less memory
+    out = capsys.readouterr().out
+    assert '| 32 | 16 | 3 | taps | MAX_CHUNK_FRACTION | 0.25 |' in out and '| 32 | 8 | 3 | dense | NUMEL_FACTOR | 2 |' in out
+    assert taps.MAX_CHUNK_FRACTION == 0.5 and dense.NUMEL_FACTOR == 1.5  # restored
+    assert (tmp_path / 'chunks_cpu.csv').read_text().count('\n') == 7
+    peak = {(r['backend'], r['value']): r['peak_mib'] for r in rows['rows']}
+    # each setting reaches its backend: smaller chunks, less memory
+    assert peak['taps', 0.25] < peak['taps', 0.4] < peak['taps', 0.5]
+    assert peak['dense', 1.0] < peak['dense', 1.5] < peak['dense', 2.0]
 
 
 @pytest.mark.slow
