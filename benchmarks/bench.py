@@ -45,6 +45,8 @@ MODELS = (
 )
 COMPILE_MODELS = ('resnet50', 'resnet50_cada_k7')
 REFERENCE_MAX_K = 7  # the Python-loop reference with autograd takes seconds per call beyond this
+# the environment that changes timings on CPU (see the Makefile's bench target), printed with the results
+ENV_VARS = ('OMP_WAIT_POLICY', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')
 # the setting that bounds each backend's batch chunks, and the values the chunk study tries (default first)
 CHUNK_SETTINGS = {
     'taps': (taps, 'MAX_CHUNK_FRACTION', (0.5, 0.4, 0.25)),
@@ -351,8 +353,9 @@ def environment(args, run: Runner) -> str:
     dev = torch.cuda.get_device_name() if run.device.type == 'cuda' else cpu
     load = '{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())
     return (f'date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device {dev}; '
-            f'{os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, '
-            f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")}; torch {torch.__version__}, '
+            f'{os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; '
+            + ', '.join(f'{v}={os.environ.get(v, "(unset)")}' for v in ENV_VARS)
+            + f'; torch {torch.__version__}, '
             f'timm {timm.__version__}; amp {args.amp}; channels_last {args.channels_last}; '
             f'repeats {args.repeats}; load average {load}')
 

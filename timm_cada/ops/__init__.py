@@ -39,8 +39,8 @@ def pixel_filter(
 ) -> torch.Tensor:
     """y[n, c, p] = sum_d attn[n, g(c), d, p] * x[n, c, s * p + d]; attn is (N or 1, G, k * k, Ho, Wo).
 
-    impl: 'auto' ('dense' on small maps, see `dense_pays`, else 'taps'), 'reference', 'taps' (in-place
-    tap accumulation) or 'dense' (each head's kernels as one dense matrix over the map, by GEMM).
+    impl: 'auto' ('dense' on small output maps, see `dense_pays`, else 'taps'), 'reference', 'taps'
+    (in-place tap accumulation) or 'dense' (each head's kernels as banded dense matrices, by GEMM).
     """
     _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
     if impl not in ('auto', 'reference', 'taps', 'dense'):  # literal: TorchScript cannot read globals
@@ -60,7 +60,7 @@ def _auto_cada_impl(x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, r
     """The backend 'auto' runs, chosen from the shapes by what was fastest on the benchmark CPU
     (benchmarks/RESULTS.md).
 
-    'dense' on small maps (see `dense_pays`). Otherwise 'synthesize' whenever a gradient is needed
+    'dense' on small output maps (see `dense_pays`). Otherwise 'synthesize' whenever a gradient is needed
     (its backward avoids the slow depthwise-conv weight gradient), and for inference whichever
     streams less memory: 'synthesize' makes about k*k passes over the output, each (Wo + k - 1) / Wo
     longer than a row (the row pitch); 'combine' makes B passes plus B library depthwise convs, and
@@ -95,8 +95,8 @@ def cada_filter(
         rel_pos: optional static kernel per head (G, k, k).
         impl: 'auto' (see `_auto_cada_impl`), 'reference', 'combine' (conv-then-combine, B library
             depthwise convs), 'synthesize' (synthesise-then-apply one window row at a time, in-place tap
-            accumulation, hand-written backward) or 'dense' (each head's kernels as one dense matrix
-            over the map, applied by GEMM; for small maps).
+            accumulation, hand-written backward) or 'dense' (each head's kernels as banded dense
+            matrices, applied by GEMM; for small output maps).
     """
     _check_shapes(x, alpha, 'alpha', bases.shape[1])
     if impl not in ('auto', 'reference', 'combine', 'synthesize', 'dense'):

@@ -30,11 +30,13 @@ import torch
 from .custom_ops import acc_dtype, out_like, register_cada, register_pixel_filter
 from .reference import filter_output_size
 
-# scratch entries per batch chunk (4 MiB of float32), and at most this many times x's elements: on the
-# benchmark CPU 1.5 keeps the peak memory under twice the depthwise conv's (benchmarks/RESULTS.md)
+# scratch entries per batch chunk (4 MiB of float32), and at most this many times x's elements: longer
+# GEMMs run faster, and on the benchmark CPU 1.5 keeps the peak memory under twice the depthwise conv's
+# (benchmarks/RESULTS.md, 'Memory against time')
 CHUNK_ELEMS = 1 << 20
 NUMEL_FACTOR = 1.5
-# per-band cost of the extra calls, in multiply-adds per head channel (see `_band_height`)
+# per-band cost of the extra calls, in multiply-adds per head channel (see `_band_height`): with 2^13,
+# the fastest of the values tried from 2^11 to 2^20 at ResNet-50's stage shapes on the benchmark CPU
 BAND_COST = 1 << 14
 
 
