@@ -23,6 +23,7 @@ CASES = [
     dict(k=3), dict(k=7, H=11, W=9), dict(k=5, stride=2), dict(k=3, stride=2, H=8, W=8), dict(k=3, dilation=2),
     dict(k=5, stride=2, dilation=2, H=12, W=11), dict(k=7, H=6, W=5), dict(k=1), dict(k=3, batch1=True),
     dict(k=5, stride=2, batch1=True), dict(k=3, stride=3, H=10, W=10),
+    dict(k=3, stride=3, H=9, W=9),  # the last input row is in no window: its gradient is zero
 ]
 
 
@@ -87,10 +88,11 @@ def fresh_plans():
 @pytest.mark.parametrize('case', CASES, ids=str)
 def test_dense_bands_match_reference(monkeypatch, fresh_plans, case, h):
     """The dense backend splits larger maps into bands of output rows (the test maps are one band by
-    default): force bands of h rows, the last one shorter where h does not divide Ho, and chunks of two
-    kernel-map rows, so that the full bands of a chunk follow the short band of the one before."""
+    default): force bands of h rows, the last one shorter where h does not divide Ho, and chunks of four
+    kernel-map rows (of six), so that the full bands of a chunk follow the short band of the one before,
+    and the last chunk is shorter."""
     monkeypatch.setattr(dense, '_band_height', lambda *args: h)
-    monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 2)
+    monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 4)
     k, stride, dilation, kw = split(case)
     x, alpha, bases, rel_pos, attn = make(k, **{**kw, 'N': 3})
     assert len(dense._plan(x.shape[-2], x.shape[-1], k, stride, dilation).bands) == -(-alpha.shape[-2] // h)

@@ -4,10 +4,11 @@ Each head's per-pixel kernels become matrices M, zero outside every pixel's wind
 a batched matmul: y = x M^T, grad_x = gy M, and grad_M = gy^T x, whose window entries are the
 kernels' gradient. The output rows are split into bands of h rows (`_plan`): a band's matrix has a
 row per output pixel of the band and a column per input pixel of the input rows its windows reach.
-On a small map one band covers everything, and the matmuls do H * W multiply-adds per output where
-the window does k * k (4 times as many at 14 x 14 for k = 7), but at library GEMM speed in a handful
-of calls, where the tap walk (`taps.py`) makes k * k elementwise passes. `timm_cada.ops` picks this
-backend for 'auto' where that pays (`dense_pays`).
+On a small map one band covers everything, and the matmuls do H * W multiply-adds per output (H * Wp
+where the rows are padded to the window's span) where the window does k * k (4 times as many at
+14 x 14 for k = 7), but at library GEMM speed in a handful of calls, where the tap walk (`taps.py`)
+makes k * k elementwise passes. `timm_cada.ops` picks this backend for 'auto' where that pays
+(`dense_pays`).
 
 No index tensors: every matrix row is laid out on the row pitch of the zero-padded input, so entry
 (i, j, a, b) (output pixel (i, j) of the band, tap (a, b)) lies at a fixed linear offset, and all the
@@ -18,9 +19,9 @@ would land on the inputs of the neighbouring row), and read back the same way fo
 The matrices are built for a few (sample, head) rows at a time (`_rows_per_chunk`), so the
 temporaries stay bounded; the backward computes grad_x, then the kernels' gradient, so the matrices
 and the matrix gradients share one scratch. The matrix of a batch-1 (broadcast) kernel map serves the
-whole batch in one GEMM. Inputs in half precision or channels_last are converted to float32 NCHW whole
-(x, and gy in the backward), as are the output and grad_x buffers: on the small maps this backend
-serves, a few float32 activations.
+whole batch in one GEMM. Inputs in half precision or channels_last are converted whole to NCHW in the
+accumulation dtype (float32 for half precision): x, and gy in the backward, as are the output and
+grad_x buffers; on the small maps this backend serves, a few activations.
 """
 from functools import lru_cache
 from typing import NamedTuple, Optional, Tuple
@@ -35,8 +36,9 @@ from .reference import filter_output_size
 # (benchmarks/RESULTS.md, 'Memory against time')
 CHUNK_ELEMS = 1 << 20
 NUMEL_FACTOR = 1.5
-# per-band cost of the extra calls, in multiply-adds per head channel (see `_band_height`): with 2^13,
-# the fastest of the values tried from 2^11 to 2^20 at ResNet-50's stage shapes on the benchmark CPU
+# per-band cost of the extra calls, in multiply-adds per head channel (see `_band_height`; read when a
+# geometry's plan is first made, `_plan` is cached): 2^13 and 2^14 tied as the fastest of the values tried
+# from 2^11 to 2^20 at ResNet-50's stage shapes on the benchmark CPU
 BAND_COST = 1 << 14
 
 
@@ -74,7 +76,7 @@ class _Plan(NamedTuple):
         return self.h * self.Wo * self.Q + self.Ho * self.Wo * self.k * self.k
 
     def gradient_entries(self) -> int:
-        """Scratch entries per kernel-map row for its matrix gradients: the widest band's, and the
+        """Scratch entries per kernel-map row for its matrix gradients: the largest band's, and the
         kernels' gradient."""
         return max(b.n * (b.r1 - b.r0) for b in self.bands) * self.Wo * self.Wp + self.Ho * self.Wo * self.k * self.k
 
@@ -394,7 +396,7 @@ def dense_pays(Ho: int, Wo: int, k: int, vs_combine: bool = False) -> bool:
     and the bands multiply the calls.
     """
     P = Ho * Wo
-    return P <= 4 * k * k or P <= 64 if vs_combine else P <= 16 * k * k
+    return (P <= 4 * k * k or P <= 64) if vs_combine else P <= 16 * k * k
 
 
 def pixel_filter_dense(
