@@ -161,7 +161,9 @@ def _matrix(plan: _Plan, kern: torch.Tensor, inside: torch.Tensor, band: _Band, 
 def _kernel_grad(plan: _Plan, gy: torch.Tensor, x: torch.Tensor, inside: torch.Tensor, band: _Band,
                  g: torch.Tensor, scratch: _Scratch) -> None:
     """g[:, band's pixels] = the window entries of the band's matrix gradient gy^T x, (R, n * Wo, width),
-    zero for those on the padding (which read whatever lies there: another entry, or the margin)."""
+    zero for those on the padding: they read whatever lies there (another entry, or the margin), times
+    0, so with non-finite inputs they may come out NaN where the reference has 0 (a multiply is 1.6 to
+    5 times faster than torch.where here)."""
     R, n, width = g.shape[0], band.n, x.shape[-1]
     size = R * n * plan.Wo * width
     # the window entries of a row reach from `lo` columns before its first column to past its last
