@@ -86,6 +86,8 @@ class _Plan(NamedTuple):
 
 
 def _bands(H: int, k: int, s: int, d: int, Ho: int, Wp: int, h: int) -> Tuple[_Band, ...]:
+    """Bands of h output rows (the last one shorter where h does not divide Ho), with the input rows
+    their windows reach inside the map."""
     pad = d * (k // 2)
     bands = []
     for o0 in range(0, Ho, h):
@@ -96,6 +98,7 @@ def _bands(H: int, k: int, s: int, d: int, Ho: int, Wp: int, h: int) -> Tuple[_B
 
 
 def _band_cost(bands: Tuple[_Band, ...], Wo: int, Wp: int) -> int:
+    """The bands' multiply-adds per head channel, plus BAND_COST for each."""
     return sum(b.n * Wo * (b.r1 - b.r0) * Wp + BAND_COST for b in bands)
 
 
