@@ -33,7 +33,7 @@ from timm.models.resnet import Bottleneck
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.layers import Cada2d, DenseConv2d, DwConv2d, Local2d, Position2d
-from timm_cada.ops import CADA_IMPLS, cada_filter, dense, dense_pays, taps
+from timm_cada.ops import CADA_IMPLS, _auto_cada_impl, cada_filter, dense, dense_pays, taps
 from timm_cada.profile import count_macs, count_params
 
 STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
@@ -157,7 +157,7 @@ def _op_cases(C: int, H: int, k: int, device: torch.device, with_reference: bool
         if impl == 'reference' and (not with_reference or k > REFERENCE_MAX_K):
             continue
         if impl == 'dense' and not dense_pays(H, H, k):
-            continue  # seconds per call on large maps (an H * W by H * W matrix per head), never picked there
+            continue  # never picked there: on 56 x 56 its many bands make it slower than the tap walk
         cases[f'cada_op_{impl}'] = (lambda a, b, c, impl=impl: cada_filter(a, b, c, impl=impl), (x, alpha, bases))
     cases['Cada2d'] = (Cada2d(C, C, k).to(device), (x,))
     cases['Cada2d_free'] = (Cada2d(C, C, k, identity_bases=True, num_bases=None).to(device), (x,))
@@ -205,11 +205,11 @@ def bench_chunks(run: Runner, shapes) -> List[Dict]:
     conv, side by side."""
     rows = []
     for C, H, k in shapes:
-        backend = 'dense' if dense_pays(H, H, k) else 'taps'
-        module, name, values = CHUNK_SETTINGS[backend]
-        default = getattr(module, name)
         dw_mod = DwConv2d(C, C, k).to(run.device)
         x, alpha, bases = (t.requires_grad_() for t in _op_inputs(C, H, k, run.device))
+        backend = 'dense' if _auto_cada_impl(x, alpha, bases, None) == 'dense' else 'taps'
+        module, name, values = CHUNK_SETTINGS[backend]
+        default = getattr(module, name)
         gy = torch.randn_like(x)
 
         def dw():

@@ -60,8 +60,12 @@ class _Plan(NamedTuple):
     Wo: int
     Wp: int  # row pitch of the input and of the matrix columns: W, or the window's span if wider
     Q: int  # matrix row length
-    h: int  # output rows per band
     bands: Tuple[_Band, ...]
+
+    @property
+    def h(self) -> int:
+        """Output rows per band (the first band is never the short one)."""
+        return self.bands[0].n
 
     def tap_view(self, buf: torch.Tensor, offset: int, rows: int, row_stride: int, n: int, row_len: int) -> torch.Tensor:
         """The window entries of matrices of n * Wo rows of length row_len, stored in buf from offset
@@ -119,7 +123,7 @@ def _plan(H: int, W: int, k: int, s: int, d: int) -> _Plan:
     # a matrix row holds every window entry (those on the padding included) and the columns multiplied
     Q = max(((h - 1) * s + (k - 1) * d) * Wp + (Wo - 1) * s + (k - 1) * d + 1,
             max(b.lo + (b.r1 - b.r0) * Wp for b in bands))
-    return _Plan(k, s, d, Ho, Wo, Wp, Q, h, bands)
+    return _Plan(k, s, d, Ho, Wo, Wp, Q, bands)
 
 
 @lru_cache(maxsize=64)
@@ -360,7 +364,6 @@ def _cada_bwd(
     """
     G, B, k, _ = bases.shape
     al, bs, rp = _cada_rows(alpha, bases, rel_pos, acc_dtype(x.dtype))
-    need_rel = need_rel and rp is not None
     g_alpha = torch.empty_like(al) if need_alpha else None
     g_bases = torch.empty_like(bs) if need_bases else None
     g_rel = torch.empty_like(rp) if need_rel and rp is not None else None
@@ -377,7 +380,7 @@ def _cada_bwd(
             torch.sum(ga, 1, out=g_rel[i0:i1])
 
     grad_x = _backward(gy, x, kernels, fold, al.shape[0], G, k, stride, dilation,
-                       need_x, need_alpha or need_bases or need_rel)
+                       need_x, need_alpha or need_bases or g_rel is not None)
     return (
         grad_x,
         g_alpha.view(alpha.shape).to(alpha.dtype) if g_alpha is not None else x.new_empty(0),
