@@ -33,7 +33,8 @@ from timm.models.resnet import Bottleneck
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.layers import Cada2d, DenseConv2d, DwConv2d, Local2d, Position2d
-from timm_cada.ops import CADA_IMPLS, _auto_cada_impl, cada_filter, dense, dense_pays, taps
+from timm_cada.ops import CADA_IMPLS, cada_filter, choose_backend, dense_pays
+from timm_cada.ops import dense, taps
 from timm_cada.profile import count_macs, count_params
 
 STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
@@ -207,7 +208,7 @@ def bench_chunks(run: Runner, shapes) -> List[Dict]:
     for C, H, k in shapes:
         dw_mod = DwConv2d(C, C, k).to(run.device)
         x, alpha, bases = (t.requires_grad_() for t in _op_inputs(C, H, k, run.device))
-        backend = 'dense' if _auto_cada_impl(x, alpha, bases, None) == 'dense' else 'taps'
+        backend = 'dense' if choose_backend('cada', H, H, k, grad=True, num_bases=BASES)[0] == 'dense' else 'taps'
         module, name, values = CHUNK_SETTINGS[backend]
         default = getattr(module, name)
         gy = torch.randn_like(x)

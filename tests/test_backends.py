@@ -9,10 +9,9 @@ import pytest
 import timm
 import torch
 
-import timm_cada.ops
 from timm_cada.layers import Cada2d, Local2d, Position2d
-from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, dense, filter_output_size, pixel_filter, taps
-from timm_cada.ops import _auto_cada_impl
+from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, choose_backend, filter_output_size, pixel_filter
+from timm_cada.ops import dense, functional, taps
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
 
 DT = torch.float64
@@ -148,10 +147,8 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
 def test_auto_picks_dense_on_small_maps_only(grad):
     """The dense backend runs where its banded matrices cost little more than the k * k window."""
     def impl_for(C, H, k, stride=1):
-        x = torch.randn(2, C, H, H, requires_grad=grad)
         Ho = filter_output_size(H, k, stride)
-        alpha = torch.randn(2, C // 16, 8, Ho, Ho)
-        return _auto_cada_impl(x, alpha, torch.randn(C // 16, 8, k, k), None)
+        return choose_backend('cada', Ho, Ho, k, grad, num_bases=8)[0]
 
     assert impl_for(512, 7, 7) == 'dense' and impl_for(256, 14, 13) == 'dense' and impl_for(512, 7, 3) == 'dense'
     assert impl_for(256, 28, 7, stride=2) == 'dense'  # the output's size counts
@@ -164,7 +161,7 @@ def test_auto_picks_dense_on_small_maps_only(grad):
 def small_map_backend(request, monkeypatch):
     """The tests' small maps make 'auto' pick the dense backend; run them with the tap walk too."""
     if request.param == 'taps':
-        monkeypatch.setattr(timm_cada.ops, 'dense_pays', lambda *args, **kwargs: False)
+        monkeypatch.setattr(functional, 'dense_pays', lambda *args, **kwargs: False)
     return request.param
 
 
@@ -182,7 +179,7 @@ def test_channels_last_in_channels_last_out(fn, small_map_backend):
     torch.testing.assert_close(grads(out, [xc])[0], grads(ref, [x])[0], **TOL)
 
 
-@pytest.mark.parametrize('impl', ['synthesize', 'dense'])
+@pytest.mark.parametrize('impl', ['taps', 'dense'])
 @pytest.mark.parametrize('batch1', [False, True])
 def test_kernel_grads_without_input_grad(monkeypatch, impl, batch1):
     """Only the kernels need a gradient (x is data): the backwards skip grad_x, and the dense one then
@@ -272,7 +269,7 @@ def test_compile_inductor_resnet26_cada_k7():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('amp', [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize('impls', [('synthesize', 'taps'), ('dense', 'dense')], ids=str)
+@pytest.mark.parametrize('impls', [('taps', 'taps'), ('dense', 'dense')], ids=str)
 def test_cuda_autocast_matches_reference(amp, impls):
     x, alpha, bases, rel_pos, attn = (t.cuda().float() for t in make(7, C=32, H=14, W=14, G=2, B=8))
     ref = cada_reference(x, alpha, bases, rel_pos)
@@ -286,7 +283,7 @@ def test_cuda_autocast_matches_reference(amp, impls):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-@pytest.mark.parametrize('impl', ['synthesize', 'dense'])
+@pytest.mark.parametrize('impl', ['taps', 'dense'])
 def test_cuda_grads_match_reference(impl):
     x, alpha, bases, rel_pos, _ = (t.cuda() for t in make(5, stride=2, dilation=1))
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos)]
@@ -307,7 +304,7 @@ def _bench():
 def test_bench_dry_run_op_level(tmp_path, capsys):
     _bench().main(['--dry-run', '--level', 'op', '--amp', 'bf16', '--out-dir', str(tmp_path)])
     out = capsys.readouterr().out
-    assert '| 32 | 8 | 3 | dw_conv |' in out and 'cada_op_synthesize' in out and 'unfold_ref' in out
+    assert '| 32 | 8 | 3 | dw_conv |' in out and 'cada_op_taps' in out and 'unfold_ref' in out
     assert (tmp_path / 'ops_cpu_bf16.csv').read_text().count('\n') > 10
 
 

@@ -3,8 +3,11 @@
 Each backend supplies a forward and a hand-written backward as plain functions; this wraps them as
 custom ops (the backward a custom op too) with fake kernels and autograd, so autograd, autocast,
 torch.compile (one opaque op: no graph break, no tracing of the loops inside) and torch.export see
-one op per call. Gradients are first order only.
+one op per call. Autocast is off inside every forward and backward body (`_no_autocast`): the
+backends accumulate half-precision inputs in float32 themselves (`acc_dtype`). Gradients are first
+order only.
 """
+import functools
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -22,6 +25,17 @@ def out_like(x: torch.Tensor, Ho: int, Wo: int) -> torch.Tensor:
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.empty(x.shape[0], x.shape[1], Ho, Wo, dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def _no_autocast(fn: Callable) -> Callable:
+    """fn with autocast off for the device of its first tensor argument: a custom op called under
+    autocast receives its inputs as they are, and the backend's own ops must not be recast."""
+
+    @functools.wraps(fn)
+    def wrapped(x: torch.Tensor, *args):
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(x, *args)
+    return wrapped
 
 
 def _fake_out(x: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
@@ -42,6 +56,7 @@ def _fake_grad(t: torch.Tensor, need: bool) -> torch.Tensor:
 def register_pixel_filter(name: str, fwd: Callable, bwd: Callable) -> Callable:
     """timm_cada::{name}(x, attn, k, stride, dilation); bwd(gy, x, attn, k, stride, dilation, need_x,
     need_attn) returns (grad_x, grad_attn), an empty tensor for a gradient not asked for."""
+    fwd, bwd = _no_autocast(fwd), _no_autocast(bwd)
 
     @torch.library.custom_op(f'timm_cada::{name}', mutates_args=())
     def op(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
@@ -82,6 +97,7 @@ def register_cada(name: str, fwd: Callable, bwd: Callable) -> Callable:
     """timm_cada::{name}(x, alpha, bases, rel_pos, stride, dilation); bwd(gy, x, alpha, bases, rel_pos,
     stride, dilation, need_x, need_alpha, need_bases, need_rel) returns the four gradients, an empty
     tensor for each not asked for."""
+    fwd, bwd = _no_autocast(fwd), _no_autocast(bwd)
 
     @torch.library.custom_op(f'timm_cada::{name}', mutates_args=())
     def op(

@@ -7,8 +7,7 @@ row per output pixel of the band and a column per input pixel of the input rows 
 On a small map one band covers everything, and the matmuls do H * W multiply-adds per output (H * Wp
 where the rows are padded to the window's span) where the window does k * k (4 times as many at
 14 x 14 for k = 7), but at library GEMM speed in a handful of calls, where the tap walk (`taps.py`)
-makes k * k elementwise passes. `timm_cada.ops` picks this backend for 'auto' where that pays
-(`dense_pays`).
+makes k * k elementwise passes. 'auto' picks this backend where that pays (`functional.dense_pays`).
 
 No index tensors: every matrix row is laid out on the row pitch of the zero-padded input, so entry
 (i, j, a, b) (output pixel (i, j) of the band, tap (a, b)) lies at a fixed linear offset, and all the
@@ -251,16 +250,15 @@ def _forward(x: torch.Tensor, kernels, rows: int, G: int, k: int, stride: int, d
     # rows are written straight into the output when its layout allows (float32, NCHW)
     direct = out.is_contiguous() and out.dtype == acc
     y = out.view(N, G, C // G, Ho * Wo) if direct else torch.empty(N, G, C // G, Ho * Wo, dtype=acc, device=x.device)
-    with torch.autocast(x.device.type, enabled=False):
-        xh, scratch = _heads(x, G, Wp, acc), _Scratch()
-        step = _rows_per_chunk(plan.matrix_entries(), x.numel())
-        for i0 in range(0, rows, step):
-            i1 = min(i0 + step, rows)
-            kern = kernels(i0, i1)
-            xr = _rows(xh, i0, i1, batch1)
-            for band in plan.bands:
-                m = _matrix(plan, kern, inside, band, scratch)
-                _store(y, i0, i1, batch1, xr[:, :, band.r0 * Wp:band.r1 * Wp], m.transpose(1, 2), band.o0 * Wo, False)
+    xh, scratch = _heads(x, G, Wp, acc), _Scratch()
+    step = _rows_per_chunk(plan.matrix_entries(), x.numel())
+    for i0 in range(0, rows, step):
+        i1 = min(i0 + step, rows)
+        kern = kernels(i0, i1)
+        xr = _rows(xh, i0, i1, batch1)
+        for band in plan.bands:
+            m = _matrix(plan, kern, inside, band, scratch)
+            _store(y, i0, i1, batch1, xr[:, :, band.r0 * Wp:band.r1 * Wp], m.transpose(1, 2), band.o0 * Wo, False)
     if not direct:
         out.copy_(y.view(N, C, Ho, Wo))
     return out
@@ -282,29 +280,28 @@ def _backward(
     whole = len(plan.bands) == 1 and plan.bands[0].r1 - plan.bands[0].r0 == H
     gx = (torch.empty if whole else torch.zeros)(N, G, C // G, H * Wp, dtype=acc, device=x.device) \
         if need_x else None
-    with torch.autocast(x.device.type, enabled=False):
-        gyh, scratch = _heads(gy, G, Wo, acc), _Scratch()
-        # grad_x, then the kernels' gradient (which needs no kernels): the matrices and the matrix
-        # gradients are never held at once, and share one scratch
-        if need_x:
-            step = _rows_per_chunk(plan.matrix_entries(), x.numel())
-            for i0 in range(0, rows, step):
-                i1 = min(i0 + step, rows)
-                gyr, kern = _rows(gyh, i0, i1, batch1), kernels(i0, i1)
-                for band in plan.bands:
-                    gyb = gyr[:, :, band.o0 * Wo:(band.o0 + band.n) * Wo]
-                    _store(gx, i0, i1, batch1, gyb, _matrix(plan, kern, inside, band, scratch), band.r0 * Wp, not whole)
-        if need_kernels:
-            xh = _heads(x, G, Wp, acc)
-            step = _rows_per_chunk(plan.gradient_entries(), x.numel())
-            for i0 in range(0, rows, step):
-                i1 = min(i0 + step, rows)
-                gyr, xr = _rows(gyh, i0, i1, batch1), _rows(xh, i0, i1, batch1)
-                g = gyr.new_empty(i1 - i0, plan.Ho * Wo, k * k)
-                for band in plan.bands:
-                    gyb = gyr[:, :, band.o0 * Wo:(band.o0 + band.n) * Wo]
-                    _kernel_grad(plan, gyb, xr[:, :, band.r0 * Wp:band.r1 * Wp], inside, band, g, scratch)
-                fold(i0, i1, g)
+    gyh, scratch = _heads(gy, G, Wo, acc), _Scratch()
+    # grad_x, then the kernels' gradient (which needs no kernels): the matrices and the matrix
+    # gradients are never held at once, and share one scratch
+    if need_x:
+        step = _rows_per_chunk(plan.matrix_entries(), x.numel())
+        for i0 in range(0, rows, step):
+            i1 = min(i0 + step, rows)
+            gyr, kern = _rows(gyh, i0, i1, batch1), kernels(i0, i1)
+            for band in plan.bands:
+                gyb = gyr[:, :, band.o0 * Wo:(band.o0 + band.n) * Wo]
+                _store(gx, i0, i1, batch1, gyb, _matrix(plan, kern, inside, band, scratch), band.r0 * Wp, not whole)
+    if need_kernels:
+        xh = _heads(x, G, Wp, acc)
+        step = _rows_per_chunk(plan.gradient_entries(), x.numel())
+        for i0 in range(0, rows, step):
+            i1 = min(i0 + step, rows)
+            gyr, xr = _rows(gyh, i0, i1, batch1), _rows(xh, i0, i1, batch1)
+            g = gyr.new_empty(i1 - i0, plan.Ho * Wo, k * k)
+            for band in plan.bands:
+                gyb = gyr[:, :, band.o0 * Wo:(band.o0 + band.n) * Wo]
+                _kernel_grad(plan, gyb, xr[:, :, band.r0 * Wp:band.r1 * Wp], inside, band, g, scratch)
+            fold(i0, i1, g)
     if not need_x:
         return x.new_empty(0)
     return gx.view(N, C, H, Wp)[..., :W].to(x.dtype)
@@ -392,19 +389,6 @@ def _cada_bwd(
 
 _pixel_filter_op = register_pixel_filter('pixel_filter_dense', _pixel_filter_fwd, _pixel_filter_bwd)
 _cada_op = register_cada('cada_dense', _cada_fwd, _cada_bwd)
-
-
-def dense_pays(Ho: int, Wo: int, k: int, vs_combine: bool = False) -> bool:
-    """Whether the banded matrix product beats the other backends for an Ho x Wo output, k x k window.
-
-    Measured on the benchmark CPU at ResNet-50's stage shapes, stride 1 and 2 (benchmarks/RESULTS.md):
-    with a gradient it beats the tap walk up to Ho * Wo = 16 k * k output pixels (from 28 x 28 at
-    k = 7); for inference it beats conv-then-combine and the tap walk up to 4 k * k, and on maps of
-    at most 64 pixels whatever k. Beyond, the kernel maps of a single row of a chunk outgrow the chunk
-    and the bands multiply the calls.
-    """
-    P = Ho * Wo
-    return (P <= 4 * k * k or P <= 64) if vs_combine else P <= 16 * k * k
 
 
 def pixel_filter_dense(

@@ -131,19 +131,18 @@ def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, 
     geo = _Geometry(H, W, k, stride, dilation)
     acc = acc_dtype(x.dtype)
     y = out_like(x, geo.Ho, geo.Wo)
-    with torch.autocast(x.device.type, enabled=False):
-        whole = geo.pitched(attn.to(acc)) if attn.shape[0] == 1 else None
+    whole = geo.pitched(attn.to(acc)) if attn.shape[0] == 1 else None
 
-        def chunk(n0: int, n1: int) -> None:
-            xc, ac = geo.phases(x[n0:n1]), _pitched_chunks(attn, geo, acc, n0, n1, whole)
-            oc = torch.mul(_tap(xc, geo, 0, G), ac[:, :, 0:1])
-            for d in range(1, k * k):
-                oc.addcmul_(_tap(xc, geo, d, G), ac[:, :, d:d + 1])
-            y[n0:n1] = geo.unpitched(oc.view(n1 - n0, C, geo.L))
+    def chunk(n0: int, n1: int) -> None:
+        xc, ac = geo.phases(x[n0:n1]), _pitched_chunks(attn, geo, acc, n0, n1, whole)
+        oc = torch.mul(_tap(xc, geo, 0, G), ac[:, :, 0:1])
+        for d in range(1, k * k):
+            oc.addcmul_(_tap(xc, geo, d, G), ac[:, :, d:d + 1])
+        y[n0:n1] = geo.unpitched(oc.view(n1 - n0, C, geo.L))
 
-        # one chunk at a time: its temporaries are freed before the next chunk makes its own
-        for n0, n1 in _chunks(N, C * geo.L):
-            chunk(n0, n1)
+    # one chunk at a time: its temporaries are freed before the next chunk makes its own
+    for n0, n1 in _chunks(N, C * geo.L):
+        chunk(n0, n1)
     return y
 
 
@@ -159,38 +158,37 @@ def _pixel_filter_bwd(
     acc = acc_dtype(x.dtype)
     grad_x = x.new_empty(x.shape) if need_x else x.new_empty(0)
     grad_attn = x.new_empty(0)
-    with torch.autocast(x.device.type, enabled=False):
-        whole = geo.pitched(attn.to(acc)) if attn.shape[0] == 1 else None
-        # a per-sample map's gradient is finished chunk by chunk; a batch-1 map's sums over all of them
-        batch1 = attn.shape[0] == 1
-        ga1 = gy.new_zeros(1, G, kk, geo.L, dtype=acc) if need_attn and batch1 else None
-        if need_attn and not batch1:
-            grad_attn = attn.new_empty(attn.shape)
+    whole = geo.pitched(attn.to(acc)) if attn.shape[0] == 1 else None
+    # a per-sample map's gradient is finished chunk by chunk; a batch-1 map's sums over all of them
+    batch1 = attn.shape[0] == 1
+    ga1 = gy.new_zeros(1, G, kk, geo.L, dtype=acc) if need_attn and batch1 else None
+    if need_attn and not batch1:
+        grad_attn = attn.new_empty(attn.shape)
 
-        # grad_x and the kernels' gradient in turn, so that the padded gradient and the padded input
-        # never exist at once
-        def chunk(n0: int, n1: int) -> None:
-            ac = _pitched_chunks(attn, geo, acc, n0, n1, whole)
-            gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
-            if need_x:
-                gxc = geo.zero_phases(n1 - n0, C, gyc)
-                for d in range(kk):
-                    _scatter(gxc, geo, d, gyc, ac[:, :, d:d + 1])
-                grad_x[n0:n1] = geo.unphase(gxc)
-                del gxc
-            if need_attn:
-                xc, buf = geo.phases(x[n0:n1]), torch.empty_like(gyc)
-                gac = ga1 if ga1 is not None else gy.new_empty(n1 - n0, G, kk, geo.L, dtype=acc)
-                for d in range(kk):
-                    _tap_grad(xc, geo, d, gyc, buf, gac[:, :, d], accumulate=batch1)
-                if not batch1:
-                    grad_attn[n0:n1] = geo.unpitched(gac)
+    # grad_x and the kernels' gradient in turn, so that the padded gradient and the padded input
+    # never exist at once
+    def chunk(n0: int, n1: int) -> None:
+        ac = _pitched_chunks(attn, geo, acc, n0, n1, whole)
+        gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
+        if need_x:
+            gxc = geo.zero_phases(n1 - n0, C, gyc)
+            for d in range(kk):
+                _scatter(gxc, geo, d, gyc, ac[:, :, d:d + 1])
+            grad_x[n0:n1] = geo.unphase(gxc)
+            del gxc
+        if need_attn:
+            xc, buf = geo.phases(x[n0:n1]), torch.empty_like(gyc)
+            gac = ga1 if ga1 is not None else gy.new_empty(n1 - n0, G, kk, geo.L, dtype=acc)
+            for d in range(kk):
+                _tap_grad(xc, geo, d, gyc, buf, gac[:, :, d], accumulate=batch1)
+            if not batch1:
+                grad_attn[n0:n1] = geo.unpitched(gac)
 
-        # one chunk at a time: its temporaries are freed before the next chunk makes its own
-        for n0, n1 in _chunks(N, C * geo.L):
-            chunk(n0, n1)
-        if ga1 is not None:
-            grad_attn = geo.unpitched(ga1).to(attn.dtype)
+    # one chunk at a time: its temporaries are freed before the next chunk makes its own
+    for n0, n1 in _chunks(N, C * geo.L):
+        chunk(n0, n1)
+    if ga1 is not None:
+        grad_attn = geo.unpitched(ga1).to(attn.dtype)
     return grad_x, grad_attn
 
 
@@ -203,27 +201,26 @@ def _cada_fwd(
     geo = _Geometry(H, W, k, stride, dilation)
     acc = acc_dtype(x.dtype)
     y = out_like(x, geo.Ho, geo.Wo)
-    with torch.autocast(x.device.type, enabled=False):
-        bases = bases.to(acc)
-        rel_pos = rel_pos.to(acc) if rel_pos is not None else None
-        whole = geo.pitched(alpha.to(acc)) if alpha.shape[0] == 1 else None
+    bases = bases.to(acc)
+    rel_pos = rel_pos.to(acc) if rel_pos is not None else None
+    whole = geo.pitched(alpha.to(acc)) if alpha.shape[0] == 1 else None
 
-        def chunk(n0: int, n1: int) -> None:
-            xc, alc = geo.phases(x[n0:n1]), _pitched_chunks(alpha, geo, acc, n0, n1, whole)
-            oc = torch.empty(0)
-            for i in range(k):
-                a_row = _synth_row(alc, bases, rel_pos, i)
-                for j in range(k):
-                    xs = _tap(xc, geo, i * k + j, G)
-                    if i == 0 and j == 0:
-                        oc = torch.mul(xs, a_row[:, :, 0:1])
-                    else:
-                        oc.addcmul_(xs, a_row[:, :, j:j + 1])
-            y[n0:n1] = geo.unpitched(oc.view(n1 - n0, C, geo.L))
+    def chunk(n0: int, n1: int) -> None:
+        xc, alc = geo.phases(x[n0:n1]), _pitched_chunks(alpha, geo, acc, n0, n1, whole)
+        oc = torch.empty(0)
+        for i in range(k):
+            a_row = _synth_row(alc, bases, rel_pos, i)
+            for j in range(k):
+                xs = _tap(xc, geo, i * k + j, G)
+                if i == 0 and j == 0:
+                    oc = torch.mul(xs, a_row[:, :, 0:1])
+                else:
+                    oc.addcmul_(xs, a_row[:, :, j:j + 1])
+        y[n0:n1] = geo.unpitched(oc.view(n1 - n0, C, geo.L))
 
-        # one chunk at a time: its temporaries are freed before the next chunk makes its own
-        for n0, n1 in _chunks(N, C * geo.L):
-            chunk(n0, n1)
+    # one chunk at a time: its temporaries are freed before the next chunk makes its own
+    for n0, n1 in _chunks(N, C * geo.L):
+        chunk(n0, n1)
     return y
 
 
@@ -244,62 +241,61 @@ def _cada_bwd(
     grad_x, grad_alpha, grad_bases, grad_rel = (x.new_empty(0) for _ in range(4))
     if need_x:
         grad_x = x.new_empty(x.shape)
-    with torch.autocast(x.device.type, enabled=False):
-        bases_a = bases.to(acc)
-        rel_a = rel_pos.to(acc) if rel_pos is not None else None
-        whole = geo.pitched(alpha.to(acc)) if alpha.shape[0] == 1 else None
-        # a per-sample alpha's gradient is finished chunk by chunk; a batch-1 alpha's sums over all of them
-        g_alpha1 = gy.new_zeros(1, G, B, geo.L, dtype=acc) if need_alpha and alpha.shape[0] == 1 else None
-        if need_alpha and g_alpha1 is None:
-            grad_alpha = alpha.new_empty(alpha.shape)
-        g_bases = torch.zeros_like(bases_a) if need_bases else None
-        g_rel = torch.zeros(G, k, k, dtype=acc, device=x.device) if need_rel else None
-        need_kernels = need_alpha or need_bases or need_rel
+    bases_a = bases.to(acc)
+    rel_a = rel_pos.to(acc) if rel_pos is not None else None
+    whole = geo.pitched(alpha.to(acc)) if alpha.shape[0] == 1 else None
+    # a per-sample alpha's gradient is finished chunk by chunk; a batch-1 alpha's sums over all of them
+    g_alpha1 = gy.new_zeros(1, G, B, geo.L, dtype=acc) if need_alpha and alpha.shape[0] == 1 else None
+    if need_alpha and g_alpha1 is None:
+        grad_alpha = alpha.new_empty(alpha.shape)
+    g_bases = torch.zeros_like(bases_a) if need_bases else None
+    g_rel = torch.zeros(G, k, k, dtype=acc, device=x.device) if need_rel else None
+    need_kernels = need_alpha or need_bases or need_rel
 
-        # per chunk, grad_x and then the kernels' gradient, so that the padded gradient and the padded
-        # input (with the kernel-gradient buffers) never exist at once
-        def chunk(n0: int, n1: int) -> None:
-            alc = _pitched_chunks(alpha, geo, acc, n0, n1, whole)
-            gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
-            if need_x:
-                gxc = geo.zero_phases(n1 - n0, C, gyc)
-                for i in range(k):
-                    a_row = _synth_row(alc, bases_a, rel_a, i)
-                    for j in range(k):
-                        _scatter(gxc, geo, i * k + j, gyc, a_row[:, :, j:j + 1])
-                grad_x[n0:n1] = geo.unphase(gxc)
-                del gxc, a_row
-            if not need_kernels:
-                return
-            xc, buf = geo.phases(x[n0:n1]), torch.empty_like(gyc)
-            # this chunk's alpha gradient (all of it, for a batch-1 alpha)
-            g_alpha = g_alpha1 if g_alpha1 is not None else (
-                gy.new_zeros(n1 - n0, G, B, geo.L, dtype=acc) if need_alpha else None)
-            # one window row's kernel gradient, (N' or 1, G, k, L), rewritten whole for every row
-            ga_row = gy.new_empty(alc.shape[0], G, k, geo.L, dtype=acc)
+    # per chunk, grad_x and then the kernels' gradient, so that the padded gradient and the padded
+    # input (with the kernel-gradient buffers) never exist at once
+    def chunk(n0: int, n1: int) -> None:
+        alc = _pitched_chunks(alpha, geo, acc, n0, n1, whole)
+        gyc = geo.pitched(gy[n0:n1].to(acc)).view(n1 - n0, G, C // G, geo.L)
+        if need_x:
+            gxc = geo.zero_phases(n1 - n0, C, gyc)
             for i in range(k):
+                a_row = _synth_row(alc, bases_a, rel_a, i)
                 for j in range(k):
-                    _tap_grad(xc, geo, i * k + j, gyc, buf, ga_row[:, :, j])
-                if g_alpha is not None:
-                    # (G, B, k) @ (N', G, k, L)
-                    g_alpha.add_(torch.matmul(bases_a[:, :, i], ga_row))
-                if g_bases is not None:
-                    # (N', G, B, L) @ (N', G, L, k), summed over the chunk
-                    g_bases[:, :, i] += torch.matmul(alc, ga_row.transpose(-1, -2)).sum(0)
-                if g_rel is not None:
-                    g_rel[:, i] += ga_row.sum((0, 3))
-            if g_alpha is not None and g_alpha1 is None:
-                grad_alpha[n0:n1] = geo.unpitched(g_alpha)
+                    _scatter(gxc, geo, i * k + j, gyc, a_row[:, :, j:j + 1])
+            grad_x[n0:n1] = geo.unphase(gxc)
+            del gxc, a_row
+        if not need_kernels:
+            return
+        xc, buf = geo.phases(x[n0:n1]), torch.empty_like(gyc)
+        # this chunk's alpha gradient (all of it, for a batch-1 alpha)
+        g_alpha = g_alpha1 if g_alpha1 is not None else (
+            gy.new_zeros(n1 - n0, G, B, geo.L, dtype=acc) if need_alpha else None)
+        # one window row's kernel gradient, (N' or 1, G, k, L), rewritten whole for every row
+        ga_row = gy.new_empty(alc.shape[0], G, k, geo.L, dtype=acc)
+        for i in range(k):
+            for j in range(k):
+                _tap_grad(xc, geo, i * k + j, gyc, buf, ga_row[:, :, j])
+            if g_alpha is not None:
+                # (G, B, k) @ (N', G, k, L)
+                g_alpha.add_(torch.matmul(bases_a[:, :, i], ga_row))
+            if g_bases is not None:
+                # (N', G, B, L) @ (N', G, L, k), summed over the chunk
+                g_bases[:, :, i] += torch.matmul(alc, ga_row.transpose(-1, -2)).sum(0)
+            if g_rel is not None:
+                g_rel[:, i] += ga_row.sum((0, 3))
+        if g_alpha is not None and g_alpha1 is None:
+            grad_alpha[n0:n1] = geo.unpitched(g_alpha)
 
-        # one chunk at a time: its temporaries are freed before the next chunk makes its own
-        for n0, n1 in _chunks(N, C * geo.L):
-            chunk(n0, n1)
-        if g_alpha1 is not None:
-            grad_alpha = geo.unpitched(g_alpha1).to(alpha.dtype)
-        if g_bases is not None:
-            grad_bases = g_bases.to(bases.dtype)
-        if g_rel is not None and rel_pos is not None:
-            grad_rel = g_rel.to(rel_pos.dtype)
+    # one chunk at a time: its temporaries are freed before the next chunk makes its own
+    for n0, n1 in _chunks(N, C * geo.L):
+        chunk(n0, n1)
+    if g_alpha1 is not None:
+        grad_alpha = geo.unpitched(g_alpha1).to(alpha.dtype)
+    if g_bases is not None:
+        grad_bases = g_bases.to(bases.dtype)
+    if g_rel is not None and rel_pos is not None:
+        grad_rel = g_rel.to(rel_pos.dtype)
     return grad_x, grad_alpha, grad_bases, grad_rel
 
 

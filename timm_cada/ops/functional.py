@@ -1,0 +1,145 @@
+""" The public CADA operators and their dispatch: one backend table, one rule that picks a backend.
+
+`pixel_filter` applies per-pixel kernels shared by the channels of a head; `cada_filter` applies the
+context-weighted sum of base kernels. Both take `impl`, a backend name of `BACKENDS`, or 'auto' for
+`choose_backend`'s pick. Every backend computes the same function as the plain reference
+(`reference.py`, the tests hold them to it), so a faster kernel is one more entry here and never
+touches the layers or models. The fast backends are torch.library custom ops that turn autocast off
+around their own bodies (`custom_ops.py`); 'combine' and 'reference' are plain differentiable
+PyTorch and follow autocast like any other op.
+"""
+import logging
+from typing import Optional, Tuple
+
+import torch
+
+from .combine import cada_combine
+from .dense import cada_dense, pixel_filter_dense
+from .reference import cada_reference, pixel_filter_reference
+from .taps import cada_taps, pixel_filter_taps
+
+__all__ = ['BACKENDS', 'PIXEL_FILTER_IMPLS', 'CADA_IMPLS', 'cada_filter', 'pixel_filter', 'choose_backend',
+           'dense_pays']
+
+_logger = logging.getLogger(__name__)
+
+# backend name -> (pixel_filter implementation, cada_filter implementation); None where it has none
+BACKENDS = {
+    'reference': (pixel_filter_reference, cada_reference),  # by the definition, autograd does the backward
+    'taps': (pixel_filter_taps, cada_taps),  # in-place tap walk over a padded input, hand-written backward
+    'dense': (pixel_filter_dense, cada_dense),  # banded dense matrices per head applied by GEMM: small maps
+    'combine': (None, cada_combine),  # conv-then-combine: B library depthwise convs, autograd
+}
+PIXEL_FILTER_IMPLS = ('auto',) + tuple(n for n, (pf, _) in BACKENDS.items() if pf is not None)
+CADA_IMPLS = ('auto',) + tuple(BACKENDS)
+
+
+def _check_shapes(x: torch.Tensor, kernels: torch.Tensor, name: str, kernel_dim: int):
+    # str.format rather than f-strings with conversions: these run inside torch.jit.script too
+    if x.dim() != 4:
+        raise ValueError('x must be (N, C, H, W), got shape {}'.format(x.shape))
+    if kernels.dim() != 5 or (kernels.shape[0] != 1 and kernels.shape[0] != x.shape[0]) or kernels.shape[2] != kernel_dim:
+        raise ValueError('{} must be (N or 1, G, {}, Ho, Wo), got shape {}'.format(name, kernel_dim, kernels.shape))
+    if x.shape[1] % kernels.shape[1] != 0:
+        raise ValueError('{} has {} heads, which do not divide the {} channels of x'.format(
+            name, kernels.shape[1], x.shape[1]))
+
+
+def dense_pays(Ho: int, Wo: int, k: int, vs_combine: bool = False) -> bool:
+    """Whether the banded matrix product beats the other backends for an Ho x Wo output, k x k window.
+
+    Measured on the benchmark CPU at ResNet-50's stage shapes, stride 1 and 2 (benchmarks/RESULTS.md):
+    against the tap walk it wins up to Ho * Wo = 16 k * k output pixels (from 28 x 28 at k = 7); where
+    conv-then-combine competes (CADA inference) only up to 4 k * k, and on maps of at most 64 pixels
+    whatever k. Beyond, the kernel maps of a single row of a chunk outgrow the chunk and the bands
+    multiply the calls.
+    """
+    P = Ho * Wo
+    return (P <= 4 * k * k or P <= 64) if vs_combine else P <= 16 * k * k
+
+
+def choose_backend(op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> Tuple[str, str]:
+    """(backend, why) that 'auto' runs for `op` ('pixel_filter' or 'cada') on an Ho x Wo output.
+
+    The rule follows what was fastest on the benchmark CPU (benchmarks/RESULTS.md): 'dense' on small
+    output maps (`dense_pays`); beyond, 'taps' whenever a gradient is needed (its backward avoids the
+    slow depthwise-conv weight gradient) and for pixel_filter; for CADA inference, whichever streams
+    less memory: the tap walk makes about k*k passes over the output, each (Wo + k - 1) / Wo longer
+    than a row (the row pitch), conv-then-combine B passes plus B library depthwise convs, and it
+    wins once the first exceeds the second about 9 times: large kernels on small maps.
+    """
+    combine = op == 'cada' and not grad
+    if dense_pays(Ho, Wo, k, vs_combine=combine):
+        return 'dense', f'{Ho}x{Wo} output, k={k}: small map'
+    if not combine:
+        return 'taps', f'{Ho}x{Wo} output, k={k}: large map' + (', gradient' if op == 'cada' else '')
+    if k * k * (Wo + k - 1) >= 9 * num_bases * Wo:
+        return 'combine', f'{Ho}x{Wo} output, k={k}, B={num_bases}, inference: k*k pitched passes > 9 B passes'
+    return 'taps', f'{Ho}x{Wo} output, k={k}, B={num_bases}, inference: k*k pitched passes <= 9 B passes'
+
+
+def _backend(op: str, impl: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> str:
+    """`impl`, or for 'auto' the rule's pick, logged at debug level with the reason."""
+    if impl != 'auto':
+        return impl
+    impl, why = choose_backend(op, Ho, Wo, k, grad, num_bases)
+    if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
+        _logger.debug('%s: auto chose %r (%s)', op, impl, why)
+    return impl
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def pixel_filter(
+        x: torch.Tensor,
+        attn: torch.Tensor,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        impl: str = 'auto',
+) -> torch.Tensor:
+    """y[n, c, p] = sum_d attn[n, g(c), d, p] * x[n, c, s * p + d]; attn is (N or 1, G, k * k, Ho, Wo).
+
+    impl: one of PIXEL_FILTER_IMPLS ('auto': see `choose_backend`).
+    """
+    _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
+    if impl not in ('auto', 'reference', 'taps', 'dense'):  # literal: TorchScript cannot read globals
+        raise ValueError('impl must be one of auto, reference, taps, dense; got {}'.format(impl))
+    if not torch.jit.is_scripting():
+        # TorchScript cannot run custom ops' Python bodies: scripted models use the reference
+        impl = _backend('pixel_filter', impl, attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
+        return BACKENDS[impl][0](x, attn, kernel_size, stride, dilation)
+    return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
+
+
+def cada_filter(
+        x: torch.Tensor,
+        alpha: torch.Tensor,
+        bases: torch.Tensor,
+        rel_pos: Optional[torch.Tensor] = None,
+        stride: int = 1,
+        dilation: int = 1,
+        impl: str = 'auto',
+) -> torch.Tensor:
+    """CADA: y_c(p) = sum_d (sum_b alpha_{g,b}(p) W_{g,b}[d] + R_g[d]) x_c(s * p + d).
+
+    Args:
+        x: (N, C, H, W).
+        alpha: CA parameters (N or 1, G, B, Ho, Wo).
+        bases: base kernels (G, B, k, k).
+        rel_pos: optional static kernel per head (G, k, k).
+        impl: one of CADA_IMPLS ('auto': see `choose_backend`).
+    """
+    _check_shapes(x, alpha, 'alpha', bases.shape[1])
+    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine'):
+        raise ValueError('impl must be one of auto, reference, taps, dense, combine; got {}'.format(impl))
+    if not torch.jit.is_scripting():
+        impl = _backend('cada', impl, alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
+                        _needs_grad(x, alpha, bases, rel_pos), bases.shape[1])
+        return BACKENDS[impl][1](x, alpha, bases, rel_pos, stride, dilation)
+    if impl == 'reference':
+        return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
+    # in TorchScript (no custom ops' Python bodies) 'auto', 'taps' and 'dense' run conv-then-combine
+    return cada_combine(x, alpha, bases, rel_pos, stride, dilation)
