@@ -4,8 +4,14 @@ Importing this package registers every model in timm's registry:
 
     import timm, timm_cada
     model = timm.create_model('resnet50_cada_k7', num_classes=10)
+
+`register_mixer` adds a mixer of your own, which every model then takes as `mixer=NAME`.
 """
-from .layers import Cada2d, DenseConv2d, DwConv2d, Local2d, Position2d, create_mixer
-from .models import CadaBottleneck, CadaResNet, NoPretrainedWeightsError
+from .layers import (
+    Cada2d, DenseConv2d, DwConv2d, Local2d, MixerSpec, Position2d, create_mixer, get_mixer, list_mixers,
+    register_mixer)
+from .models import (
+    ABLATION_AXES, VARIANTS, AblationAxis, CadaBottleneck, CadaResNet, NoPretrainedWeightsError, Variant,
+    ablation_models, get_variant)
 
 __version__ = '0.1.0'

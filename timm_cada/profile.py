@@ -1,9 +1,10 @@
 """ Parameter and MAC counts of the zoo's models.
 
-MACs come from torch.utils.flop_counter for every conv and matmul, except inside the CADA-family
-mixers, which are counted as their operator is defined (DESIGN.md): synthesising each pixel's
-attention map (G * B * k*k per pixel, when there are learned bases) plus applying it (C * k*k per
-pixel), plus their CA generator's convs. That figure does not depend on which backend runs.
+MACs come from torch.utils.flop_counter for every conv and matmul, except inside the mixers registered
+with the `window_op` trait, which are counted as their operator is defined (docs/design.md):
+synthesising each pixel's attention map (G * B * k*k per pixel, when there are learned bases) plus
+applying it (C * k*k per pixel), plus their submodules (CADA's CA generator) op by op. That figure
+does not depend on which backend runs. Any other mixer, a user's included, is counted op by op.
 """
 from typing import Dict, List, Tuple
 
@@ -11,13 +12,11 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from timm_cada.layers import Cada2d, Local2d, Position2d
-
-_WINDOW_MIXERS = (Cada2d, Position2d, Local2d)
+from timm_cada.layers import spec_of
 
 
-def mixer_macs(mixer: nn.Module, out_shape: torch.Size) -> int:
-    """MACs of a CADA-family mixer's window operator for one output of shape (N, C, Ho, Wo)."""
+def window_macs(mixer: nn.Module, out_shape: torch.Size) -> int:
+    """MACs of a window-operator mixer's operator for one output of shape (N, C, Ho, Wo)."""
     n, c, h, w = out_shape
     kk = mixer.kernel_size * mixer.kernel_size
     macs = c * kk
@@ -36,7 +35,8 @@ def count_macs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224
     outputs: List[Tuple[str, nn.Module, torch.Size]] = []
     hooks = []
     for name, m in model.named_modules():
-        if isinstance(m, _WINDOW_MIXERS):
+        spec = spec_of(m)
+        if spec is not None and spec.window_op:
             hooks.append(m.register_forward_hook(
                 lambda mod, _, out, name=name: outputs.append((name, mod, out.shape))))
     was_training = model.training
@@ -58,5 +58,6 @@ def count_macs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224
     total = counted('Global')
     for name, mixer, out_shape in outputs:
         key = f'{root}.{name}'
-        total += mixer_macs(mixer, out_shape) - counted(key) + counted(key + '.ca')
+        children = sum(counted(f'{key}.{child}') for child, _ in mixer.named_children())
+        total += window_macs(mixer, out_shape) - counted(key) + children
     return total

@@ -1,35 +1,19 @@
-""" Training helpers shared by train/train.py and train/ablate.py: checkpoints, recipes, input checks.
+""" Training helpers shared by train/train.py and train/ablate.py: strict image loading, recipes, input checks.
 
-Checkpoint format (read with timm_cada.warm_start.read_checkpoint, i.e. torch.load(weights_only=True)):
-a dict with 'arch' (model name), 'model_kwargs' (the JSON-friendly kwargs given to timm.create_model),
-'epoch' (0-based index of the last completed epoch, as timm's train.py counts), 'state_dict'
-(unwrapped from DDP / torch.compile), 'state_dict_ema' (with EMA), 'optimizer', 'scheduler',
-'scaler' (with fp16 AMP), 'top1' (eval top-1 of the model weights that epoch), 'ema_top1' (of the EMA
-weights, with EMA), 'eval_metric' (the name of the value that selects model_best: --eval-metric, prefixed
-'ema_' with EMA) and 'metric' (its value), 'args' (a plain dict) and 'version'.
+Checkpoints are read and written by `timm_cada.checkpoint`.
 """
 import argparse
-import contextlib
 import difflib
 import os
-import shutil
-from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
-import torch
 import yaml
 from PIL import Image
 
 import timm
 from timm.data import ImageDataset
 
-__all__ = [
-    'CHECKPOINT_VERSION', 'BadImageError', 'StrictImageDataset', 'check_data_dir', 'check_model_name',
-    'load_recipe', 'plain', 'save_checkpoint', 'copy_checkpoint',
-]
-
-# timm's resume_checkpoint reads 'epoch' as the last completed epoch from version 2 on; 3 records the selection
-# metric by name ('eval_metric', 'metric') apart from 'top1' / 'ema_top1'.
-CHECKPOINT_VERSION = 3
+__all__ = ['BadImageError', 'StrictImageDataset', 'check_data_dir', 'check_model_name', 'load_recipe']
 
 # Folder names timm's create_dataset searches for each split (timm.data.dataset_factory).
 _TRAIN_SYNONYMS = ('train', 'training')
@@ -73,45 +57,6 @@ class StrictImageDataset(ImageDataset):
         elif self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
-
-
-def plain(value: Any) -> Any:
-    """`value` as plain Python containers and scalars, so torch.load(weights_only=True) accepts it."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str) -> Iterator[BinaryIO]:
-    """Write `path` through a temporary file renamed over it once complete and synced: a killed or failed
-    write leaves the previous file intact."""
-    tmp = f'{path}.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    """torch.save `state` to `path` atomically."""
-    with atomic_file(path) as f:
-        torch.save(state, f)
-
-
-def copy_checkpoint(src: str, dst: str) -> None:
-    """Copy a checkpoint file atomically (e.g. last -> best)."""
-    with open(src, 'rb') as fi, atomic_file(dst) as fo:
-        shutil.copyfileobj(fi, fo, 1 << 22)
 
 
 def load_recipe(path: str, parser: argparse.ArgumentParser, forbidden: Iterable[str] = ()) -> Dict[str, Any]:

@@ -6,55 +6,18 @@ mixers stay at their own init.
 """
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Dict, Union
 
-import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
-from timm.models import clean_state_dict
 
-__all__ = ['read_checkpoint', 'checkpoint_state_dict', 'warm_start']
+from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint
+
+__all__ = ['warm_start']
 
 _logger = logging.getLogger(__name__)
-
-
-def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """A checkpoint file's contents: safetensors, or a torch.save'd object read with weights_only=True only.
-
-    A pickle that would need anything beyond tensors and plain containers (code to run) is refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    if path.suffix == '.safetensors':
-        return safetensors.torch.load_file(path, device='cpu')
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f'Refusing to read {path}: it is not a plain tensor checkpoint, and it is only read with '
-            f'torch.load(weights_only=True), which never runs code from a pickle ({e})') from e
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'{path}: expected a state dict or a training checkpoint dict, got {type(checkpoint).__name__}')
-    return checkpoint
-
-
-def checkpoint_state_dict(checkpoint: Dict[str, Any], use_ema: bool = True) -> Dict[str, torch.Tensor]:
-    """The model state dict of a training checkpoint ('state_dict_ema' when present and `use_ema`), or the
-    checkpoint itself when it is a bare state dict; DDP / torch.compile prefixes removed."""
-    if use_ema and checkpoint.get('state_dict_ema') is not None:
-        state_dict = checkpoint['state_dict_ema']
-    elif 'state_dict' in checkpoint:
-        state_dict = checkpoint['state_dict']
-    else:
-        state_dict = checkpoint
-    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        raise ValueError(f'not a state dict: entries {not_tensors[:5]} are not tensors')
-    return clean_state_dict(state_dict)
 
 
 def _source_state_dict(source: Union[str, Path]) -> Dict[str, torch.Tensor]:

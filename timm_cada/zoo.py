@@ -16,7 +16,7 @@ def zoo_models(filter: str = '*') -> List[str]:
 def describe(name: str, feature_channels: bool = True) -> Dict[str, object]:
     """One table row: mixer, kernel size, params and GMACs at 224 (and the feature channels, if asked)."""
     model = timm.create_model(name)
-    args = timm_cada.models.resnet_cada._VARIANTS[name][0]
+    args = timm_cada.get_variant(name).args
     mixer = args['mixer'] + (f" (ds: {args['ds_mixer']})" if args.get('ds_mixer') else '')
     row = {
         'model': name,

@@ -23,40 +23,23 @@ from typing import Dict, List, Optional
 import timm
 
 import timm_cada  # noqa: F401  (registers the models)
+from timm_cada.checkpoint import read_checkpoint
 from timm_cada.profile import count_macs, count_params
 from timm_cada.train_utils import check_model_name
-from timm_cada.warm_start import read_checkpoint
+from timm_cada.models import ABLATION_AXES, ablation_models
 from timm_cada.zoo import markdown_table
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 
-# The paper's ablation rows (DESIGN.md); {d} is the ResNet depth. The dense 3x3 baseline is timm's resnet{d}.
-ABLATIONS: Dict[str, List[str]] = {
-    'locality': ['resnet{d}'] + [f'resnet{{d}}_{m}_k{k}' for m in ('dw', 'cada') for k in (3, 5, 7, 9, 11, 13)],
-    'context_awareness': ['resnet{d}_dw_k7', 'resnet{d}_position_k7', 'resnet{d}_cada_k7'],
-    'ca_context': ['resnet{d}_cada_k7', 'resnet{d}_cada_k7_ca3', 'resnet{d}_cada_k7_ca7'],
-    'spatial_invariance': [
-        'resnet{d}_dw_k7', 'resnet{d}_cada_k7_b2', 'resnet{d}_cada_k7_b4', 'resnet{d}_cada_k7',
-        'resnet{d}_cada_k7_b16', 'resnet{d}_cada_k7_free', 'resnet{d}_position_k7', 'resnet{d}_local_k7'],
-    'rel_pos': ['resnet{d}_cada_k7', 'resnet{d}_cada_k7_rpe'],
-    'downsampling': ['resnet{d}_cada_k7', 'resnet{d}_cada_k7_dsconv3', 'resnet{d}_cada_k7_dsdw3'],
-}
-
 COLUMNS = ('model', 'params (M)', 'GMACs', 'input', 'epochs', 'top-1', 'top-5', 'train time (min)')
 
 
-def ablation_models(name: str, depth: int) -> List[str]:
-    if name not in ABLATIONS:
-        raise ValueError(f'--ablation must be one of {sorted(ABLATIONS)}, got {name!r}')
-    return [m.format(d=depth) for m in ABLATIONS[name]]
-
-
-def recipe_epochs(config: str, extra: List[str]) -> int:
-    """--epochs of a train.py run with this recipe and these extra arguments (train.py's own parser)."""
+def train_args(config: str, extra: List[str]) -> argparse.Namespace:
+    """The arguments of a train.py run with this recipe and these extra arguments (train.py's own parser)."""
     spec = importlib.util.spec_from_file_location('timm_cada_train_script', TRAIN)
     trainer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(trainer)
-    return trainer.parse_args((['-c', config] if config else []) + extra).epochs
+    return trainer.parse_args((['-c', config] if config else []) + extra)
 
 
 def finished(run_dir: str, epochs: int) -> bool:
@@ -130,7 +113,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--output', required=True, help='folder for the runs and the comparison')
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument('--models', nargs='+', help='models to compare')
-    group.add_argument('--ablation', help=f'a predefined row of the paper: {", ".join(ABLATIONS)}')
+    group.add_argument('--ablation', help=f'a predefined row of the paper: {", ".join(ABLATION_AXES)}')
     parser.add_argument('--depth', type=int, default=50, choices=(26, 50), help='ResNet depth for --ablation')
     parser.add_argument('--nproc-per-node', type=int, default=1, help='processes per run (torchrun)')
     args = parser.parse_args(argv)
@@ -143,7 +126,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(str(e))
 
     os.makedirs(args.output, exist_ok=True)
-    epochs = recipe_epochs(args.config, extra)
+    run_args = train_args(args.config, extra)
+    for module in run_args.device_modules or ():
+        importlib.import_module(module)  # e.g. a module that registers a mixer named in --model-kwargs
+    epochs = run_args.epochs
     rows = []
     for model in models:
         run_dir = os.path.join(args.output, model)

@@ -14,6 +14,7 @@ Writes OUT/last.pth.tar (every epoch), OUT/model_best.pth.tar (best --eval-metri
 --model-ema, as timm's train.py selects), OUT/summary.csv, OUT/args.yaml and OUT/results.json (final top-1/top-5). `--resume OUT/last.pth.tar` continues a run.
 """
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -22,7 +23,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,12 +38,11 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 import timm_cada  # noqa: F401  (registers the models)
-from timm_cada.layers import FEAT_SIZE_MIXERS
-from timm_cada.models.resnet_cada import _VARIANTS, NoPretrainedWeightsError
-from timm_cada.train_utils import (
-    CHECKPOINT_VERSION, BadImageError, StrictImageDataset, check_data_dir, check_model_name, copy_checkpoint,
-    load_recipe, plain, save_checkpoint)
-from timm_cada.warm_start import checkpoint_state_dict, read_checkpoint, warm_start
+from timm_cada.models import VARIANTS, NoPretrainedWeightsError, uses_mixer_trait
+from timm_cada.checkpoint import (
+    CHECKPOINT_VERSION, checkpoint_state_dict, copy_checkpoint, plain, read_checkpoint, save_checkpoint)
+from timm_cada.train_utils import BadImageError, StrictImageDataset, check_data_dir, check_model_name, load_recipe
+from timm_cada.warm_start import warm_start
 
 _logger = logging.getLogger('train')
 
@@ -259,8 +259,8 @@ def model_kwargs(args: argparse.Namespace, num_classes: Optional[int]) -> Dict[s
         drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
         bn_momentum=args.bn_momentum, bn_eps=args.bn_eps)
     img_size = list(args.input_size[-2:]) if args.input_size else args.img_size  # (H, W) or N
-    variant = _VARIANTS.get(args.model, ({},))[0]
-    if img_size and set(FEAT_SIZE_MIXERS) & {variant.get('mixer'), variant.get('ds_mixer')}:
+    variant = VARIANTS.get(args.model)
+    if img_size and variant is not None and uses_mixer_trait(variant.model_args(**args.model_kwargs), 'feat_size'):
         kwargs['img_size'] = img_size  # sizes the position / local mixers (the others work at any size)
     kwargs.update(args.model_kwargs)
     return plain({k: v for k, v in kwargs.items() if v is not None})
@@ -408,8 +408,28 @@ def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler
     return state
 
 
-def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
-    """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics."""
+@dataclasses.dataclass
+class TrainingRun:
+    """What the steps of `run` build and share: the model and its training state, the data, the output."""
+    args: argparse.Namespace
+    device: torch.device
+    autocast: Callable[[], Any]
+    kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    resume_state: Optional[Dict[str, Any]] = None
+    model: Optional[nn.Module] = None
+    model_ema: Optional[utils.ModelEmaV3] = None
+    optimizer: Optional[torch.optim.Optimizer] = None
+    loss_scaler: Optional[utils.NativeScaler] = None
+    lr_scheduler: Any = None
+    start_epoch: int = 0
+    num_epochs: int = 0
+    selected: str = 'top1'
+    output_dir: str = ''
+    best_metric: Optional[float] = None
+
+
+def _setup(args: argparse.Namespace) -> TrainingRun:
+    """Plugins, the device and process group, the seed, and the checks of the options alone."""
     for module in args.device_modules or ():
         importlib.import_module(module)
     args.prefetcher = not args.no_prefetcher
@@ -424,25 +444,39 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
     if args.eval_metric not in EVAL_METRICS:
         raise InputError(f'--eval-metric must be one of {", ".join(EVAL_METRICS)}, got {args.eval_metric!r}')
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
+    training = TrainingRun(args, device, autocast)
+    if args.amp and amp_dtype == torch.float16:
+        training.loss_scaler = utils.NativeScaler(device=device.type)
+    return training
 
-    # Everything the user can get wrong is checked before the model is built or a file is written.
+
+def _read_inputs(training: TrainingRun) -> Tuple[Any, Any]:
+    """Everything the user can get wrong, checked before the model is built or a file is written: the model
+    name, the checkpoint to resume, the datasets and the model kwargs. Returns the train and eval datasets."""
+    args = training.args
     try:
         check_model_name(args.model)
-        resume_state = read_checkpoint(args.resume) if args.resume else None
-        if resume_state is not None and resume_state.get('arch') != args.model:
+        training.resume_state = read_checkpoint(args.resume) if args.resume else None
+        if training.resume_state is not None and training.resume_state.get('arch') != args.model:
             raise InputError(
-                f'--resume: {args.resume} is a {resume_state.get("arch")!r} checkpoint, not {args.model!r}')
+                f'--resume: {args.resume} is a {training.resume_state.get("arch")!r} checkpoint, not {args.model!r}')
         dataset_train, dataset_eval = create_datasets(args)
+        training.kwargs = training.resume_state['model_kwargs'] if training.resume_state is not None else model_kwargs(
+            args, _num_classes(args, dataset_train))
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e
-    num_classes = _num_classes(args, dataset_train)
-    kwargs = resume_state['model_kwargs'] if resume_state is not None else model_kwargs(args, num_classes)
+    return dataset_train, dataset_eval
 
+
+def _create_model(training: TrainingRun) -> None:
+    """The model with its first weights: pretrained, --initial-checkpoint or --warm-start (not on resume)."""
+    args = training.args
     try:
-        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+        model = timm.create_model(args.model, pretrained=args.pretrained, **training.kwargs)
     except NoPretrainedWeightsError as e:
         raise InputError(f'--pretrained: {e}') from e
-    if resume_state is not None:
+    if training.resume_state is not None:
         if (args.initial_checkpoint or args.warm_start) and args.rank == 0:
             _logger.info('--resume: the run continues from its checkpoint; --initial-checkpoint / --warm-start ignored.')
     elif args.initial_checkpoint:
@@ -454,52 +488,57 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
         warm_start(model, args.warm_start)
     if args.rank == 0:
         _logger.info(f'Model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), '
-                     f'kwargs {kwargs}')
-    data_config = resolve_data_config(vars(args), model=model, verbose=args.rank == 0)
+                     f'kwargs {training.kwargs}')
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
-    model.to(device)
+    model.to(training.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    training.model = model
 
+
+def _create_training_state(training: TrainingRun) -> None:
+    """Optimizer, EMA and the epoch to start from, restored from the checkpoint on resume; then the model is
+    wrapped for DDP and torch.compile."""
+    args, state = training.args, training.resume_state
     _setup_lr(args)
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
-    use_amp = args.amp
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if use_amp else nullcontext
-    loss_scaler = utils.NativeScaler(device=device.type) if use_amp and amp_dtype == torch.float16 else None
-
-    start_epoch = 0
-    if resume_state is not None:
-        model.load_state_dict(resume_state['state_dict'])
+    training.optimizer = create_optimizer_v2(training.model, **optimizer_kwargs(cfg=args))
+    if state is not None:
+        training.model.load_state_dict(state['state_dict'])
         if not args.no_resume_opt:
-            optimizer.load_state_dict(resume_state['optimizer'])
-            if loss_scaler is not None and resume_state.get('scaler') is not None:
-                loss_scaler.load_state_dict(resume_state['scaler'])
-        start_epoch = resume_state['epoch'] + 1
-
-    model_ema = None
+            training.optimizer.load_state_dict(state['optimizer'])
+            if training.loss_scaler is not None and state.get('scaler') is not None:
+                training.loss_scaler.load_state_dict(state['scaler'])
+        training.start_epoch = state['epoch'] + 1
     if args.model_ema:
-        model_ema = utils.ModelEmaV3(
-            model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+        training.model_ema = utils.ModelEmaV3(
+            training.model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
             device='cpu' if args.model_ema_force_cpu else None)
-        if resume_state is not None and resume_state.get('state_dict_ema') is not None:
-            model_ema.module.load_state_dict(resume_state['state_dict_ema'])
-
+        if state is not None and state.get('state_dict_ema') is not None:
+            training.model_ema.module.load_state_dict(state['state_dict_ema'])
+    # model_best is chosen by the EMA weights' metric when there is an EMA (as timm's train.py does).
+    training.selected = f'ema_{args.eval_metric}' if training.model_ema is not None else args.eval_metric
     if args.distributed:
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=not args.no_ddp_bb)
+        training.model = DistributedDataParallel(
+            training.model, device_ids=[training.device.index] if training.device.type == 'cuda' else None,
+            broadcast_buffers=not args.no_ddp_bb)
     if args.torchcompile:
-        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+        training.model = torch.compile(training.model, backend=args.torchcompile, mode=args.torchcompile_mode)
 
+
+def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any) -> Tuple[Any, Any, Optional[Mixup]]:
+    """The train and eval loaders with the model's data config, and the mixup function (None without mixup,
+    or when the prefetcher's collate does it)."""
+    args = training.args
+    data_config = resolve_data_config(vars(args), model=utils.unwrap_model(training.model), verbose=args.rank == 0)
     collate_fn = mixup_fn = None
-    mixup_active = args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
-    if mixup_active:
+    if _mixup_active(args):
         mixup_args = dict(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-            label_smoothing=args.smoothing, num_classes=kwargs.get('num_classes', 1000))
+            label_smoothing=args.smoothing, num_classes=training.kwargs.get('num_classes', 1000))
         if args.prefetcher:
             collate_fn = FastCollateMixup(**mixup_args)
         else:
@@ -510,7 +549,7 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     loader_common = dict(
         input_size=data_config['input_size'], interpolation=data_config['interpolation'],
         mean=data_config['mean'], std=data_config['std'], num_workers=args.workers, distributed=args.distributed,
-        pin_memory=args.pin_mem, device=device, use_prefetcher=args.prefetcher)
+        pin_memory=args.pin_mem, device=training.device, use_prefetcher=args.prefetcher)
     loader_train = create_loader(
         dataset_train, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
         re_mode=args.remode, re_count=args.recount, train_crop_mode=args.train_crop_mode, scale=args.scale,
@@ -520,91 +559,129 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     loader_eval = create_loader(
         dataset_eval, batch_size=args.validation_batch_size or args.batch_size, is_training=False,
         crop_pct=data_config['crop_pct'], **loader_common)
-    train_loss_fn, eval_loss_fn = _make_loss(args, mixup_active)
-    train_loss_fn, eval_loss_fn = train_loss_fn.to(device), eval_loss_fn.to(device)
+    return loader_train, loader_eval, mixup_fn
 
-    updates_per_epoch = math.ceil(len(loader_train) / args.grad_accum_steps)
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
+
+def _mixup_active(args: argparse.Namespace) -> bool:
+    return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
+
+
+def _create_scheduler(training: TrainingRun, updates_per_epoch: int) -> None:
+    """timm's scheduler for --epochs, its state restored on resume unless the schedule's length changed."""
+    args, state = training.args, training.resume_state
+    training.lr_scheduler, training.num_epochs = create_scheduler_v2(
+        training.optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
         updates_per_epoch=updates_per_epoch)
-    if resume_state is not None and not args.no_resume_opt and resume_state.get('scheduler'):
-        if resume_state['args'].get('epochs') == args.epochs:
-            lr_scheduler.load_state_dict(resume_state['scheduler'])
+    if state is not None and not args.no_resume_opt and state.get('scheduler'):
+        if state['args'].get('epochs') == args.epochs:
+            training.lr_scheduler.load_state_dict(state['scheduler'])
         elif args.rank == 0:
-            _logger.info(f'--epochs changed from {resume_state["args"].get("epochs")} to {args.epochs}: '
+            _logger.info(f'--epochs changed from {state["args"].get("epochs")} to {args.epochs}: '
                          f'the schedule is rebuilt for the new length.')
-    if start_epoch > 0:
+    if training.start_epoch > 0:
         if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+            training.lr_scheduler.step_update(training.start_epoch * updates_per_epoch)
         else:
-            lr_scheduler.step(start_epoch)
+            training.lr_scheduler.step(training.start_epoch)
 
-    output_dir = args.output or os.path.join('output', 'train', args.model)
-    # model_best is chosen by the EMA weights' metric when there is an EMA (as timm's train.py does).
-    selected = f'ema_{args.eval_metric}' if model_ema is not None else args.eval_metric
-    best_metric = None
-    if args.rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-            yaml.safe_dump(plain(vars(args)), f, sort_keys=False)
-        if resume_state is not None and os.path.isfile(os.path.join(output_dir, BEST)):
-            best = read_checkpoint(os.path.join(output_dir, BEST))
-            if best.get('eval_metric') == selected:
-                best_metric = best['metric']
-            else:
-                _logger.info(f'{BEST} was selected by {best.get("eval_metric")!r}, this run selects by '
-                             f'{selected!r}: the next epoch replaces it.')
-        _logger.info(f'Training {args.model} for epochs {start_epoch}..{num_epochs - 1} on {len(dataset_train)} '
-                     f'images ({args.world_size} process(es), global batch '
-                     f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), '
-                     f'output {output_dir}')
 
-    end_epoch = num_epochs if args.stop_after is None else min(num_epochs, start_epoch + args.stop_after)
+def _prepare_output(training: TrainingRun, num_images: int) -> None:
+    """The run folder with args.yaml; on resume, the metric of the model_best already there."""
+    args = training.args
+    training.output_dir = args.output or os.path.join('output', 'train', args.model)
+    if args.rank != 0:
+        return
+    os.makedirs(training.output_dir, exist_ok=True)
+    with open(os.path.join(training.output_dir, 'args.yaml'), 'w') as f:
+        yaml.safe_dump(plain(vars(args)), f, sort_keys=False)
+    best_path = os.path.join(training.output_dir, BEST)
+    if training.resume_state is not None and os.path.isfile(best_path):
+        best = read_checkpoint(best_path)
+        if best.get('eval_metric') == training.selected:
+            training.best_metric = best['metric']
+        else:
+            _logger.info(f'{BEST} was selected by {best.get("eval_metric")!r}, this run selects by '
+                         f'{training.selected!r}: the next epoch replaces it.')
+    _logger.info(f'Training {args.model} for epochs {training.start_epoch}..{training.num_epochs - 1} on {num_images} '
+                 f'images ({args.world_size} process(es), global batch '
+                 f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), '
+                 f'output {training.output_dir}')
+
+
+def _save_epoch(training: TrainingRun, epoch: int, train_metrics: Dict[str, float], eval_metrics: Dict[str, float]) -> None:
+    """summary.csv, last.pth.tar, and model_best.pth.tar when the epoch's selection metric is the best yet."""
+    args, out = training.args, training.output_dir
+    lrs = [g['lr'] for g in training.optimizer.param_groups]
+    utils.update_summary(epoch, train_metrics, eval_metrics, os.path.join(out, 'summary.csv'), lr=sum(lrs) / len(lrs))
+    metric = eval_metrics[training.selected]
+    last = os.path.join(out, LAST)
+    save_checkpoint(_checkpoint(
+        args, training.model, training.kwargs, epoch, training.optimizer, training.lr_scheduler, training.loss_scaler, training.model_ema,
+        eval_metrics, training.selected), last)
+    lower_is_better = args.eval_metric == 'loss'
+    better = training.best_metric is None or (metric < training.best_metric if lower_is_better else metric > training.best_metric)
+    if better:
+        training.best_metric = metric
+        copy_checkpoint(last, os.path.join(out, BEST))
+    _logger.info(f'Epoch {epoch}: saved {last}' + (f' and {BEST} ({training.selected} {metric:.3f})' if better else ''))
+
+
+def _train_epochs(training: TrainingRun, dataset_train: Any, loader_train: Any, loader_eval: Any,
+                  mixup_fn: Optional[Mixup]) -> Tuple[int, Dict[str, float]]:
+    """Epochs start_epoch.. (--stop-after of them at most): train, validate, save. Returns the end epoch and
+    the last eval metrics (empty when no epoch ran)."""
+    args = training.args
+    train_loss_fn, eval_loss_fn = (f.to(training.device) for f in _make_loss(args, _mixup_active(args)))
+    end_epoch = training.num_epochs if args.stop_after is None else min(training.num_epochs, training.start_epoch + args.stop_after)
     eval_metrics: Dict[str, float] = {}
-    for epoch in range(start_epoch, end_epoch):
+    for epoch in range(training.start_epoch, end_epoch):
         if hasattr(dataset_train, 'set_epoch'):
             dataset_train.set_epoch(epoch)
         elif args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
         train_metrics = train_one_epoch(
-            epoch, model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler, autocast,
-            loss_scaler, model_ema, mixup_fn)
+            epoch, training.model, loader_train, training.optimizer, train_loss_fn, args, training.device, training.lr_scheduler,
+            training.autocast, training.loss_scaler, training.model_ema, mixup_fn)
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            utils.distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
-        eval_metrics = validate(model, loader_eval, eval_loss_fn, args, device, autocast)
-        if model_ema is not None:
-            ema_metrics = validate(model_ema, loader_eval, eval_loss_fn, args, device, autocast, ' (EMA)')
+            utils.distribute_bn(training.model, args.world_size, args.dist_bn == 'reduce')
+        eval_metrics = validate(training.model, loader_eval, eval_loss_fn, args, training.device, training.autocast)
+        if training.model_ema is not None:
+            ema_metrics = validate(training.model_ema, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (EMA)')
             eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
-        lr_scheduler.step(epoch + 1, eval_metrics[selected])
+        training.lr_scheduler.step(epoch + 1, eval_metrics[training.selected])
         if args.rank == 0:
-            lrs = [g['lr'] for g in optimizer.param_groups]
-            utils.update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
-                                 lr=sum(lrs) / len(lrs))
-            metric = eval_metrics[selected]
-            last = os.path.join(output_dir, LAST)
-            save_checkpoint(_checkpoint(
-                args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema, eval_metrics,
-                selected), last)
-            lower_is_better = args.eval_metric == 'loss'
-            better = best_metric is None or (metric < best_metric if lower_is_better else metric > best_metric)
-            if better:
-                best_metric = metric
-                copy_checkpoint(last, os.path.join(output_dir, BEST))
-            _logger.info(f'Epoch {epoch}: saved {last}' + (f' and {BEST} ({selected} {metric:.3f})'
-                                                          if better else ''))
+            _save_epoch(training, epoch, train_metrics, eval_metrics)
+    if not eval_metrics:
+        eval_metrics = validate(training.model, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (final)')
+    return end_epoch, eval_metrics
 
-    final = validate(model, loader_eval, eval_loss_fn, args, device, autocast, ' (final)') \
-        if not eval_metrics else eval_metrics
+
+def _write_results(training: TrainingRun, end_epoch: int, final: Dict[str, float]) -> None:
+    """results.json: the final eval metrics and how many epochs of the schedule ran."""
+    args = training.args
+    results = {'model': args.model, 'epochs': end_epoch, 'num_epochs': training.num_epochs, 'top1': final['top1'],
+               'top5': final['top5'], 'loss': final['loss'], 'best_metric': training.best_metric,
+               'eval_metric': training.selected, 'model_kwargs': training.kwargs}
+    if training.model_ema is not None and 'ema_top1' in final:
+        results.update(ema_top1=final['ema_top1'], ema_top5=final['ema_top5'])
+    with open(os.path.join(training.output_dir, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+    _logger.info(f'Final eval of {args.model}: top-1 {final["top1"]:.2f}%  top-5 {final["top5"]:.2f}%')
+
+
+def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
+    """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics."""
+    training = _setup(args)
+    dataset_train, dataset_eval = _read_inputs(training)
+    _create_model(training)
+    _create_training_state(training)
+    loader_train, loader_eval, mixup_fn = _create_loaders(training, dataset_train, dataset_eval)
+    _create_scheduler(training, math.ceil(len(loader_train) / args.grad_accum_steps))
+    _prepare_output(training, len(dataset_train))
+    end_epoch, final = _train_epochs(training, dataset_train, loader_train, loader_eval, mixup_fn)
     if args.rank == 0:
-        results = {'model': args.model, 'epochs': end_epoch, 'num_epochs': num_epochs, 'top1': final['top1'],
-                   'top5': final['top5'], 'loss': final['loss'], 'best_metric': best_metric, 'eval_metric': selected,
-                   'model_kwargs': kwargs}
-        if model_ema is not None and 'ema_top1' in final:
-            results.update(ema_top1=final['ema_top1'], ema_top5=final['ema_top5'])
-        with open(os.path.join(output_dir, 'results.json'), 'w') as f:
-            json.dump(results, f, indent=2)
-        _logger.info(f'Final eval of {args.model}: top-1 {final["top1"]:.2f}%  top-5 {final["top5"]:.2f}%')
-    return utils.unwrap_model(model), final
+        _write_results(training, end_epoch, final)
+    return utils.unwrap_model(training.model), final
 
 
 def main(argv: Optional[list] = None) -> None:

@@ -9,12 +9,12 @@ Every registered timm_cada model gets one row: mixer, the ablation axis it belon
 from the weights manifest, i.e. measured results with their dataset.
 """
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import timm_cada  # noqa: F401  (registers the models)
+from timm_cada.models import VARIANTS
 from timm_cada.pretrained import WeightsEntry, load_manifest
 from timm_cada.zoo import describe, markdown_table, zoo_models
 
@@ -24,37 +24,14 @@ RESULTS = ROOT / 'benchmarks' / 'RESULTS.md'
 START, END = '<!-- model-table:start (python weights/model_card.py) -->', '<!-- model-table:end -->'
 NOT_MEASURED = 'not measured yet'
 
-_SUFFIX_AXES = {
-    'ca3': 'context for CA parameters (3x3)',
-    'ca7': 'context for CA parameters (7x7)',
-    'b2': 'spatial invariance (B=2 bases)',
-    'b4': 'spatial invariance (B=4 bases)',
-    'b16': 'spatial invariance (B=16 bases)',
-    'free': 'spatial invariance (none: identity bases)',
-    'rpe': 'relative position encoding',
-    'dsconv3': 'downsampling filter (dense 3x3)',
-    'dsdw3': 'downsampling filter (DW 3x3)',
-}
-
-
 def ablation_axis(name: str) -> str:
-    """The axis of the paper's ablation a model name belongs to (DESIGN.md, 'What the paper studies')."""
-    m = re.fullmatch(r'resnet(26|50)_(dw|cada|position|local)(?:_k(\d+))?(?:_(\w+))?', name)
-    if m is None:
-        raise ValueError(f'no ablation axis known for model {name!r}; add its name pattern to weights/model_card.py')
-    _, mixer, k, suffix = m.groups()
-    if suffix:
-        if suffix not in _SUFFIX_AXES:
-            raise ValueError(f'unknown ablation suffix {suffix!r} of {name!r}; accepted: {sorted(_SUFFIX_AXES)}')
-        return _SUFFIX_AXES[suffix]
-    if k is None:
-        return 'default CADA (same as the k7 model)'
-    return {
-        'dw': f'locality, DW baseline (k={k})',
-        'cada': f'locality (k={k})',
-        'position': 'context awareness (off: position-only alpha)',
-        'local': 'context awareness and spatial invariance (off: locally connected)',
-    }[mixer]
+    """The axis of the paper's ablation a model belongs to, from the variant table (timm_cada.VARIANTS)."""
+    if name not in VARIANTS:
+        raise ValueError(f'no ablation axis known for model {name!r}: it is not in timm_cada.VARIANTS')
+    variant = VARIANTS[name]
+    if variant.alias_of is not None:
+        return f'default CADA (same as {variant.alias_of})'
+    return variant.axis_label
 
 
 def _is_rate(header: str) -> bool:

@@ -27,11 +27,11 @@ from timm.data import resolve_data_config
 from timm.models._hub import generate_readme, save_for_hf
 
 import timm_cada  # noqa: F401  (registers the models)
-from timm_cada.layers.create_mixer import _MIXERS
-from timm_cada.models.resnet_cada import _VARIANTS
+from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint
+from timm_cada.layers import get_mixer
+from timm_cada.models import VARIANTS, get_variant
 from timm_cada.pretrained import file_sha256
 from timm_cada.profile import count_macs, count_params
-from timm_cada.warm_start import checkpoint_state_dict, read_checkpoint
 
 OUTPUT_FILES = ('model.safetensors', 'config.json', 'README.md')
 
@@ -54,7 +54,7 @@ CITATION = """@article{arizumi2022studying,
 
 def _mixer_args(mixer: str, args: Dict[str, Any]) -> Dict[str, Any]:
     """`args` completed with the mixer constructor's defaults: equal results build equal mixers."""
-    params = inspect.signature(_MIXERS[mixer].__init__).parameters
+    params = inspect.signature(get_mixer(mixer).cls.__init__).parameters
     return dict({k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}, **args)
 
 
@@ -63,7 +63,7 @@ def _variant_args(model_name: str, model_args: Dict[str, Any], fixed_input_size:
 
     img_size reaches the model through the cfg's input_size only for fixed-input-size models.
     """
-    variant = _VARIANTS[model_name][0]
+    variant = VARIANTS[model_name].args
     extra = {}
     for k, v in model_args.items():
         if k == 'img_size' and not fixed_input_size and timm.layers.to_2tuple(v) != (224, 224):
@@ -96,9 +96,10 @@ def load_weights(
 
     `use_ema`: None takes the EMA weights when the checkpoint has them, True requires them, False skips them.
     """
-    if model_name not in _VARIANTS:
-        raise ValueError(f'--model {model_name!r} is not a timm_cada model; accepted: one of '
-                         f'`python -m timm_cada.zoo` (e.g. resnet50_cada_k7)')
+    try:
+        get_variant(model_name)
+    except ValueError as e:
+        raise ValueError(f'--model: {e}') from None
     ckpt = read_checkpoint(checkpoint)
     is_training = isinstance(ckpt.get('state_dict'), dict)
     keys = ('arch', 'model_kwargs', 'epoch', 'top1', 'ema_top1', 'args', 'version')
@@ -164,7 +165,7 @@ def model_card(
     input_size = model.pretrained_cfg['input_size']
     args = meta.get('args') or {}
     epoch = meta.get('epoch')
-    desc = _VARIANTS[model_name][1]
+    desc = VARIANTS[model_name].description
     details = {
         'Model Type': 'Image classification / feature backbone',
         'Model Stats': {

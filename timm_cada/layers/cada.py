@@ -1,4 +1,4 @@
-""" CADA: context-aware decomposed attention (arXiv 2210.17141), as reconstructed in DESIGN.md.
+""" CADA: context-aware decomposed attention (arXiv 2210.17141), as reconstructed in docs/design.md.
 
 Each pixel's k x k attention map is a context-weighted sum of B trainable base kernels per head,
 A_g(p) = sum_b alpha_{g,b}(p) W_{g,b} (+ R_g), with alpha = norm(f(x)) computed from a
@@ -11,10 +11,9 @@ import torch
 import torch.nn as nn
 
 from timm.layers import get_act_layer, get_norm_layer
-from timm.models import register_notrace_module
-
 from timm_cada.ops import CADA_IMPLS, cada_filter, pixel_filter
 from .helpers import check_mixer_args, check_num_bases, check_odd, init_kernels, num_heads
+from .registry import register_mixer
 
 CA_NORMS = ('softmax', 'sigmoid', 'none')
 
@@ -73,7 +72,6 @@ class CaGenerator(nn.Sequential):
         nn.init.zeros_(last.bias)
 
 
-@register_notrace_module
 class Cada2d(nn.Module):
     """Context-aware decomposed attention over a k x k window ('cada').
 
@@ -185,3 +183,7 @@ class Cada2d(nn.Module):
             f'kernel_size={self.kernel_size}, stride={self.stride}, num_heads={self.num_heads}, '
             f'num_bases={self.num_bases}, ca_norm={self.ca_norm}, identity_bases={self.identity_bases}, '
             f'rel_pos={self.rel_pos is not None}, impl={self.impl}')
+
+
+register_mixer('cada', Cada2d, window_op=True, init='reset',
+               description='context-aware decomposed attention: relaxed invariance (B bases per head), context-aware')

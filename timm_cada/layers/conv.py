@@ -4,6 +4,7 @@ depthwise conv. Both are plain nn.Conv2d (parameter `weight`), so timm resnet we
 import torch.nn as nn
 
 from .helpers import check_mixer_args, check_odd, init_kernels
+from .registry import register_mixer
 
 
 class DenseConv2d(nn.Conv2d):
@@ -48,3 +49,8 @@ class DwConv2d(nn.Conv2d):
 
     def reset_parameters(self) -> None:
         init_kernels(self.weight)
+
+
+register_mixer('conv', DenseConv2d, init='timm', grouped=True,
+               description='dense k x k conv (the ResNet baseline at k = 3): strict invariance, no context')
+register_mixer('dw', DwConv2d, init='reset', description='depthwise k x k conv: strict invariance, no context')

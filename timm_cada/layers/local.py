@@ -6,13 +6,11 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from timm.models import register_notrace_module
-
 from timm_cada.ops import filter_output_size, pixel_filter
 from .helpers import check_mixer_args, init_kernels, num_heads, to_feat_size
+from .registry import register_mixer
 
 
-@register_notrace_module
 class Local2d(nn.Module):
     """Locally connected k x k mixer ('local'), kernels shared by the channels of a head.
 
@@ -68,3 +66,7 @@ class Local2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f'kernel_size={self.kernel_size}, stride={self.stride}, num_heads={self.num_heads}, feat_size={self.feat_size}'
+
+
+register_mixer('local', Local2d, feat_size=True, fixed_input_size=True, window_op=True, init='reset',
+               description='locally connected: a free kernel per position, no invariance, no context (fixed input size)')

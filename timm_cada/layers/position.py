@@ -7,14 +7,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm.models import register_notrace_module
-
 from timm_cada.ops import CADA_IMPLS, cada_filter, filter_output_size
 from .cada import CA_NORMS, normalize_ca
 from .helpers import check_mixer_args, check_num_bases, init_kernels, num_heads, to_feat_size
+from .registry import register_mixer
 
 
-@register_notrace_module
 class Position2d(nn.Module):
     """CADA with alpha_{g,b}(i, j) = norm(row_{g,b}(i) + col_{g,b}(j)) ('position').
 
@@ -95,3 +93,7 @@ class Position2d(nn.Module):
         return (
             f'kernel_size={self.kernel_size}, stride={self.stride}, num_heads={self.num_heads}, '
             f'num_bases={self.num_bases}, feat_size={self.feat_size}, rel_pos={self.rel_pos is not None}')
+
+
+register_mixer('position', Position2d, feat_size=True, window_op=True, init='reset',
+               description='CADA with alpha learned per position: relaxed invariance, no context (any input size)')

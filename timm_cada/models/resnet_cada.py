@@ -4,12 +4,12 @@ The inductive-bias ablations of "Studying inductive biases in image classificati
 (Arizumi, arXiv 2210.17141). Everything but the mixer (`conv2` of each bottleneck) is timm's
 ResNet with resnet50's module names, so timm resnet weights load into all non-mixer parameters.
 
-Model names: resnet{26,50}_{mixer}_k{k}[_{ablation}], the ablation suffix changing one knob of the
-family default: _ca{c} (CA context c x c), _b{B} (bases), _free (identity bases), _rpe (relative
-position encoding), _dsconv3 / _dsdw3 (filter of the stride-2 blocks).
+The variants registered here are the table of `variants.py`; the mixers, the registry of
+`timm_cada.layers` (any mixer registered with `timm_cada.register_mixer` works in every model).
 """
+import copy
 import math
-from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -18,11 +18,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
-from timm.models.resnet import Bottleneck, ResNet
+from timm.models.resnet import Bottleneck, ResNet, make_blocks
 
-from timm_cada.layers import (
-    FEAT_SIZE_MIXERS, MIXERS, Cada2d, DwConv2d, Local2d, Position2d, create_mixer, mixer_kwargs)
+from timm_cada.layers import create_mixer, get_mixer, mixer_kwargs, spec_of
 from timm_cada.pretrained import load_manifest, pretrained_cfgs, readable_weights, verified_pretrained_overlay
+from .variants import VARIANTS, Variant
 
 __all__ = ['CadaBottleneck', 'CadaResNet', 'NoPretrainedWeightsError']
 
@@ -77,12 +77,13 @@ class CadaBottleneck(Bottleneck):
             name, k, args = ds_mixer, ds_kernel_size, {}
         else:
             name, k, args = mixer, kernel_size, dict(mixer_args or {})
-        if name == 'conv':
+        spec = get_mixer(name)
+        if spec.grouped:
             args['groups'] = cardinality
         elif cardinality != 1:
             raise ValueError(f'cardinality must be 1 with mixer {name!r}, got {cardinality}')
         feat_size = None
-        if name in FEAT_SIZE_MIXERS:
+        if spec.feat_size:
             in_size, out_size = (feat_sizes or {})[planes]
             feat_size = out_size if conv2.stride[0] == stride else in_size
         self.conv2 = create_mixer(
@@ -90,25 +91,20 @@ class CadaBottleneck(Bottleneck):
             feat_size=feat_size, device=device, dtype=dtype, **args)
 
 
-def _stage_sizes(
-        img_size: Size,
-        num_stages: int,
-        output_stride: int,
-) -> list:
-    """(input, output) feature-map size of each stage, following timm's make_blocks strides."""
-    size = tuple(math.ceil(s / 4) for s in img_size)  # stem conv and max-pool, both 'same' stride 2
-    net_stride = 4
-    sizes = []
-    for stage_idx in range(num_stages):
-        stride = 1 if stage_idx == 0 else 2
-        if net_stride >= output_stride:
-            stride = 1
-        else:
-            net_stride *= stride
-        out = tuple(math.ceil(s / stride) for s in size)
-        sizes.append((size, out))
-        size = out
-    return sizes
+def _stage_sizes(img_size: Size, channels: Tuple[int, ...], output_stride: int) -> List[Tuple[Size, Size]]:
+    """(input, output) feature-map size of each stage at `img_size`, from the reductions of timm's own
+    stages (make_blocks' feature_info, built on the meta device); 'same' padding rounds each size up."""
+    _, info = make_blocks((Bottleneck,) * len(channels), channels, (1,) * len(channels), 64,
+                          output_stride=output_stride, device='meta')
+    reductions = [f['reduction'] for f in info]
+    size = lambda r: tuple(math.ceil(s / r) for s in img_size)
+    return [(size(r_in), size(r)) for r_in, r in zip(reductions[:1] + reductions[:-1], reductions)]
+
+
+def uses_mixer_trait(model_args: Dict[str, Any], trait: str) -> bool:
+    """Whether the mixer or the downsampling mixer of these CadaResNet args has `trait` (see MixerSpec)."""
+    names = [model_args.get('mixer', 'cada'), model_args.get('ds_mixer')]
+    return any(getattr(get_mixer(n), trait) for n in names if n is not None)
 
 
 class CadaResNet(ResNet):
@@ -116,7 +112,7 @@ class CadaResNet(ResNet):
 
     Args:
         layers: blocks per stage, e.g. (3, 4, 6, 3) for depth 50.
-        mixer: spatial mixer of the bottlenecks, one of timm_cada.layers.MIXERS.
+        mixer: spatial mixer of the bottlenecks, a registered name (timm_cada.list_mixers()).
         kernel_size: the mixer's window k.
         mixer_args: extra mixer constructor arguments (JSON-friendly), e.g. dict(num_bases=4).
         ds_mixer: mixer of the stride-2 blocks, None for `mixer` itself.
@@ -138,16 +134,18 @@ class CadaResNet(ResNet):
             **kwargs: Any,
     ):
         mixer_args = mixer_kwargs(mixer, mixer_args)
-        if ds_mixer is not None and ds_mixer not in MIXERS:
-            raise ValueError(f'ds_mixer must be None or one of {MIXERS}, got {ds_mixer!r}')
+        if ds_mixer is not None:
+            try:
+                get_mixer(ds_mixer)
+            except ValueError as e:
+                raise ValueError(f'ds_mixer must be None or a registered mixer: {e}') from None
         img_size = tuple(to_2tuple(img_size))
         channels = tuple(kwargs.get('channels', (64, 128, 256, 512)))
         feat_sizes = None
-        if mixer in FEAT_SIZE_MIXERS or ds_mixer in FEAT_SIZE_MIXERS:
+        if uses_mixer_trait(dict(mixer=mixer, ds_mixer=ds_mixer), 'feat_size'):
             if len(set(channels)) != len(channels):
                 raise ValueError(f'channels must be distinct per stage for mixer {mixer!r}, got {channels}')
-            sizes = _stage_sizes(img_size, len(channels), kwargs.get('output_stride', 32))
-            feat_sizes = dict(zip(channels, sizes))
+            feat_sizes = dict(zip(channels, _stage_sizes(img_size, channels, kwargs.get('output_stride', 32))))
         block_args = dict(
             block_args or {}, mixer=mixer, kernel_size=kernel_size, mixer_args=mixer_args,
             ds_mixer=ds_mixer, ds_kernel_size=ds_kernel_size, feat_sizes=feat_sizes)
@@ -155,11 +153,16 @@ class CadaResNet(ResNet):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
-        """timm's ResNet init, then each mixer's own: timm's conv init would overwrite the CA generator's, and
-        its fan-out rule (C * k*k for a depthwise conv) would start the DW arm at another scale than the rest."""
+        """timm's ResNet init, then each mixer's as its `init` trait says: timm's conv init would overwrite a
+        mixer's own (the CA generator's, or any conv inside a user's mixer), and its fan-out rule (C * k*k for a
+        depthwise conv) would start the DW arm at another scale than the rest."""
+        mixers = [(m, spec_of(m).init) for m in self.modules() if spec_of(m) is not None]
+        kept = [copy.deepcopy(m.state_dict()) if init == 'keep' else None for m, init in mixers]
         super().init_weights(zero_init_last=zero_init_last)
-        for m in self.modules():
-            if isinstance(m, (Cada2d, Position2d, Local2d, DwConv2d)):
+        for (m, init), state in zip(mixers, kept):
+            if state is not None:
+                m.load_state_dict(state)
+            elif init == 'reset':
                 m.reset_parameters()
 
 
@@ -202,65 +205,26 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
-def _variants() -> Dict[str, Tuple[Dict[str, Any], str]]:
-    """Model name -> (model args, one-line description) for the whole ablation family."""
-    ablations = {
-        'ca3': (dict(mixer_args=dict(ca_kernel_size=3)), 'CA parameters from a 3x3 context'),
-        'ca7': (dict(mixer_args=dict(ca_kernel_size=7)), 'CA parameters from a 7x7 context'),
-        'b2': (dict(mixer_args=dict(num_bases=2)), '2 base kernels per head'),
-        'b4': (dict(mixer_args=dict(num_bases=4)), '4 base kernels per head'),
-        'b16': (dict(mixer_args=dict(num_bases=16)), '16 base kernels per head'),
-        'free': (dict(mixer_args=dict(identity_bases=True, num_bases=None)),
-                 'identity bases: per-pixel attention from context, no spatial invariance'),
-        'rpe': (dict(mixer_args=dict(rel_pos=True)), 'with relative position encoding'),
-        'dsconv3': (dict(ds_mixer='conv', ds_kernel_size=3), 'stride-2 blocks use a dense 3x3 conv'),
-        'dsdw3': (dict(ds_mixer='dw', ds_kernel_size=3), 'stride-2 blocks use a depthwise 3x3 conv'),
-    }
-    variants = {}
-    for depth, layers in ((26, (2, 2, 2, 2)), (50, (3, 4, 6, 3))):
-        for k in (3, 5, 7, 9, 11, 13):
-            variants[f'resnet{depth}_dw_k{k}'] = (
-                dict(layers=layers, mixer='dw', kernel_size=k), f'depthwise {k}x{k} conv (strict invariance)')
-            variants[f'resnet{depth}_cada_k{k}'] = (
-                dict(layers=layers, mixer='cada', kernel_size=k), f'CADA {k}x{k}, 8 bases, head_dim 16')
-        for suffix, (args, desc) in ablations.items():
-            variants[f'resnet{depth}_cada_k7_{suffix}'] = (
-                dict(layers=layers, mixer='cada', kernel_size=7, **args), f'CADA 7x7, {desc}')
-        variants[f'resnet{depth}_position_k7'] = (
-            dict(layers=layers, mixer='position', kernel_size=7),
-            '7x7, 8 bases mixed per position (low-rank locally connected, no context)')
-        variants[f'resnet{depth}_local_k7'] = (
-            dict(layers=layers, mixer='local', kernel_size=7), 'locally connected 7x7 (fixed 224 input)')
-    variants['resnet50_cada'] = (variants['resnet50_cada_k7'][0], 'the default CADA ResNet-50 (k7)')
-    return variants
-
-
-_VARIANTS = _variants()
-
 # Published weights: one manifest entry offers 'model.tag' to pretrained=True and timm.list_pretrained().
 _MANIFEST = load_manifest()
 
 default_cfgs = generate_default_cfgs(pretrained_cfgs({
-    name: _cfg(fixed_input_size=True) if args['mixer'] == 'local' else _cfg()
-    for name, (args, _) in _VARIANTS.items()
+    name: _cfg(fixed_input_size=True) if uses_mixer_trait(v.args, 'fixed_input_size') else _cfg()
+    for name, v in VARIANTS.items()
 }, _MANIFEST))
 
 
-def _entrypoint(name: str, model_args: Dict[str, Any], desc: str) -> Callable[..., CadaResNet]:
-    """A timm model entrypoint for `name`; user `mixer_args` update the variant's instead of replacing them."""
+def _entrypoint(variant: Variant) -> Callable[..., CadaResNet]:
+    """A timm model entrypoint for `variant`; user `mixer_args` update the variant's instead of replacing them."""
 
     def entrypoint(pretrained: bool = False, **kwargs) -> CadaResNet:
-        args = dict(model_args, **kwargs)
-        if 'mixer_args' in kwargs and 'mixer_args' in model_args:
-            args['mixer_args'] = dict(model_args['mixer_args'], **(kwargs['mixer_args'] or {}))
-        return _create_cada_resnet(name, pretrained, **args)
+        return _create_cada_resnet(variant.name, pretrained, **variant.model_args(**kwargs))
 
-    depth = name.split('_')[0][len('resnet'):]
-    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__name__ = entrypoint.__qualname__ = variant.name
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f'ResNet-{depth}, bottleneck mixer: {desc}.'
+    entrypoint.__doc__ = f'ResNet-{variant.depth}, bottleneck mixer: {variant.description}.'
     return entrypoint
 
 
-for _name, (_args, _desc) in _VARIANTS.items():
-    globals()[_name] = register_model(_entrypoint(_name, _args, _desc))
+for _variant in VARIANTS.values():
+    globals()[_variant.name] = register_model(_entrypoint(_variant))
