@@ -2,9 +2,6 @@
 stride / dilation / rel_pos / broadcast case, gradcheck, batch chunking, channels_last, bf16
 autocast, TorchScript, FX, torch.compile, CUDA (skipped without a GPU) and the benchmark script's
 dry run. Speed is measured by benchmarks/bench.py, never here. """
-import importlib.util
-from pathlib import Path
-
 import pytest
 import timm
 import torch
@@ -13,66 +10,34 @@ from timm_cada.layers import Cada2d, Local2d, Position2d
 from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, choose_backend, filter_output_size, pixel_filter
 from timm_cada.ops import dense, functional, taps
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
-
-DT = torch.float64
-TOL = dict(rtol=1e-9, atol=1e-9)
-BENCH = Path(__file__).resolve().parents[1] / 'benchmarks' / 'bench.py'
-
-CASES = [
-    dict(k=3), dict(k=7, H=11, W=9), dict(k=5, stride=2), dict(k=3, stride=2, H=8, W=8), dict(k=3, dilation=2),
-    dict(k=5, stride=2, dilation=2, H=12, W=11), dict(k=7, H=6, W=5), dict(k=1), dict(k=3, batch1=True),
-    dict(k=5, stride=2, batch1=True), dict(k=3, stride=3, H=10, W=10),
-    dict(k=3, stride=3, H=9, W=9),  # the last input row is in no window: its gradient is zero
-]
-
-
-def make(k, N=2, C=8, H=9, W=7, G=2, B=3, stride=1, dilation=1, batch1=False, dtype=DT, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
-    x = torch.randn(N, C, H, W, generator=g, dtype=dtype)
-    alpha = torch.randn(1 if batch1 else N, G, B, Ho, Wo, generator=g, dtype=dtype)
-    bases = torch.randn(G, B, k, k, generator=g, dtype=dtype)
-    rel_pos = torch.randn(G, k, k, generator=g, dtype=dtype)
-    attn = torch.randn(1 if batch1 else N, G, k * k, Ho, Wo, generator=g, dtype=dtype)
-    return x, alpha, bases, rel_pos, attn
-
-
-def grads(out, inputs, seed=1):
-    gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
-    return torch.autograd.grad(out, inputs, gy)
-
-
-def split(case):
-    case = dict(case)
-    return case.pop('k'), case.get('stride', 1), case.get('dilation', 1), case
-
+from helpers import OP_CASES, OP_TOL, grads, load_script, op_inputs, perturbed, split_case
 
 @pytest.mark.parametrize('impl', CADA_IMPLS)
-@pytest.mark.parametrize('case', CASES, ids=str)
+@pytest.mark.parametrize('case', OP_CASES, ids=str)
 @pytest.mark.parametrize('with_rel_pos', [False, True])
 def test_cada_values_and_grads_match_reference(impl, case, with_rel_pos):
-    k, stride, dilation, kw = split(case)
-    x, alpha, bases, rel_pos, _ = make(k, **kw)
+    k, stride, dilation, kw = split_case(case)
+    x, alpha, bases, rel_pos, _ = op_inputs(k, **kw)
     rel_pos = rel_pos if with_rel_pos else None
     inputs = [t.requires_grad_() for t in (x, alpha, bases) + ((rel_pos,) if with_rel_pos else ())]
     out = cada_filter(x, alpha, bases, rel_pos, stride, dilation, impl=impl)
     ref = cada_reference(x, alpha, bases, rel_pos, stride, dilation)
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, **OP_TOL)
     for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
-        torch.testing.assert_close(g, g_ref, **TOL)
+        torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
 @pytest.mark.parametrize('impl', PIXEL_FILTER_IMPLS)
-@pytest.mark.parametrize('case', CASES, ids=str)
+@pytest.mark.parametrize('case', OP_CASES, ids=str)
 def test_pixel_filter_values_and_grads_match_reference(impl, case):
-    k, stride, dilation, kw = split(case)
-    x, _, _, _, attn = make(k, **kw)
+    k, stride, dilation, kw = split_case(case)
+    x, _, _, _, attn = op_inputs(k, **kw)
     inputs = [x.requires_grad_(), attn.requires_grad_()]
     out = pixel_filter(x, attn, k, stride, dilation, impl=impl)
     ref = pixel_filter_reference(x, attn, k, stride, dilation)
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, **OP_TOL)
     for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
-        torch.testing.assert_close(g, g_ref, **TOL)
+        torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
 @pytest.fixture
@@ -84,7 +49,7 @@ def fresh_plans():
 
 
 @pytest.mark.parametrize('h', [1, 2, 3])
-@pytest.mark.parametrize('case', CASES, ids=str)
+@pytest.mark.parametrize('case', OP_CASES, ids=str)
 def test_dense_bands_match_reference(monkeypatch, fresh_plans, case, h):
     """The dense backend splits larger maps into bands of output rows (the test maps are one band by
     default): force bands of h rows, the last one shorter where h does not divide Ho, and chunks of four
@@ -92,22 +57,22 @@ def test_dense_bands_match_reference(monkeypatch, fresh_plans, case, h):
     and the last chunk is shorter."""
     monkeypatch.setattr(dense, '_band_height', lambda *args: h)
     monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 4)
-    k, stride, dilation, kw = split(case)
-    x, alpha, bases, rel_pos, attn = make(k, **{**kw, 'N': 3})
+    k, stride, dilation, kw = split_case(case)
+    x, alpha, bases, rel_pos, attn = op_inputs(k, **{**kw, 'N': 3})
     assert len(dense._plan(x.shape[-2], x.shape[-1], k, stride, dilation).bands) == -(-alpha.shape[-2] // h)
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
     out = dense.cada_dense(x, alpha, bases, rel_pos, stride, dilation) + dense.pixel_filter_dense(x, attn, k, stride, dilation)
     ref = cada_reference(x, alpha, bases, rel_pos, stride, dilation) + pixel_filter_reference(x, attn, k, stride, dilation)
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, **OP_TOL)
     for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
-        torch.testing.assert_close(g, g_ref, **TOL)
+        torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
 @pytest.mark.parametrize('case', [dict(k=3), dict(k=3, stride=2, dilation=2, H=10, W=9), dict(k=5, batch1=True)],
                          ids=str)
 def test_gradcheck(case):
-    k, stride, dilation, kw = split(case)
-    x, alpha, bases, rel_pos, attn = make(k, **{**dict(N=2, C=4, H=6, W=5, G=2, B=2), **kw})
+    k, stride, dilation, kw = split_case(case)
+    x, alpha, bases, rel_pos, attn = op_inputs(k, **{**dict(N=2, C=4, H=6, W=5, G=2, B=2), **kw})
     for t in (x, alpha, bases, rel_pos, attn):
         t.requires_grad_()
     for backend, cada, pf in ((taps, taps.cada_taps, taps.pixel_filter_taps),
@@ -119,7 +84,7 @@ def test_gradcheck(case):
 @pytest.mark.parametrize('batch1', [False, True])
 def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
     """Large batches run in chunks; force several (of uneven size) and compare with one."""
-    x, alpha, bases, rel_pos, attn = make(5, N=5, stride=2, batch1=batch1)
+    x, alpha, bases, rel_pos, attn = op_inputs(5, N=5, stride=2, batch1=batch1)
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
 
     def run():
@@ -140,7 +105,7 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
     # rows of 3 + 3 + 3 + 1 (samples x heads), or 1 + 1 (the heads of a batch-1 map)
     monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 1 if batch1 else 3)
     for a, b in zip(run(), one):
-        torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(a, b, **OP_TOL)
 
 
 @pytest.mark.parametrize('grad', [False, True])
@@ -167,7 +132,7 @@ def small_map_backend(request, monkeypatch):
 
 @pytest.mark.parametrize('fn', ['cada', 'pixel'])
 def test_channels_last_in_channels_last_out(fn, small_map_backend):
-    x, alpha, bases, rel_pos, attn = make(3, C=16, H=8, W=8)
+    x, alpha, bases, rel_pos, attn = op_inputs(3, C=16, H=8, W=8)
     xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     x.requires_grad_()
     if fn == 'cada':
@@ -175,8 +140,8 @@ def test_channels_last_in_channels_last_out(fn, small_map_backend):
     else:
         out, ref = pixel_filter(xc, attn, 3), pixel_filter_reference(x, attn, 3)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, ref, **TOL)
-    torch.testing.assert_close(grads(out, [xc])[0], grads(ref, [x])[0], **TOL)
+    torch.testing.assert_close(out, ref, **OP_TOL)
+    torch.testing.assert_close(grads(out, [xc])[0], grads(ref, [x])[0], **OP_TOL)
 
 
 @pytest.mark.parametrize('impl', ['taps', 'dense'])
@@ -186,12 +151,12 @@ def test_kernel_grads_without_input_grad(monkeypatch, impl, batch1):
     reuses its scratch without re-zeroing it; several chunks, so a stale entry would show."""
     monkeypatch.setattr(taps, 'CHUNK_ELEMS', 1)  # one sample per chunk
     monkeypatch.setattr(dense, '_rows_per_chunk', lambda *args: 1)
-    x, alpha, bases, rel_pos, _ = make(5, N=3, stride=2, batch1=batch1)
+    x, alpha, bases, rel_pos, _ = op_inputs(5, N=3, stride=2, batch1=batch1)
     inputs = [t.requires_grad_() for t in (alpha, bases, rel_pos)]
     out = cada_filter(x, alpha, bases, rel_pos, 2, impl=impl)
     ref = cada_reference(x, alpha, bases, rel_pos, 2)
     for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
-        torch.testing.assert_close(g, g_ref, **TOL)
+        torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
 def _mixers():
@@ -201,18 +166,9 @@ def _mixers():
     ]
 
 
-def _perturb(m):
-    """Fresh mixers compute a DW conv of their mean base; move them off it so every term counts."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return m.eval()
-
-
 @pytest.mark.parametrize('idx', range(5))
 def test_bf16_autocast_close_to_fp32(idx, small_map_backend):
-    m = _perturb(_mixers()[idx])
+    m = perturbed(_mixers()[idx]).eval()
     x = torch.randn(2, 32, 8, 8)
     ref = m(x)
     xb = x.clone().requires_grad_()
@@ -226,7 +182,7 @@ def test_bf16_autocast_close_to_fp32(idx, small_map_backend):
 
 @pytest.mark.parametrize('idx', range(5))
 def test_torchscript_matches_eager(idx):
-    m = _perturb(_mixers()[idx])
+    m = perturbed(_mixers()[idx]).eval()
     x = torch.randn(2, 32, 8, 8)
     torch.testing.assert_close(torch.jit.script(m)(x), m(x), rtol=1e-5, atol=1e-5)
 
@@ -243,8 +199,8 @@ def test_fx_feature_extraction_keeps_mixers_as_leaves():
 
 def test_compile_fwd_bwd_matches_eager(small_map_backend):
     """Dynamo and AOT autograd through the custom Functions (the Inductor run on a model is slow)."""
-    m = _perturb(Cada2d(32, 32, 5, rel_pos=True)).train()
-    free = _perturb(Cada2d(32, 32, 3, stride=2, identity_bases=True, num_bases=None)).train()
+    m = perturbed(Cada2d(32, 32, 5, rel_pos=True)).train()
+    free = perturbed(Cada2d(32, 32, 3, stride=2, identity_bases=True, num_bases=None)).train()
     x = torch.randn(2, 32, 8, 8, requires_grad=True)
 
     def fn(x):
@@ -271,7 +227,7 @@ def test_compile_inductor_resnet26_cada_k7():
 @pytest.mark.parametrize('amp', [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('impls', [('taps', 'taps'), ('dense', 'dense')], ids=str)
 def test_cuda_autocast_matches_reference(amp, impls):
-    x, alpha, bases, rel_pos, attn = (t.cuda().float() for t in make(7, C=32, H=14, W=14, G=2, B=8))
+    x, alpha, bases, rel_pos, attn = (t.cuda().float() for t in op_inputs(7, C=32, H=14, W=14, G=2, B=8))
     ref = cada_reference(x, alpha, bases, rel_pos)
     with torch.autocast('cuda', dtype=amp):
         out = cada_filter(x.to(amp), alpha, bases, rel_pos, impl=impls[0])
@@ -285,24 +241,17 @@ def test_cuda_autocast_matches_reference(amp, impls):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('impl', ['taps', 'dense'])
 def test_cuda_grads_match_reference(impl):
-    x, alpha, bases, rel_pos, _ = (t.cuda() for t in make(5, stride=2, dilation=1))
+    x, alpha, bases, rel_pos, _ = (t.cuda() for t in op_inputs(5, stride=2, dilation=1))
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos)]
     out = cada_filter(x, alpha, bases, rel_pos, 2, impl=impl)
     ref = cada_reference(x, alpha, bases, rel_pos, 2)
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, **OP_TOL)
     for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
-        torch.testing.assert_close(g, g_ref, **TOL)
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location('bench', BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+        torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
 def test_bench_dry_run_op_level(tmp_path, capsys):
-    _bench().main(['--dry-run', '--level', 'op', '--amp', 'bf16', '--out-dir', str(tmp_path)])
+    load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'op', '--amp', 'bf16', '--out-dir', str(tmp_path)])
     out = capsys.readouterr().out
     assert '| 32 | 8 | 3 | dw_conv |' in out and 'cada_op_taps' in out and 'unfold_ref' in out
     assert (tmp_path / 'ops_cpu_bf16.csv').read_text().count('\n') > 10
@@ -310,7 +259,7 @@ def test_bench_dry_run_op_level(tmp_path, capsys):
 
 def test_bench_dry_run_chunk_study(tmp_path, capsys):
     rows = {}
-    bench = _bench()
+    bench = load_script('benchmarks/bench.py')
     real = bench.bench_chunks
     bench.bench_chunks = lambda *a, **kw: rows.setdefault('rows', real(*a, **kw))
     bench.main(['--dry-run', '--level', 'chunks', '--out-dir', str(tmp_path)])
@@ -326,14 +275,14 @@ def test_bench_dry_run_chunk_study(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_dry_run_model_level(tmp_path, capsys):
-    _bench().main(['--dry-run', '--level', 'model', '--out-dir', str(tmp_path)])
+    load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'model', '--out-dir', str(tmp_path)])
     assert 'resnet50_mixerfree' in capsys.readouterr().out
     assert (tmp_path / 'models_cpu.csv').exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_bench_cuda_dry_run(tmp_path, capsys):
-    _bench().main(['--dry-run', '--device', 'cuda', '--amp', 'fp16', '--channels-last', '--out-dir', str(tmp_path)])
+    load_script('benchmarks/bench.py').main(['--dry-run', '--device', 'cuda', '--amp', 'fp16', '--channels-last', '--out-dir', str(tmp_path)])
     assert (tmp_path / 'ops_cuda_fp16_cl.csv').exists() and (tmp_path / 'models_cuda_fp16_cl.csv').exists()
 
 
@@ -342,7 +291,7 @@ def test_fake_backward_matches_real_dtypes(backend):
     """What torch.compile traces (the fake kernels) must match what runs, including the empty tensors
     that stand for gradients not asked for, under bf16 autocast (x bf16, kernels float32)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    x, alpha, bases, rel_pos, attn = make(3, dtype=torch.float32)
+    x, alpha, bases, rel_pos, attn = op_inputs(3, dtype=torch.float32)
     gy, x = torch.randn(x.shape, dtype=torch.bfloat16), x.to(torch.bfloat16)
     calls = [
         (getattr(torch.ops.timm_cada, f'cada_{backend}_backward'), (gy, x, alpha, bases, rel_pos),
@@ -361,7 +310,7 @@ def test_fake_backward_matches_real_dtypes(backend):
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_custom_ops_pass_opcheck(channels_last):
     """Fake kernels, autograd registration and schema of the custom ops (what torch.compile relies on)."""
-    x, alpha, bases, rel_pos, attn = make(3, stride=2, dtype=torch.float32)
+    x, alpha, bases, rel_pos, attn = op_inputs(3, stride=2, dtype=torch.float32)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     for t in (x, alpha, bases, rel_pos, attn):

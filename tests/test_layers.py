@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from timm_cada.layers import MIXERS, Cada2d, DwConv2d, Local2d, Position2d, create_mixer
+from timm_cada.layers import MIXERS, Cada2d, DwConv2d, Local2d, create_mixer
 from timm_cada.ops import cada_filter, pixel_filter
+from helpers import perturbed
 
 DT = torch.float64
 
@@ -27,11 +28,8 @@ def build(case, stride=1, chs=8, k=3, **extra):
     name = kwargs.pop('name')
     if stride == 2 and 'feat_size' in kwargs:
         kwargs['feat_size'] = (3, 3)
-    m = create_mixer(name, chs, chs, k, stride=stride, **kwargs, **extra).to(DT)
-    with torch.no_grad():  # move off the init (zero last CA layer, zero logits) so every path is exercised
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return m
+    # moved off the init (zero last CA layer, zero logits) so every path is exercised
+    return perturbed(create_mixer(name, chs, chs, k, stride=stride, **kwargs, **extra).to(DT))
 
 
 @pytest.mark.parametrize('stride', [1, 2])

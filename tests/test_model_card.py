@@ -7,7 +7,7 @@ import timm
 import timm_cada  # noqa: F401
 from timm_cada.pretrained import load_manifest
 from timm_cada.profile import count_macs, count_params
-from conftest import load_script
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,7 @@
 """ Every registered model behaves like a timm model: forward/backward, features, intermediates,
 classifier reset, gradient checkpointing, channels_last, bf16 autocast, TorchScript and FX. """
+import copy
+
 import pytest
 import timm
 import torch
@@ -40,66 +42,125 @@ def test_registry():
     assert timm.list_models('resnet50_dw_k13') == ['resnet50_dw_k13']
 
 
-@pytest.mark.parametrize('name', MODELS)
-def test_timm_model_contract(name):
-    """One model instance through every timm behaviour (instances are reused to keep the suite fast)."""
-    model = create(name, num_classes=10)
-    x = images()
+# ---------------------------------------------------------------------------------- the timm contract
+# One test per capability, each over every model (as timm's own tests/test_models.py does). The module-scoped
+# fixture builds each model once (pytest groups the tests by model), and every test takes a fresh copy of it.
 
-    # forward and backward: every parameter gets a gradient, and checkpointing gives the same ones
+@pytest.fixture(scope='module', params=MODELS)
+def built(request):
+    """(name, the model with every parameter that starts at zero moved off it, so the mixers and the
+    zero-initialised last norms of the blocks count in every output; its features_only twin)."""
+    name = request.param
+    torch.manual_seed(0)
+    model = create(name, num_classes=10)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.add_(torch.randn_like(p) * 0.1)
+    feat = create(name, features_only=True)
+    feat.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('fc.')})
+    return name, model, feat
+
+
+@pytest.fixture
+def model(built):
+    return copy.deepcopy(built[1])
+
+
+@pytest.fixture
+def eval_model(model):
+    return model.eval()
+
+
+def test_model_forward_backward(model):
+    """Forward and backward: finite outputs, and every parameter gets a gradient."""
+    out = model(images())
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out.square().sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f'parameters without gradient: {missing[:5]}'
+
+
+def test_model_grad_checkpointing(model):
+    """Gradient checkpointing gives the gradients of the plain backward."""
+    x = images()
     grads = []
     for checkpointing in (False, True):
         model.zero_grad()
         model.set_grad_checkpointing(checkpointing)
-        out = model(x)
-        assert out.shape == (2, 10) and torch.isfinite(out).all()
-        out.square().sum().backward()
+        model(x).square().sum().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
-    missing = [n for n, g in grads[0].items() if g is None]
-    assert not missing, f'parameters without gradient: {missing[:5]}'
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-5, msg=n)
-    model.set_grad_checkpointing(False)
-    model.eval()
 
-    with torch.no_grad():
-        ref = model(x)
-        # features_only and forward_intermediates agree with each other and with forward_features
-        feat = create(name, features_only=True).eval()
-        feat.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('fc.')})
-        assert feat.feature_info.channels() == [64, 256, 512, 1024, 2048]
-        assert feat.feature_info.reduction() == [2, 4, 8, 16, 32]
-        maps = feat(x)
-        assert [tuple(m.shape[1:]) for m in maps] == [
-            (c, SIZE // r, SIZE // r) for c, r in zip(feat.feature_info.channels(), feat.feature_info.reduction())]
-        final, inter = model.forward_intermediates(x)
-        for a, b in zip(maps, inter):
-            torch.testing.assert_close(a, b)
-        torch.testing.assert_close(final, model.forward_features(x))
-        only = model.forward_intermediates(x, indices=[4], intermediates_only=True)
-        torch.testing.assert_close(only[0], maps[4])
 
-        # TorchScript and FX feature extraction
-        torch.testing.assert_close(torch.jit.script(model)(x), ref)
-        fx = create(name, features_only=True, feature_cls='fx').eval()
-        fx.load_state_dict({'graph_module.' + k: v for k, v in feat.state_dict().items()})
-        for a, b in zip(fx(x), maps):
-            torch.testing.assert_close(a, b)
+@torch.no_grad()
+def test_model_features_only(built):
+    feat = copy.deepcopy(built[2]).eval()
+    assert feat.feature_info.channels() == [64, 256, 512, 1024, 2048]
+    assert feat.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert [tuple(m.shape[1:]) for m in feat(images())] == [
+        (c, SIZE // r, SIZE // r) for c, r in zip(feat.feature_info.channels(), feat.feature_info.reduction())]
 
-        # bf16 autocast on CPU runs and stays close to fp32; channels_last gives the same output
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            low = model(x)
-        rel = (low.float() - ref).norm() / ref.norm()
-        assert rel < 0.05, f'bf16 autocast drifts {rel:.3f} from fp32'
-        cl = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
-        torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-4)
 
-    # classifier reset
-    model.reset_classifier(5)
-    assert model(x).shape == (2, 5)
-    model.reset_classifier(0)
-    assert model(x).shape == (2, 2048) and model.get_classifier() is model.fc
+@torch.no_grad()
+def test_model_forward_intermediates(built, eval_model):
+    """forward_intermediates agrees with features_only and with forward_features."""
+    x = images()
+    maps = copy.deepcopy(built[2]).eval()(x)
+    final, inter = eval_model.forward_intermediates(x)
+    for a, b in zip(maps, inter):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(final, eval_model.forward_features(x))
+    only = eval_model.forward_intermediates(x, indices=[4], intermediates_only=True)
+    torch.testing.assert_close(only[0], maps[4])
 
+
+@torch.no_grad()
+def test_model_torchscript(eval_model):
+    x = images()
+    torch.testing.assert_close(torch.jit.script(eval_model)(x), eval_model(x))
+
+
+@torch.no_grad()
+def test_model_fx_feature_extraction(built):
+    name, _, feat = built
+    x = images()
+    fx = create(name, features_only=True, feature_cls='fx').eval()
+    fx.load_state_dict({'graph_module.' + k: v for k, v in feat.state_dict().items()})
+    for a, b in zip(fx(x), copy.deepcopy(feat).eval()(x)):
+        torch.testing.assert_close(a, b)
+
+
+@torch.no_grad()
+def test_model_bf16_autocast(eval_model):
+    """bf16 autocast on CPU runs and stays close to fp32."""
+    x = images()
+    ref = eval_model(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        low = eval_model(x)
+    rel = (low.float() - ref).norm() / ref.norm()
+    assert rel < 0.05, f'bf16 autocast drifts {rel:.3f} from fp32'
+
+
+@torch.no_grad()
+def test_model_channels_last(eval_model):
+    x = images()
+    ref = eval_model(x)
+    cl = eval_model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_model_reset_classifier(eval_model):
+    x = images()
+    eval_model.reset_classifier(5)
+    assert eval_model(x).shape == (2, 5)
+    eval_model.reset_classifier(0)
+    assert eval_model(x).shape == (2, 2048) and eval_model.get_classifier() is eval_model.fc
+
+
+# ------------------------------------------------------------------------------------------ the family
 
 @pytest.mark.parametrize('name', ['resnet50_cada_k7', 'resnet26_dw_k3', 'resnet50_local_k7'])
 def test_pretrained_without_weights_fails(name):

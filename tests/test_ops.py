@@ -1,14 +1,13 @@
-""" The CADA operators against an unfold reference written here, and the special cases of DESIGN.md,
+""" The CADA operators against an unfold reference written here, and the special cases of docs/design.md,
 in float64. Every backend named in timm_cada.ops is held to the same numbers. """
 import pytest
 import torch
 import torch.nn.functional as F
 
 from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, filter_output_size, pixel_filter
+from helpers import OP_CASES, OP_TOL, op_inputs, split_case
 
-torch.manual_seed(0)
 DT = torch.float64
-TOL = dict(rtol=1e-10, atol=1e-10)
 
 
 def unfold_pixel_filter(x, attn, k, stride=1, dilation=1):
@@ -37,92 +36,75 @@ def dw_conv(x, kernel_per_head, stride=1, dilation=1):
     return F.conv2d(x, w, stride=stride, padding=dilation * (k // 2), dilation=dilation, groups=C)
 
 
-def make(N=2, C=8, H=9, W=7, G=2, B=3, k=3, stride=1, dilation=1, alpha_batch=None):
-    x = torch.randn(N, C, H, W, dtype=DT)
-    Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
-    alpha = torch.randn(alpha_batch or N, G, B, Ho, Wo, dtype=DT)
-    bases = torch.randn(G, B, k, k, dtype=DT)
-    rel_pos = torch.randn(G, k, k, dtype=DT)
-    return x, alpha, bases, rel_pos
-
-
-CASES = [
-    dict(k=3), dict(k=5, stride=2), dict(k=3, dilation=2), dict(k=5, stride=2, dilation=2, H=12, W=11),
-    dict(k=7, H=6, W=5), dict(k=1), dict(k=3, alpha_batch=1), dict(k=3, B=1, G=8),
-]
-
-
 @pytest.mark.parametrize('impl', CADA_IMPLS)
-@pytest.mark.parametrize('case', CASES, ids=str)
+@pytest.mark.parametrize('case', OP_CASES, ids=str)
 @pytest.mark.parametrize('with_rel_pos', [False, True])
 def test_cada_matches_unfold(impl, case, with_rel_pos):
-    case = dict(case)
-    stride, dilation, k = case.get('stride', 1), case.get('dilation', 1), case['k']
-    x, alpha, bases, rel_pos = make(**case)
+    k, stride, dilation, kw = split_case(case)
+    x, alpha, bases, rel_pos, _ = op_inputs(k, **kw)
     rel_pos = rel_pos if with_rel_pos else None
     out = cada_filter(x, alpha, bases, rel_pos, stride, dilation, impl=impl)
-    torch.testing.assert_close(out, unfold_cada(x, alpha, bases, rel_pos, k, stride, dilation), **TOL)
+    torch.testing.assert_close(out, unfold_cada(x, alpha, bases, rel_pos, k, stride, dilation), **OP_TOL)
 
 
 @pytest.mark.parametrize('impl', PIXEL_FILTER_IMPLS)
-@pytest.mark.parametrize('case', CASES, ids=str)
+@pytest.mark.parametrize('case', OP_CASES, ids=str)
 def test_pixel_filter_matches_unfold(impl, case):
-    case = dict(case)
-    stride, dilation, k = case.get('stride', 1), case.get('dilation', 1), case['k']
-    x, alpha, _, _ = make(**dict(case, B=k * k))
-    out = pixel_filter(x, alpha, k, stride, dilation, impl=impl)
-    torch.testing.assert_close(out, unfold_pixel_filter(x, alpha, k, stride, dilation), **TOL)
+    k, stride, dilation, kw = split_case(case)
+    x, _, _, _, attn = op_inputs(k, **kw)
+    out = pixel_filter(x, attn, k, stride, dilation, impl=impl)
+    torch.testing.assert_close(out, unfold_pixel_filter(x, attn, k, stride, dilation), **OP_TOL)
 
 
 @pytest.mark.parametrize('impl', CADA_IMPLS)
 def test_one_base_fixed_alpha_is_dw_conv(impl):
-    x, _, bases, _ = make(B=1, k=5)
+    x, _, bases, _, _ = op_inputs(5, B=1)
     alpha = torch.ones(2, 2, 1, 9, 7, dtype=DT)
-    torch.testing.assert_close(cada_filter(x, alpha, bases, impl=impl), dw_conv(x, bases[:, 0]), **TOL)
+    torch.testing.assert_close(cada_filter(x, alpha, bases, impl=impl), dw_conv(x, bases[:, 0]), **OP_TOL)
 
 
 @pytest.mark.parametrize('impl', CADA_IMPLS)
 @pytest.mark.parametrize('stride', [1, 2])
 def test_constant_alpha_is_dw_conv_with_summed_kernel(impl, stride):
-    x, _, bases, _ = make(B=4, k=5)
+    x, _, bases, _, _ = op_inputs(5, B=4)
     a = torch.randn(1, 2, 4, 1, 1, dtype=DT)
     Ho, Wo = filter_output_size(9, 5, stride), filter_output_size(7, 5, stride)
     alpha = a.expand(2, 2, 4, Ho, Wo)
     summed = (a[0, :, :, :, :, None] * bases.unsqueeze(-1)).sum(1)[..., 0]  # (G, k, k)
     torch.testing.assert_close(
-        cada_filter(x, alpha, bases, stride=stride, impl=impl), dw_conv(x, summed, stride), **TOL)
+        cada_filter(x, alpha, bases, stride=stride, impl=impl), dw_conv(x, summed, stride), **OP_TOL)
 
 
 @pytest.mark.parametrize('impl', CADA_IMPLS)
 def test_rel_pos_alone_is_dw_conv(impl):
-    x, alpha, bases, rel_pos = make(k=3)
+    x, alpha, bases, rel_pos, _ = op_inputs(3)
     out = cada_filter(x, torch.zeros_like(alpha), bases, rel_pos, impl=impl)
-    torch.testing.assert_close(out, dw_conv(x, rel_pos), **TOL)
+    torch.testing.assert_close(out, dw_conv(x, rel_pos), **OP_TOL)
 
 
 @pytest.mark.parametrize('impl', CADA_IMPLS)
 @pytest.mark.parametrize('k,dilation', [(3, 1), (5, 1), (3, 2)])
 def test_strided_equals_subsampled_stride_one(impl, k, dilation):
-    x, alpha, bases, rel_pos = make(k=k, H=12, W=10, dilation=dilation)
+    x, alpha, bases, rel_pos, _ = op_inputs(k, H=12, W=10, dilation=dilation)
     full = cada_filter(x, alpha, bases, rel_pos, 1, dilation, impl=impl)
     strided = cada_filter(x, alpha[..., ::2, ::2], bases, rel_pos, 2, dilation, impl=impl)
-    torch.testing.assert_close(strided, full[..., ::2, ::2], **TOL)
+    torch.testing.assert_close(strided, full[..., ::2, ::2], **OP_TOL)
 
 
 @pytest.mark.parametrize('impl', CADA_IMPLS)
 def test_identity_bases_express_any_per_pixel_kernel(impl):
     """With the k*k one-hot bases, alpha *is* the per-pixel kernel: any kernel map can be expressed."""
     k, G = 3, 2
-    x, _, _, _ = make(k=k, G=G)
+    x, _, _, _, _ = op_inputs(k, G=G)
     kernels = torch.randn(2, G, k * k, 9, 7, dtype=DT)  # arbitrary per-pixel, per-head kernels
     identity = torch.eye(k * k, dtype=DT).view(1, k * k, k, k).expand(G, k * k, k, k)
     out = cada_filter(x, kernels, identity, impl=impl)
-    torch.testing.assert_close(out, unfold_pixel_filter(x, kernels, k), **TOL)
-    torch.testing.assert_close(pixel_filter(x, kernels, k), out, **TOL)
+    torch.testing.assert_close(out, unfold_pixel_filter(x, kernels, k), **OP_TOL)
+    torch.testing.assert_close(pixel_filter(x, kernels, k), out, **OP_TOL)
 
 
 def test_shape_errors():
-    x, alpha, bases, _ = make()
+    x, alpha, bases, _, _ = op_inputs(3)
     with pytest.raises(ValueError, match='alpha'):
         cada_filter(x, alpha, bases[:, :2], impl='reference')  # alpha has 3 bases, bases 2
     with pytest.raises(ValueError, match='heads'):

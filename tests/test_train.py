@@ -19,43 +19,17 @@ from PIL import Image
 
 import timm
 import timm_cada  # noqa: F401
-from timm_cada.train_utils import save_checkpoint
-from timm_cada.warm_start import read_checkpoint
-from conftest import EvilPickle, load_script
+from timm_cada.checkpoint import read_checkpoint, save_checkpoint
+from helpers import REPO, SUBPROCESS_ENV, TINY, TINY_MODEL, EvilPickle, load_script, make_image_folder
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / 'train' / 'train.py'
-MODEL = 'resnet26_dw_k3'
+MODEL = TINY_MODEL
 CHECKPOINT_KEYS = {'arch', 'model_kwargs', 'epoch', 'state_dict', 'optimizer', 'scheduler', 'top1', 'eval_metric',
                    'metric', 'args', 'version'}
-# Small and quick: 3 classes told apart by colour, 32 x 32 images, narrow resnet26, one process.
-TINY = ['--model', MODEL, '--img-size', '32', '-b', '8', '-j', '0', '--opt', 'adamw', '--lr', '2e-3',
-        '--weight-decay', '0', '--warmup-epochs', '0', '--smoothing', '0', '--hflip', '0', '--color-jitter', '0',
-        '--scale', '0.8', '1.0', '--log-interval', '1', '--seed', '0', '--device', 'cpu',
-        '--model-kwargs', 'channels=(16,32,64,128)', '--device-modules', 'timm_cada']
 
 
 trainer = load_script('train/train.py')
 ablate = load_script('train/ablate.py')
-
-
-def make_image_folder(root: Path, per_class=(8, 4), size: int = 32) -> Path:
-    """3 classes (reddish, greenish, bluish noise images), `per_class` = (train, validation) images each."""
-    rng = np.random.default_rng(0)
-    for split, n in zip(('train', 'validation'), per_class):
-        for c in range(3):
-            folder = root / split / f'class{c}'
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 100, (size, size, 3), dtype=np.uint8)
-                img[..., c] += 120
-                Image.fromarray(img).save(folder / f'{i}.png')
-    return root
-
-
-# One thread per training process: tiny models gain nothing from more, and spinning OpenMP threads slow
-# everything down when the test machine's cores are shared.
-SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS='1')
 
 
 def train_cli(*args, check=True) -> subprocess.CompletedProcess:
@@ -205,7 +179,7 @@ def test_killed_checkpoint_write_keeps_previous(tmp_path):
     script = tmp_path / 'writer.py'
     script.write_text(
         'import sys, time, torch\n'
-        'from timm_cada.train_utils import save_checkpoint\n'
+        'from timm_cada.checkpoint import save_checkpoint\n'
         'class Slow:\n'
         '    def __reduce__(self):\n'
         '        time.sleep(60)\n'

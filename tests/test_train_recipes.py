@@ -9,7 +9,7 @@ import yaml
 
 import timm
 import timm_cada  # noqa: F401
-from conftest import load_script
+from helpers import SUBPROCESS_ENV, TINY, load_script, make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / 'train' / 'configs').glob('*.yaml'))
@@ -42,7 +42,7 @@ def test_imagenet_recipes_share_one_procedure_per_budget():
 
 @pytest.mark.parametrize('depth', (26, 50))
 def test_every_ablation_row_names_registered_models(depth):
-    for name in ablate.ABLATIONS:
+    for name in ablate.ABLATION_AXES:
         models = ablate.ablation_models(name, depth)
         assert models and all(timm.is_model(m) for m in models), name
 
@@ -53,8 +53,6 @@ def test_unknown_ablation_is_a_clear_error():
 
 
 def test_ablate_trains_and_writes_table_csv_plot(tmp_path):
-    from test_train import SUBPROCESS_ENV, TINY, make_image_folder
-
     data = make_image_folder(tmp_path / 'data', per_class=(4, 2))
     out = tmp_path / 'ablation'
     models = ['resnet26_dw_k3', 'resnet26_cada_k3']

@@ -9,7 +9,7 @@ import timm
 import timm_cada  # noqa: F401
 from timm_cada.warm_start import warm_start
 
-from test_weights import lay_out_hf_cache
+from helpers import lay_out_hf_cache
 
 
 def _mixer_keys(keys):

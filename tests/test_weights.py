@@ -18,11 +18,11 @@ import torch
 
 import timm
 import timm_cada
-from timm_cada.models.resnet_cada import NoPretrainedWeightsError
+from timm_cada.models import NoPretrainedWeightsError
 from timm_cada.warm_start import warm_start
 from timm_cada.pretrained import (
     WeightsIntegrityError, file_sha256, load_manifest, pretrained_cfgs, verified_weights_file)
-from conftest import EvilPickle, load_script
+from helpers import EvilPickle, lay_out_hf_cache, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'resnet26_cada_k7'
@@ -51,25 +51,6 @@ def _outputs(state_dict):
     model.load_state_dict(state_dict)
     with torch.no_grad():
         return model.eval()(INPUT)
-
-
-def lay_out_hf_cache(cache: Path, repo_id: str, files: Path, revision: str) -> Path:
-    """Put `files` in `cache` as huggingface_hub does: content-addressed blobs, a snapshot of symlinks, refs/main."""
-    repo = cache / ('models--' + repo_id.replace('/', '--'))
-    blobs, snapshot = repo / 'blobs', repo / 'snapshots' / revision
-    blobs.mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    (repo / 'refs').mkdir()
-    (repo / 'refs' / 'main').write_text(revision)
-    for f in sorted(files.iterdir()):
-        data = f.read_bytes()
-        if f.suffix == '.safetensors':  # LFS file: blob named by its sha256
-            blob = hashlib.sha256(data).hexdigest()
-        else:  # regular git file: blob named by its git object id
-            blob = hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
-        (blobs / blob).write_bytes(data)
-        (snapshot / f.name).symlink_to(os.path.relpath(blobs / blob, snapshot))
-    return snapshot
 
 
 @pytest.fixture(scope='module')
