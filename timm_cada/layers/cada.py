@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from timm.layers import get_act_layer, get_norm_layer
 from timm_cada.ops import CADA_IMPLS, cada_filter, pixel_filter
-from .helpers import check_mixer_args, check_num_bases, check_odd, init_kernels, num_heads
+from .helpers import check_choice, check_mixer_args, check_num_bases, check_odd, init_kernels, num_heads
 from .registry import register_mixer
 
 CA_NORMS = ('softmax', 'sigmoid', 'none')
@@ -125,12 +125,10 @@ class Cada2d(nn.Module):
         elif num_bases is None:
             raise ValueError('num_bases must be an int in [1, kernel_size**2] unless identity_bases=True')
         check_num_bases(num_bases, kernel_size)
-        if ca_norm not in CA_NORMS:
-            raise ValueError(f'ca_norm must be one of {CA_NORMS}, got {ca_norm!r}')
+        check_choice(ca_norm, 'ca_norm', CA_NORMS)
         if ca_reduction is not None and ca_reduction < 1:
             raise ValueError(f'ca_reduction must be None or a positive int, got {ca_reduction}')
-        if impl not in CADA_IMPLS:
-            raise ValueError(f'impl must be one of {CADA_IMPLS}, got {impl!r}')
+        check_choice(impl, 'impl', CADA_IMPLS)
 
         self.kernel_size = kernel_size
         self.stride = stride

@@ -1,6 +1,6 @@
-""" Argument checks shared by the spatial mixers: each names the argument and what it accepts. """
+""" Argument checks and the kernel init shared by the spatial mixers: each check names the argument and what it accepts. """
 import math
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,11 @@ def check_mixer_args(in_chs: int, out_chs: int, kernel_size: int, stride: int, d
         raise ValueError(f'stride must be a positive int, got {stride}')
     if dilation < 1:
         raise ValueError(f'dilation must be a positive int, got {dilation}')
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {tuple(choices)}, got {value!r}')
 
 
 def check_odd(value: int, name: str) -> None:

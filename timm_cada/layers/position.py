@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from timm_cada.ops import CADA_IMPLS, cada_filter, filter_output_size
 from .cada import CA_NORMS, normalize_ca
-from .helpers import check_mixer_args, check_num_bases, init_kernels, num_heads, to_feat_size
+from .helpers import check_choice, check_mixer_args, check_num_bases, init_kernels, num_heads, to_feat_size
 from .registry import register_mixer
 
 
@@ -45,10 +45,8 @@ class Position2d(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         check_mixer_args(in_chs, out_chs, kernel_size, stride, dilation)
         check_num_bases(num_bases, kernel_size)
-        if ca_norm not in CA_NORMS:
-            raise ValueError(f'ca_norm must be one of {CA_NORMS}, got {ca_norm!r}')
-        if impl not in CADA_IMPLS:
-            raise ValueError(f'impl must be one of {CADA_IMPLS}, got {impl!r}')
+        check_choice(ca_norm, 'ca_norm', CA_NORMS)
+        check_choice(impl, 'impl', CADA_IMPLS)
         self.feat_size = to_feat_size(feat_size, 'Position2d')
         self.kernel_size = kernel_size
         self.stride = stride
