@@ -156,7 +156,8 @@ class CadaResNet(ResNet):
         """timm's ResNet init, then each mixer's as its `init` trait says: timm's conv init would overwrite a
         mixer's own (the CA generator's, or any conv inside a user's mixer), and its fan-out rule (C * k*k for a
         depthwise conv) would start the DW arm at another scale than the rest."""
-        mixers = [(m, spec_of(m).init) for m in self.modules() if spec_of(m) is not None]
+        specs = [(m, spec_of(m)) for m in self.modules()]
+        mixers = [(m, spec.init) for m, spec in specs if spec is not None]
         kept = [copy.deepcopy(m.state_dict()) if init == 'keep' else None for m, init in mixers]
         super().init_weights(zero_init_last=zero_init_last)
         for (m, init), state in zip(mixers, kept):

@@ -78,10 +78,8 @@ def choose_backend(op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int
     return 'taps', f'{Ho}x{Wo} output, k={k}, B={num_bases}, inference: k*k pitched passes <= 9 B passes'
 
 
-def _backend(op: str, impl: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> str:
-    """`impl`, or for 'auto' the rule's pick, logged at debug level with the reason."""
-    if impl != 'auto':
-        return impl
+def _auto(op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> str:
+    """The rule's pick for 'auto', logged at debug level with the reason."""
     impl, why = choose_backend(op, Ho, Wo, k, grad, num_bases)
     if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
         _logger.debug('%s: auto chose %r (%s)', op, impl, why)
@@ -109,7 +107,8 @@ def pixel_filter(
         raise ValueError('impl must be one of auto, reference, taps, dense; got {}'.format(impl))
     if not torch.jit.is_scripting():
         # TorchScript cannot run custom ops' Python bodies: scripted models use the reference
-        impl = _backend('pixel_filter', impl, attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
+        if impl == 'auto':
+            impl = _auto('pixel_filter', attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
         return BACKENDS[impl][0](x, attn, kernel_size, stride, dilation)
     return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
 
@@ -136,8 +135,9 @@ def cada_filter(
     if impl not in ('auto', 'reference', 'taps', 'dense', 'combine'):
         raise ValueError('impl must be one of auto, reference, taps, dense, combine; got {}'.format(impl))
     if not torch.jit.is_scripting():
-        impl = _backend('cada', impl, alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
-                        _needs_grad(x, alpha, bases, rel_pos), bases.shape[1])
+        if impl == 'auto':
+            impl = _auto('cada', alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
+                         _needs_grad(x, alpha, bases, rel_pos), bases.shape[1])
         return BACKENDS[impl][1](x, alpha, bases, rel_pos, stride, dilation)
     if impl == 'reference':
         return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
