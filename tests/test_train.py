@@ -135,10 +135,12 @@ def test_resume_continues_with_optimizer_and_scheduler_state(first_epoch, resume
     step = lambda ckpt: int(next(iter(ckpt['optimizer']['state'].values()))['step'])
     assert step(first) == steps_per_epoch
     assert step(read_checkpoint(out / 'last.pth.tar')) == 3 * steps_per_epoch
-    # Cosine over 3 epochs, no warmup: after epoch 1 (stepped to t=2) lr = base * (1 + cos(2 pi / 3)) / 2.
-    # The base lr was halved in the checkpoint, so only a restored scheduler gives half the recipe's value.
-    lr = float(read_summary(out)[1]['lr'])
-    assert lr == pytest.approx(0.5 * 2e-3 * (1 + np.cos(2 * np.pi / 3)) / 2, rel=1e-6)
+    # Cosine over 3 epochs, no warmup: epoch t trains at lr = base * (1 + cos(pi t / 3)) / 2, and summary.csv
+    # records the lr each epoch trained at. The base lr was halved in the checkpoint, so only a restored
+    # scheduler gives half the recipe's value.
+    rows = read_summary(out)
+    assert float(rows[0]['lr']) == pytest.approx(2e-3, rel=1e-6)
+    assert float(rows[1]['lr']) == pytest.approx(0.5 * 2e-3 * (1 + np.cos(np.pi / 3)) / 2, rel=1e-6)
 
 
 def test_resume_with_longer_schedule(data, first_epoch, tmp_path, caplog):
@@ -151,8 +153,8 @@ def test_resume_with_longer_schedule(data, first_epoch, tmp_path, caplog):
     assert '--epochs changed from 3 to 5' in caplog.text
     rows = read_summary(out)
     assert [int(r['epoch']) for r in rows] == [0, 1]
-    # Cosine over 5 epochs, stepped to t=2: lr = base * (1 + cos(2 pi / 5)) / 2.
-    assert float(rows[1]['lr']) == pytest.approx(2e-3 * (1 + np.cos(2 * np.pi / 5)) / 2, rel=1e-6)
+    # Cosine over 5 epochs: epoch 1 trains at lr = base * (1 + cos(pi / 5)) / 2.
+    assert float(rows[1]['lr']) == pytest.approx(2e-3 * (1 + np.cos(np.pi / 5)) / 2, rel=1e-6)
 
 
 class _Interrupt:
@@ -290,10 +292,14 @@ def test_eval_metric_loss_selects_best_across_resume(data, tmp_path):
     best = read_checkpoint(out / 'model_best.pth.tar')
     assert best['eval_metric'] == 'loss' and best['metric'] == pytest.approx(float(read_summary(out)[0]['eval_loss']))
     assert best['top1'] == pytest.approx(float(read_summary(out)[0]['eval_top1']))
-    best['metric'] = 0.  # a loss no later epoch beats
-    torch.save(best, out / 'model_best.pth.tar')
+    # The checkpoint is the run's record of its best epoch: a best loss no later epoch beats keeps epoch 0.
+    last = read_checkpoint(out / 'last.pth.tar')
+    assert last['best'] == {'epoch': 0, 'metric': best['metric']}
+    last['best']['metric'] = 0.
+    torch.save(last, out / 'last.pth.tar')
     _run_in_process([*argv, '--resume', out / 'last.pth.tar'])
-    assert read_checkpoint(out / 'last.pth.tar')['epoch'] == 1
+    last = read_checkpoint(out / 'last.pth.tar')
+    assert last['epoch'] == 1 and last['best'] == {'epoch': 0, 'metric': 0.}
     assert read_checkpoint(out / 'model_best.pth.tar')['epoch'] == 0
 
 

@@ -14,17 +14,19 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from safetensors import SafetensorError
 from timm.models import PretrainedCfg
 from timm.models._hub import download_from_hf
 
 __all__ = [
-    'MANIFEST_ENV', 'WeightsEntry', 'WeightsIntegrityError', 'manifest_path', 'load_manifest', 'pretrained_cfgs',
+    'MANIFEST_ENV', 'FIELD_RULES', 'WeightsEntry', 'WeightsIntegrityError', 'check_field', 'manifest_path',
+    'load_manifest', 'pretrained_cfgs',
     'file_sha256', 'verified_weights_file', 'verified_pretrained_overlay', 'readable_weights',
 ]
 
@@ -85,6 +87,50 @@ class WeightsEntry:
         return f'{self.hf_hub_id}@{self.revision}'
 
 
+def _text(pattern: Optional[re.Pattern] = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and bool(v.strip()) and (pattern is None or bool(pattern.fullmatch(v)))
+
+
+def _number(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      and (lo < v if lo_open else lo <= v) and v <= hi)
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+# What each manifest field accepts: (check, description). Optional fields also accept null.
+FIELD_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    'model': (_text(), 'a registered model name'),
+    'tag': (_text(_TAG), 'lower-case letters, digits and _, starting with a letter or digit'),
+    'hf_hub_id': (_text(_REPO_ID), "a Hub repository 'org/name' (letters, digits, '.', '_', '-')"),
+    'revision': (_text(_COMMIT), 'the 40-hex commit hash the weights were uploaded at'),
+    'sha256': (_text(_SHA256), '64 lower-case hex digits'),
+    'dataset': (_text(), 'a dataset name, e.g. imagenet-1k'),
+    'top1': (_number(0, 100), 'a number from 0 to 100 (percent)'),
+    'top5': (_number(0, 100), 'a number from 0 to 100 (percent), or null'),
+    'recipe': (_text(), 'a recipe (command line or file), or null'),
+    'num_classes': (_positive_int, 'an integer >= 1'),
+    'input_size': (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_positive_int, v)),
+                   'three integers >= 1, [C, H, W]'),
+    'crop_pct': (_number(0, 1, lo_open=True), 'a number in (0, 1]'),
+    'filename': (_text(re.compile(r'(?!.*(?:^|/)\.\.(?:/|$))(?:[\w.-]+/)*[\w.-]+\.safetensors')),
+                 'a .safetensors file path in the repository'),
+    'license': (_text(), 'a license identifier, e.g. apache-2.0'),
+}
+
+
+def check_field(key: str, value: Any, where: str) -> None:
+    """Raise a ValueError naming `key` and what it accepts when `value` breaks the manifest's rule for it."""
+    field = {f.name: f for f in dataclasses.fields(WeightsEntry)}[key]
+    if value is None and field.default is None:
+        return
+    check, accepted = FIELD_RULES[key]
+    if not check(value):
+        raise ValueError(f'{where}: {key}={value!r} is invalid, expected {accepted}')
+
+
 def _entry(raw: Mapping[str, Any], where: str) -> WeightsEntry:
     """A validated WeightsEntry from one manifest JSON object."""
     if not isinstance(raw, Mapping):
@@ -95,25 +141,12 @@ def _entry(raw: Mapping[str, Any], where: str) -> WeightsEntry:
     missing = [n for n in required if n not in raw]
     if unknown or missing:
         raise ValueError(f'{where}: unknown keys {unknown}, missing keys {missing}; accepted keys: {list(fields)}')
+    for key, value in raw.items():
+        check_field(key, value, where)
     raw = dict(raw)
     if 'input_size' in raw:
         raw['input_size'] = tuple(raw['input_size'])
-    entry = WeightsEntry(**raw)
-    checks = (
-        ('tag', _TAG, 'lower-case letters, digits and _'),
-        ('hf_hub_id', _REPO_ID, "a Hub repository 'org/name'"),
-        ('revision', _COMMIT, 'the 40-hex commit hash the weights were uploaded at'),
-        ('sha256', _SHA256, '64 lower-case hex digits'),
-    )
-    for key, pattern, accepted in checks:
-        value = getattr(entry, key)
-        if not isinstance(value, str) or not pattern.fullmatch(value):
-            raise ValueError(f'{where}: {key}={value!r} is invalid, expected {accepted}')
-    if not entry.filename.endswith('.safetensors'):
-        raise ValueError(f'{where}: filename={entry.filename!r} is invalid, published weights are .safetensors')
-    if len(entry.input_size) != 3:
-        raise ValueError(f'{where}: input_size={entry.input_size!r} is invalid, expected (C, H, W)')
-    return entry
+    return WeightsEntry(**raw)
 
 
 def manifest_path() -> Path:

@@ -42,7 +42,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('filter', nargs='?', default='*', help='wildcard on model names, e.g. "resnet50_cada*"')
     args = parser.parse_args()
-    print(markdown_table([describe(name) for name in zoo_models(args.filter)]))
+    names = zoo_models(args.filter)
+    if not names:
+        parser.error(f'filter {args.filter!r} matches no timm_cada model; e.g. "resnet50_cada*", "*_k7", or see '
+                     f'`python -m timm_cada.zoo` for all {len(zoo_models())}')
+    print(markdown_table([describe(name) for name in names]))
 
 
 if __name__ == '__main__':

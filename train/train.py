@@ -11,9 +11,17 @@ One or several machines (DDP; nccl on GPU, gloo on CPU):
     torchrun --nproc_per_node 8 train/train.py --data-dir DATA ... --output OUT
 
 Writes OUT/last.pth.tar (every epoch), OUT/model_best.pth.tar (best --eval-metric, of the EMA weights with
---model-ema, as timm's train.py selects), OUT/summary.csv, OUT/args.yaml and OUT/results.json (final top-1/top-5). `--resume OUT/last.pth.tar` continues a run.
+--model-ema, as timm's train.py selects), OUT/summary.csv, OUT/args.yaml and OUT/results.json (final top-1/top-5).
+
+A run folder holds one run. `--resume OUT/last.pth.tar` continues it exactly (the same weights, bit for bit, as
+the run that was never stopped, on the same machine and process count); a new run into a folder that holds a
+run is refused (without --output, a new folder output/train/MODEL-N is taken, as timm's train.py does).
+last.pth.tar is the run's record: summary.csv and model_best.pth.tar are written after it, and rebuilt from it
+when a kill came between.
 """
 import argparse
+import csv
+import difflib
 import dataclasses
 import importlib
 import json
@@ -34,25 +42,39 @@ import timm
 from timm import utils
 from timm.data import FastCollateMixup, ImageDataset, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.optim import create_optimizer_v2, list_optimizers, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.models import VARIANTS, NoPretrainedWeightsError, uses_mixer_trait
 from timm_cada.checkpoint import (
-    CHECKPOINT_VERSION, checkpoint_state_dict, copy_checkpoint, plain, read_checkpoint, save_checkpoint)
-from timm_cada.train_utils import BadImageError, StrictImageDataset, check_data_dir, check_model_name, load_recipe
+    CHECKPOINT_VERSION, TMP_SUFFIX, atomic_file, atomic_files, checkpoint_state_dict, copy_checkpoint, link_or_copy,
+    plain, read_checkpoint, rng_state, set_rng_state)
+from timm_cada.train_utils import (
+    BadImageError, ParseKwargs, StrictImageDataset, check_data_dir, check_model_name, image_mode, load_recipe)
 from timm_cada.warm_start import warm_start
 
 _logger = logging.getLogger('train')
 
 # Options of this trainer that timm's train.py does not have; shared recipes must not use them.
-OURS_ONLY = ('warm_start', 'stop_after')
+OURS_ONLY = ('warm_start', 'stop_after', 'skip_bad_images')
 # Options that belong on the command line, never in a shared recipe.
 NOT_IN_RECIPE = ('config', 'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'warm_start', 'local_rank')
 
-LAST, BEST = 'last.pth.tar', 'model_best.pth.tar'
+LAST, BEST, SUMMARY, RESULTS, ARGS = 'last.pth.tar', 'model_best.pth.tar', 'summary.csv', 'results.json', 'args.yaml'
+# The files that make a folder hold a run (args.yaml alone is written before the first epoch).
+RUN_FILES = (LAST, BEST, SUMMARY, RESULTS)
 EVAL_METRICS = ('top1', 'top5', 'loss')
+# The values timm accepts for options with a fixed set of them.
+SCHEDULERS = ('cosine', 'tanh', 'step', 'constant', 'multistep', 'plateau', 'poly', 'rsqrt')
+CHOICES = {
+    'sched': SCHEDULERS, 'dist_bn': ('', 'broadcast', 'reduce'), 'clip_mode': ('norm', 'value', 'agc'),
+    'lr_base_scale': ('', 'linear', 'sqrt'), 'mixup_mode': ('batch', 'pair', 'elem'),
+    'remode': ('const', 'rand', 'pixel'), 'amp_dtype': ('float16', 'bfloat16'), 'eval_metric': EVAL_METRICS,
+    'interpolation': ('', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos'),
+    'train_interpolation': ('random', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos'),
+    'train_crop_mode': (None, 'rrc', 'rkrc', 'rkrr'),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--val-num-samples', type=int, default=None)
     group.add_argument('--dataset-download', action='store_true', default=False)
     group.add_argument('--class-map', default='', type=str, metavar='FILENAME')
-    group.add_argument('--input-img-mode', default=None, type=str)
+    group.add_argument('--input-img-mode', default=None, type=str, metavar='MODE',
+                       help='PIL mode every image is opened in (default: L for 1 input channel, RGB for 3); '
+                            '16-bit images are scaled to 8 bits')
+    group.add_argument('--skip-bad-images', action='store_true', default=False,
+                       help='skip (log and count) images that cannot be decoded, instead of stopping the run')
     group.add_argument('--input-key', default=None, type=str)
     group.add_argument('--target-key', default=None, type=str)
 
@@ -102,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--channels-last', action='store_true', default=False)
     group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N')
     group.add_argument('--grad-checkpointing', action='store_true', default=False)
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=utils.ParseKwargs,
-                       help='extra timm.create_model kwargs, e.g. mixer_args="dict(num_bases=4)"')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                       help='extra timm.create_model kwargs KEY=VALUE, e.g. kernel_size=5 mixer=box '
+                            '"mixer_args=dict(num_bases=4)" "channels=(32,64,128,256)"')
     group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
                        help='torch.compile the model with this backend')
     group.add_argument('--torchcompile-mode', type=str, default=None)
@@ -128,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--clip-grad', type=float, default=None, metavar='NORM')
     group.add_argument('--clip-mode', type=str, default='norm')
     group.add_argument('--layer-decay', type=float, default=None)
-    group.add_argument('--opt-kwargs', nargs='*', default={}, action=utils.ParseKwargs)
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
 
     group = parser.add_argument_group('Learning rate schedule')
     group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER')
@@ -202,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--pin-mem', action='store_true', default=False)
     group.add_argument('--no-prefetcher', action='store_true', default=False)
     group.add_argument('--output', default='', type=str, metavar='PATH',
-                       help='run folder for checkpoints, summary.csv and results.json (default: output/train/MODEL)')
+                       help='run folder for checkpoints, summary.csv and results.json (default: the --resume '
+                            'checkpoint\'s folder, else output/train/MODEL, or MODEL-1, -2, ... when that holds a run)')
     group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
                        help=f'metric that selects model_best: {", ".join(EVAL_METRICS)}')
     return parser
@@ -226,6 +254,84 @@ class InputError(ValueError):
     """Bad user input found before anything is written."""
 
 
+class RunError(RuntimeError):
+    """A run that cannot go on (e.g. a full disk); the run folder still holds its last finished epoch."""
+
+
+def input_chans(args: argparse.Namespace) -> int:
+    """The model's input channels: --in-chans, else --input-size's first value, else 3."""
+    return args.in_chans or (args.input_size[0] if args.input_size else 3)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every option checked alone (before anything is read or written); raises InputError naming the option
+    and what it accepts."""
+    def need(ok: bool, option: str, accepted: str, value: Any) -> None:
+        if not ok:
+            raise InputError(f'{option} must be {accepted}, got {value!r}')
+
+    for dest, accepted in CHOICES.items():
+        value = getattr(args, dest)
+        need(value in accepted, '--' + dest.replace('_', '-'), 'one of ' + ', '.join(map(repr, accepted)), value)
+    opt = args.opt.lower()
+    opt = opt[len('lookahead_'):] if opt.startswith('lookahead_') else opt
+    if opt not in list_optimizers():
+        close = difflib.get_close_matches(opt, list_optimizers(), n=3)
+        raise InputError(f'--opt: unknown optimizer {args.opt!r}' + (f'; close names: {", ".join(close)}' if close else '')
+                         + '. Accepted: timm.optim.list_optimizers(), optionally prefixed lookahead_.')
+    positive_ints = ('epochs', 'batch_size', 'grad_accum_steps', 'log_interval', 'lr_base_size', 'lr_cycle_limit')
+    for dest in positive_ints:
+        need(getattr(args, dest) >= 1, '--' + dest.replace('_', '-'), 'an integer >= 1', getattr(args, dest))
+    for dest in ('validation_batch_size', 'img_size', 'in_chans', 'num_classes'):
+        value = getattr(args, dest)
+        need(value is None or value >= 1, '--' + dest.replace('_', '-'), 'an integer >= 1', value)
+    for dest in ('workers', 'warmup_epochs', 'cooldown_epochs', 'mixup_off_epoch', 'stop_after', 'patience_epochs'):
+        value = getattr(args, dest)
+        need(value is None or value >= 0, '--' + dest.replace('_', '-'), 'an integer >= 0', value)
+    need(args.input_size is None or min(args.input_size) >= 1, '--input-size', 'three integers >= 1 (C H W)',
+         args.input_size)
+    if args.in_chans and args.input_size and args.in_chans != args.input_size[0]:
+        raise InputError(f'--in-chans {args.in_chans} and --input-size {" ".join(map(str, args.input_size))} disagree '
+                         f'on the input channels; give one of them.')
+    for dest in ('lr', 'lr_base', 'warmup_lr', 'decay_rate', 'model_ema_decay', 'clip_grad'):
+        value = getattr(args, dest)
+        need(value is None or (math.isfinite(value) and value > 0), '--' + dest.replace('_', '-'),
+             'a finite number > 0', value)
+    for dest in ('weight_decay', 'min_lr', 'momentum', 'mixup', 'cutmix', 'reprob', 'color_jitter', 'decay_epochs'):
+        value = getattr(args, dest)
+        need(math.isfinite(value) and value >= 0, '--' + dest.replace('_', '-'), 'a finite number >= 0', value)
+    for dest in ('smoothing', 'drop', 'drop_path', 'drop_block'):
+        value = getattr(args, dest)
+        need(value is None or 0 <= value < 1, '--' + dest.replace('_', '-'), 'a number in [0, 1)', value)
+    for dest in ('hflip', 'vflip', 'mixup_prob', 'mixup_switch_prob'):
+        value = getattr(args, dest)
+        need(0 <= value <= 1, '--' + dest.replace('_', '-'), 'a probability in [0, 1]', value)
+    need(args.crop_pct is None or 0 < args.crop_pct <= 1, '--crop-pct', 'a number in (0, 1]', args.crop_pct)
+    need(len(args.scale) == 2 and 0 < args.scale[0] <= args.scale[1] <= 1, '--scale', 'two numbers 0 < MIN <= MAX <= 1',
+         args.scale)
+    need(len(args.ratio) == 2 and 0 < args.ratio[0] <= args.ratio[1], '--ratio', 'two numbers 0 < MIN <= MAX',
+         args.ratio)
+    in_chans = input_chans(args)
+    for dest in ('mean', 'std'):
+        value = getattr(args, dest)
+        need(value is None or len(value) in (1, in_chans), '--' + dest,
+             f'1 or {in_chans} numbers (one per input channel)', value)
+    need(args.std is None or min(args.std) > 0, '--std', 'numbers > 0', args.std)
+    if in_chans not in (1, 3) and args.mean is None:
+        raise InputError(f'--mean / --std: a model with {in_chans} input channels needs them, one per channel.')
+    try:
+        args.input_img_mode = image_mode(in_chans, args.input_img_mode)
+        torch.device(args.device)
+    except (ValueError, RuntimeError) as e:
+        raise InputError(str(e) if str(e).startswith('--') else f'--device: {e}') from None
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise InputError(f'--output: {args.output} is a file; give the run folder (new, or the one of the run to resume).')
+    if args.resume and not os.path.isfile(args.resume):
+        raise InputError(f'--resume: checkpoint {args.resume} does not exist (give the run\'s last.pth.tar).')
+    if args.initial_checkpoint and not args.resume and not os.path.isfile(args.initial_checkpoint):
+        raise InputError(f'--initial-checkpoint: {args.initial_checkpoint} does not exist.')
+
+
 def _is_folder_dataset(args: argparse.Namespace) -> bool:
     return '/' not in args.dataset and not (args.data_dir or '').endswith('.tar')
 
@@ -241,21 +347,41 @@ def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any]:
         args.dataset, split=args.train_split, is_training=True, num_samples=args.train_num_samples, **common)
     val = create_dataset(
         args.dataset, split=args.val_split, is_training=False, num_samples=args.val_num_samples, **common)
-    train, val = [StrictImageDataset.from_dataset(d) if type(d) is ImageDataset else d for d in (train, val)]
+    train, val = [StrictImageDataset.from_dataset(d, args.input_img_mode, args.skip_bad_images)
+                  if type(d) is ImageDataset else d for d in (train, val)]
     return train, val
+
+
+def class_names(dataset: Any) -> Optional[list]:
+    """The class names of a folder dataset in label order (None for datasets without a class index)."""
+    class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    return [str(c) for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])] if class_to_idx else None
+
+
+def check_classes(args: argparse.Namespace, dataset_train: Any, dataset_eval: Any) -> None:
+    """The eval split must have the train split's classes, by name: else its labels would silently shift."""
+    train, val = class_names(dataset_train), class_names(dataset_eval)
+    if train is None or val is None or train == val:
+        return
+    missing, extra = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+    raise InputError(
+        f'--data-dir: the {args.val_split!r} split\'s classes differ from the {args.train_split!r} split\'s'
+        + (f'; missing in {args.val_split!r}: {", ".join(missing[:10])}' if missing else '')
+        + (f'; not in {args.train_split!r}: {", ".join(extra[:10])}' if extra else '')
+        + '. Both splits need the same class folders (or one --class-map).')
 
 
 def _num_classes(args: argparse.Namespace, dataset: Any) -> Optional[int]:
     if args.num_classes is not None:
         return args.num_classes
-    class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
-    return len(class_to_idx) if class_to_idx else None
+    names = class_names(dataset)
+    return len(names) if names else None
 
 
 def model_kwargs(args: argparse.Namespace, num_classes: Optional[int]) -> Dict[str, Any]:
     """The JSON-friendly timm.create_model kwargs of this run (recorded in every checkpoint)."""
     kwargs = dict(
-        num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop or None,
+        num_classes=num_classes, in_chans=input_chans(args) if input_chans(args) != 3 else None, drop_rate=args.drop or None,
         drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
         bn_momentum=args.bn_momentum, bn_eps=args.bn_eps)
     img_size = list(args.input_size[-2:]) if args.input_size else args.img_size  # (H, W) or N
@@ -386,7 +512,8 @@ def validate(model: nn.Module, loader: Any, loss_fn: nn.Module, args: argparse.N
 
 def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema,
                 eval_metrics: Dict[str, float], selected: str) -> Dict:
-    """The checkpoint of `epoch`: training state, top-1 of each set of weights, and the selection metric by name."""
+    """The checkpoint of `epoch`: training state, top-1 of each set of weights, and the selection metric by name
+    (the run's record, 'history', 'best', 'rng_state' and 'classes', is added by `_save_epoch`)."""
     state = {
         'arch': args.model,
         'model_kwargs': kwargs,
@@ -426,24 +553,27 @@ class TrainingRun:
     selected: str = 'top1'
     output_dir: str = ''
     best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None
+    history: list = dataclasses.field(default_factory=list)  # summary.csv's rows, one per finished epoch
+    classes: Optional[list] = None
+    skipped_images: int = 0  # unreadable images skipped (--skip-bad-images), over the whole run
 
 
 def _setup(args: argparse.Namespace) -> TrainingRun:
     """Plugins, the device and process group, the seed, and the checks of the options alone."""
     for module in args.device_modules or ():
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise InputError(f'--device-modules: cannot import {module!r} ({e})') from None
+    check_args(args)
     args.prefetcher = not args.no_prefetcher
-    args.grad_accum_steps = max(1, args.grad_accum_steps)
     device = utils.init_distributed_device(args)
     if args.distributed:
         _logger.info(f'Process {args.rank} of {args.world_size} on {device} '
                      f'(backend {torch.distributed.get_backend()}).')
     utils.random_seed(args.seed, args.rank)
-    if args.amp and args.amp_dtype not in ('float16', 'bfloat16'):
-        raise InputError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype!r}')
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    if args.eval_metric not in EVAL_METRICS:
-        raise InputError(f'--eval-metric must be one of {", ".join(EVAL_METRICS)}, got {args.eval_metric!r}')
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
     training = TrainingRun(args, device, autocast)
     if args.amp and amp_dtype == torch.float16:
@@ -453,20 +583,114 @@ def _setup(args: argparse.Namespace) -> TrainingRun:
 
 def _read_inputs(training: TrainingRun) -> Tuple[Any, Any]:
     """Everything the user can get wrong, checked before the model is built or a file is written: the model
-    name, the checkpoint to resume, the datasets and the model kwargs. Returns the train and eval datasets."""
+    name, the checkpoint to resume, the run folder, the datasets and the model kwargs. Returns the train and
+    eval datasets."""
     args = training.args
     try:
         check_model_name(args.model)
-        training.resume_state = read_checkpoint(args.resume) if args.resume else None
-        if training.resume_state is not None and training.resume_state.get('arch') != args.model:
-            raise InputError(
-                f'--resume: {args.resume} is a {training.resume_state.get("arch")!r} checkpoint, not {args.model!r}')
+        if args.resume:
+            training.resume_state = read_checkpoint(args.resume)
+            _check_resume(args, training.resume_state)
+        training.output_dir = _output_dir(args)
         dataset_train, dataset_eval = create_datasets(args)
-        training.kwargs = training.resume_state['model_kwargs'] if training.resume_state is not None else model_kwargs(
-            args, _num_classes(args, dataset_train))
+        check_classes(args, dataset_train, dataset_eval)
+        training.classes = class_names(dataset_train)
+        training.kwargs = model_kwargs(args, _num_classes(args, dataset_train))
+        if training.resume_state is not None:
+            training.kwargs = _resumed_kwargs(args, training.resume_state, training.kwargs, training.classes)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e
     return dataset_train, dataset_eval
+
+
+def _output_dir(args: argparse.Namespace) -> str:
+    """The run folder: --output, else the --resume checkpoint's folder, else the first of output/train/MODEL,
+    MODEL-1, MODEL-2, ... that holds no run. A folder that holds a run is written into only to resume its last
+    checkpoint."""
+    if args.output:
+        out = args.output
+    elif args.resume:
+        out = os.path.dirname(os.path.abspath(args.resume))
+    else:
+        base = out = os.path.join('output', 'train', args.model)
+        suffix = 0
+        while _run_files(out):
+            suffix += 1
+            out = f'{base}-{suffix}'
+    held = _run_files(out)
+    if held and not args.resume:
+        raise InputError(
+            f'--output: {out} already holds a run ({", ".join(held)}). Continue it with --resume '
+            f'{os.path.join(out, LAST)}, or give another --output (or delete the folder) for a new run.')
+    if held and not (os.path.isfile(os.path.join(out, LAST)) and os.path.samefile(args.resume, os.path.join(out, LAST))):
+        raise InputError(
+            f'--output: {out} holds another run ({", ".join(held)}) than --resume {args.resume}. A run folder is '
+            f'resumed from its own {LAST}; to continue {args.resume} elsewhere, give a new --output.')
+    parent = next(p for p in (out, *_parents(out)) if os.path.exists(p))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f'--output: cannot create or write the run folder {out} ({parent} is not a writable folder).')
+    return out
+
+
+def _parents(path: str) -> list:
+    path = os.path.abspath(path)
+    parents = []
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        parents.append(path)
+    return parents
+
+
+def _run_files(folder: str) -> list:
+    return [f for f in RUN_FILES if os.path.exists(os.path.join(folder, f))]
+
+
+def _check_resume(args: argparse.Namespace, state: Dict[str, Any]) -> None:
+    """The checkpoint to resume is a training checkpoint of this model, at an epoch of this schedule, trained
+    with this run's global batch."""
+    where = f'--resume: {args.resume}'
+    if 'state_dict' not in state or 'optimizer' not in state or not isinstance(state.get('args'), dict):
+        raise InputError(f'{where} is not a train.py checkpoint (it has no state_dict / optimizer / args); '
+                         f'start from it with --initial-checkpoint instead.')
+    if state.get('arch') != args.model:
+        raise InputError(f'{where} is a {state.get("arch")!r} checkpoint, not {args.model!r}')
+    epoch = state.get('epoch')
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise InputError(f'{where} records epoch {epoch!r}, not the index (>= 0) of a finished epoch.')
+    if epoch + 1 > args.epochs:
+        raise InputError(f'{where} has finished {epoch + 1} epochs, more than --epochs {args.epochs}; '
+                         f'pass --epochs {epoch + 1} or more.')
+    history = state.get('history')
+    if history is not None and [row.get('epoch') for row in history] != list(range(epoch + 1)):
+        raise InputError(f'{where}: its history does not list epochs 0..{epoch}; the file is not a checkpoint '
+                         f'this trainer wrote.')
+    old = state['args']
+    old_batch = [old.get(k, 1) for k in ('world_size', 'batch_size', 'grad_accum_steps')]
+    new_batch = [args.world_size, args.batch_size, args.grad_accum_steps]
+    if math.prod(old_batch) != math.prod(new_batch):
+        per_process = math.prod(old_batch) / (args.world_size * args.grad_accum_steps)
+        hint = f' (-b {int(per_process)} with {args.world_size} process(es))' if per_process.is_integer() else ''
+        raise InputError(
+            f'{where} was trained with a global batch of {math.prod(old_batch)} ({old_batch[0]} process(es) x '
+            f'-b {old_batch[1]} x --grad-accum-steps {old_batch[2]}); this run would use {math.prod(new_batch)} '
+            f'({new_batch[0]} x {new_batch[1]} x {new_batch[2]}). Keep the global batch{hint}, or start a new run.')
+
+
+def _resumed_kwargs(args: argparse.Namespace, state: Dict[str, Any], kwargs: Dict[str, Any],
+                    classes: Optional[list]) -> Dict[str, Any]:
+    """The checkpoint's model kwargs; a model option of this command that differs from them is an error (the
+    model of a run cannot change), and so are other classes than the run was trained on."""
+    recorded = state.get('model_kwargs') or {}
+    differ = {k: (recorded.get(k), v) for k, v in kwargs.items() if recorded.get(k) != v}
+    if differ:
+        said = '; '.join(f'{k}: {old!r} in the checkpoint, {new!r} now' for k, (old, new) in differ.items())
+        raise InputError(f'--resume: the run\'s model was built with other options ({said}). Resume with the '
+                         f'run\'s options (or leave them out), or start a new run (--model-kwargs, --num-classes, '
+                         f'--img-size / --input-size, --in-chans, --drop*, --gp, --bn-*).')
+    if state.get('classes') is not None and classes is not None and state['classes'] != classes:
+        raise InputError(f'--resume: the run was trained on other classes than {args.data_dir} has '
+                         f'({len(state["classes"])} then, {len(classes)} now); resume on the same dataset.')
+    return recorded
 
 
 def _create_model(training: TrainingRun) -> None:
@@ -476,6 +700,8 @@ def _create_model(training: TrainingRun) -> None:
         model = timm.create_model(args.model, pretrained=args.pretrained, **training.kwargs)
     except NoPretrainedWeightsError as e:
         raise InputError(f'--pretrained: {e}') from e
+    except (TypeError, ValueError, KeyError) as e:
+        raise InputError(f'--model-kwargs / model options: {args.model} cannot be built with {training.kwargs}: {e}') from e
     if training.resume_state is not None:
         if (args.initial_checkpoint or args.warm_start) and args.rank == 0:
             _logger.info('--resume: the run continues from its checkpoint; --initial-checkpoint / --warm-start ignored.')
@@ -485,7 +711,10 @@ def _create_model(training: TrainingRun) -> None:
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise InputError(f'--initial-checkpoint: {e}') from e
     elif args.warm_start:
-        warm_start(model, args.warm_start)
+        try:
+            warm_start(model, args.warm_start)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            raise InputError(f'--warm-start: {e}') from e
     if args.rank == 0:
         _logger.info(f'Model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), '
                      f'kwargs {training.kwargs}')
@@ -499,27 +728,42 @@ def _create_model(training: TrainingRun) -> None:
     training.model = model
 
 
+def training_selected(args: argparse.Namespace) -> str:
+    """The metric that selects model_best: the EMA weights' when there is an EMA (as timm's train.py does)."""
+    return f'ema_{args.eval_metric}' if args.model_ema else args.eval_metric
+
+
 def _create_training_state(training: TrainingRun) -> None:
     """Optimizer, EMA and the epoch to start from, restored from the checkpoint on resume; then the model is
     wrapped for DDP and torch.compile."""
     args, state = training.args, training.resume_state
     _setup_lr(args)
-    training.optimizer = create_optimizer_v2(training.model, **optimizer_kwargs(cfg=args))
+    try:
+        training.optimizer = create_optimizer_v2(training.model, **optimizer_kwargs(cfg=args))
+    except (TypeError, ValueError) as e:
+        raise InputError(f'--opt {args.opt} / --opt-kwargs {args.opt_kwargs}: {e}') from e
     if state is not None:
-        training.model.load_state_dict(state['state_dict'])
-        if not args.no_resume_opt:
-            training.optimizer.load_state_dict(state['optimizer'])
-            if training.loss_scaler is not None and state.get('scaler') is not None:
-                training.loss_scaler.load_state_dict(state['scaler'])
+        try:
+            training.model.load_state_dict(state['state_dict'])
+            if not args.no_resume_opt:
+                training.optimizer.load_state_dict(state['optimizer'])
+                if training.loss_scaler is not None and state.get('scaler') is not None:
+                    training.loss_scaler.load_state_dict(state['scaler'])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise InputError(f'--resume: {args.resume} does not fit this run ({e}); resume with the run\'s '
+                             f'--opt and model options.') from e
         training.start_epoch = state['epoch'] + 1
+        training.history = list(state.get('history') or [])
+        best = state.get('best') or {}
+        if state.get('eval_metric') == training_selected(args):
+            training.best_metric, training.best_epoch = best.get('metric'), best.get('epoch')
     if args.model_ema:
         training.model_ema = utils.ModelEmaV3(
             training.model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
             device='cpu' if args.model_ema_force_cpu else None)
         if state is not None and state.get('state_dict_ema') is not None:
             training.model_ema.module.load_state_dict(state['state_dict_ema'])
-    # model_best is chosen by the EMA weights' metric when there is an EMA (as timm's train.py does).
-    training.selected = f'ema_{args.eval_metric}' if training.model_ema is not None else args.eval_metric
+    training.selected = training_selected(args)
     if args.distributed:
         training.model = DistributedDataParallel(
             training.model, device_ids=[training.device.index] if training.device.type == 'cuda' else None,
@@ -533,6 +777,11 @@ def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any
     or when the prefetcher's collate does it)."""
     args = training.args
     data_config = resolve_data_config(vars(args), model=utils.unwrap_model(training.model), verbose=args.rank == 0)
+    in_chans = data_config['input_size'][0]
+    for key in ('mean', 'std'):  # one value per input channel: a 1-channel model takes the mean of RGB's
+        values = tuple(data_config[key])
+        data_config[key] = values * in_chans if len(values) == 1 else (
+            (sum(values) / len(values),) if in_chans == 1 and len(values) != 1 else values)
     collate_fn = mixup_fn = None
     if _mixup_active(args):
         mixup_args = dict(
@@ -549,7 +798,10 @@ def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any
     loader_common = dict(
         input_size=data_config['input_size'], interpolation=data_config['interpolation'],
         mean=data_config['mean'], std=data_config['std'], num_workers=args.workers, distributed=args.distributed,
-        pin_memory=args.pin_mem, device=training.device, use_prefetcher=args.prefetcher)
+        pin_memory=args.pin_mem, device=training.device, use_prefetcher=args.prefetcher,
+        # Workers started anew each epoch are seeded from the main process's generator, which checkpoints
+        # save: so a resumed run augments exactly as the run it continues (persistent workers would not).
+        persistent_workers=False)
     loader_train = create_loader(
         dataset_train, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
         re_mode=args.remode, re_count=args.recount, train_crop_mode=args.train_crop_mode, scale=args.scale,
@@ -586,54 +838,159 @@ def _create_scheduler(training: TrainingRun, updates_per_epoch: int) -> None:
 
 
 def _prepare_output(training: TrainingRun, num_images: int) -> None:
-    """The run folder with args.yaml; on resume, the metric of the model_best already there."""
-    args = training.args
-    training.output_dir = args.output or os.path.join('output', 'train', args.model)
-    if args.rank != 0:
-        return
-    os.makedirs(training.output_dir, exist_ok=True)
-    with open(os.path.join(training.output_dir, 'args.yaml'), 'w') as f:
-        yaml.safe_dump(plain(vars(args)), f, sort_keys=False)
-    best_path = os.path.join(training.output_dir, BEST)
-    if training.resume_state is not None and os.path.isfile(best_path):
-        best = read_checkpoint(best_path)
-        if best.get('eval_metric') == training.selected:
-            training.best_metric = best['metric']
-        else:
-            _logger.info(f'{BEST} was selected by {best.get("eval_metric")!r}, this run selects by '
-                         f'{training.selected!r}: the next epoch replaces it.')
-    _logger.info(f'Training {args.model} for epochs {training.start_epoch}..{training.num_epochs - 1} on {num_images} '
-                 f'images ({args.world_size} process(es), global batch '
-                 f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), '
-                 f'output {training.output_dir}')
-
-
-def _save_epoch(training: TrainingRun, epoch: int, train_metrics: Dict[str, float], eval_metrics: Dict[str, float]) -> None:
-    """summary.csv, last.pth.tar, and model_best.pth.tar when the epoch's selection metric is the best yet."""
+    """The run folder with args.yaml, cleared of temporary files a kill left. On resume the folder's other files
+    are rebuilt from the checkpoint, the run's record: summary.csv from its history, model_best.pth.tar from it
+    when its epoch was the best and the copy was not made."""
     args, out = training.args, training.output_dir
-    lrs = [g['lr'] for g in training.optimizer.param_groups]
-    utils.update_summary(epoch, train_metrics, eval_metrics, os.path.join(out, 'summary.csv'), lr=sum(lrs) / len(lrs))
+    try:
+        os.makedirs(out, exist_ok=True)
+        for name in (*RUN_FILES, ARGS):
+            if os.path.exists(os.path.join(out, name + TMP_SUFFIX)):
+                os.remove(os.path.join(out, name + TMP_SUFFIX))
+        with atomic_file(os.path.join(out, ARGS)) as f:
+            f.write(yaml.safe_dump(plain(vars(args)), sort_keys=False).encode())
+        if training.resume_state is not None:
+            _restore_run_files(training)
+    except OSError as e:
+        raise RunError(f'cannot prepare the run folder {out}: {e.strerror or e} ({e.filename}); free space and '
+                       f'start again.') from e
+    _logger.info(f'Training {args.model} for epochs {training.start_epoch}..{training.num_epochs - 1} on '
+                     f'{num_images} images ({args.world_size} process(es), global batch '
+                     f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), output {out}')
+
+
+def _restore_run_files(training: TrainingRun) -> None:
+    """summary.csv and model_best.pth.tar as the resumed checkpoint records them (rank 0)."""
+    state, out = training.resume_state, training.output_dir
+    epoch, best_path = state['epoch'], os.path.join(out, BEST)
+    if 'history' not in state:  # written before version 4: the record is summary.csv and model_best
+        training.history = _read_history(os.path.join(out, SUMMARY), epoch)
+        if os.path.isfile(best_path):
+            best = read_checkpoint(best_path)
+            if best.get('eval_metric') == training.selected and best.get('epoch', epoch + 1) <= epoch:
+                training.best_metric, training.best_epoch = best['metric'], best['epoch']
+    elif training.best_epoch == epoch:
+        best = read_checkpoint(best_path) if os.path.isfile(best_path) else {}
+        if best.get('epoch') != epoch or best.get('metric') != training.best_metric:
+            copy_checkpoint(training.args.resume, best_path)
+            _logger.info(f'{BEST}: restored from epoch {epoch} of {training.args.resume}, the best epoch.')
+    if training.best_metric is None and os.path.isfile(best_path):
+        _logger.info(f'{BEST} was not selected by {training.selected!r} in this run: the next epoch replaces it.')
+    summary = os.path.join(out, SUMMARY)
+    with atomic_files(summary) as (tmp,):
+        _write_summary(tmp, training.history)
+
+
+def _read_history(path: str, epoch: int) -> list:
+    """The rows of an old summary.csv for epochs 0..epoch (a row written twice counts once, the last time)."""
+    if not os.path.isfile(path):
+        return []
+    rows = {}
+    with open(path, newline='') as f:
+        for row in csv.DictReader(f):
+            try:
+                row = {k: int(v) if k == 'epoch' else float(v) for k, v in row.items()}
+            except (TypeError, ValueError):
+                continue
+            if row['epoch'] <= epoch:
+                rows[row['epoch']] = row
+    return [rows[e] for e in sorted(rows)]
+
+
+def _write_summary(path: str, history: list) -> None:
+    """summary.csv (timm's columns: epoch, train_*, eval_*, lr), one row per epoch of `history`."""
+    with open(path, 'w', newline='') as f:
+        if history:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+
+def _save_epoch(training: TrainingRun, epoch: int, row: Dict[str, float], eval_metrics: Dict[str, float],
+                rng_states: list, skipped: int) -> None:
+    """last.pth.tar (the run's record: it holds summary.csv's rows and the best epoch), then model_best.pth.tar
+    when this epoch is the best yet, then summary.csv. A kill between them is repaired on resume; a failed write
+    (a full disk) is a RunError, and the folder keeps the previous epoch."""
+    args, out = training.args, training.output_dir
     metric = eval_metrics[training.selected]
-    last = os.path.join(out, LAST)
-    save_checkpoint(_checkpoint(
-        args, training.model, training.kwargs, epoch, training.optimizer, training.lr_scheduler, training.loss_scaler, training.model_ema,
-        eval_metrics, training.selected), last)
     lower_is_better = args.eval_metric == 'loss'
-    better = training.best_metric is None or (metric < training.best_metric if lower_is_better else metric > training.best_metric)
-    if better:
-        training.best_metric = metric
-        copy_checkpoint(last, os.path.join(out, BEST))
+    better = training.best_metric is None or (
+        metric < training.best_metric if lower_is_better else metric > training.best_metric)
+    history = training.history + [row]
+    best_epoch, best_metric = (epoch, metric) if better else (training.best_epoch, training.best_metric)
+    state = _checkpoint(
+        args, training.model, training.kwargs, epoch, training.optimizer, training.lr_scheduler,
+        training.loss_scaler, training.model_ema, eval_metrics, training.selected)
+    state.update(history=history, best={'epoch': best_epoch, 'metric': best_metric}, rng_state=rng_states,
+                 classes=training.classes, skipped_images=skipped)
+    last, best, summary = (os.path.join(out, name) for name in (LAST, BEST, SUMMARY))
+    try:
+        # One commit: every file written in full first, then renamed in this order. A kill leaves the previous
+        # epoch's files, or leaves .tmp files that the next start removes after rebuilding from last.pth.tar.
+        with atomic_files(last, *([best] if better else []), summary) as tmps:
+            torch.save(state, tmps[0])
+            if better:
+                link_or_copy(tmps[0], tmps[1])
+            _write_summary(tmps[-1], history)
+    except OSError as e:
+        done = f'epoch {training.history[-1]["epoch"]}' if training.history else 'no finished epoch'
+        raise RunError(f'cannot save epoch {epoch} in {out}: {e.strerror or e} ({e.filename or "while writing"}). '
+                       f'The run folder still holds {done}; free space and continue with --resume {last}') from e
+    training.history, training.best_epoch, training.best_metric = history, best_epoch, best_metric
     _logger.info(f'Epoch {epoch}: saved {last}' + (f' and {BEST} ({training.selected} {metric:.3f})' if better else ''))
 
 
-def _train_epochs(training: TrainingRun, dataset_train: Any, loader_train: Any, loader_eval: Any,
+def _on_rank0(training: TrainingRun, fn: Callable[[], None]) -> None:
+    """Run `fn` on rank 0; a RunError it raises stops every rank (else the others would wait for it forever)."""
+    error = None
+    if training.args.rank == 0:
+        try:
+            fn()
+        except RunError as e:
+            error = str(e)
+    if training.args.distributed:
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise RunError(error)
+
+
+def _gather(training: TrainingRun, value: Any) -> list:
+    """`value` of every rank, by rank."""
+    if not training.args.distributed:
+        return [value]
+    values = [None] * training.args.world_size
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def _skipped_images(datasets: Tuple[Any, ...]) -> int:
+    return sum(getattr(d, 'skipped', 0) for d in datasets)
+
+
+def _restore_rng(training: TrainingRun) -> None:
+    """Before the first resumed epoch: every generator as the run left it, so it goes on as if never stopped."""
+    args, states = training.args, (training.resume_state or {}).get('rng_state')
+    if states is None:
+        return
+    if len(states) == args.world_size:
+        set_rng_state(states[args.rank])
+    elif args.rank == 0:
+        _logger.warning(f'--resume: the run had {len(states)} process(es), this one has {args.world_size}: the global '
+                        f'batch is kept, but the random streams differ from the run\'s (not bit-exact).')
+
+
+def _train_epochs(training: TrainingRun, datasets: Tuple[Any, Any], loader_train: Any, loader_eval: Any,
                   mixup_fn: Optional[Mixup]) -> Tuple[int, Dict[str, float]]:
     """Epochs start_epoch.. (--stop-after of them at most): train, validate, save. Returns the end epoch and
     the last eval metrics (empty when no epoch ran)."""
-    args = training.args
+    args, dataset_train = training.args, datasets[0]
     train_loss_fn, eval_loss_fn = (f.to(training.device) for f in _make_loss(args, _mixup_active(args)))
     end_epoch = training.num_epochs if args.stop_after is None else min(training.num_epochs, training.start_epoch + args.stop_after)
+    skipped_before = (training.resume_state or {}).get('skipped_images', 0)
     eval_metrics: Dict[str, float] = {}
+    _restore_rng(training)
     for epoch in range(training.start_epoch, end_epoch):
         if hasattr(dataset_train, 'set_epoch'):
             dataset_train.set_epoch(epoch)
@@ -642,6 +999,7 @@ def _train_epochs(training: TrainingRun, dataset_train: Any, loader_train: Any, 
         train_metrics = train_one_epoch(
             epoch, training.model, loader_train, training.optimizer, train_loss_fn, args, training.device, training.lr_scheduler,
             training.autocast, training.loss_scaler, training.model_ema, mixup_fn)
+        lrs = [g['lr'] for g in training.optimizer.param_groups]  # the epoch's lr, before the scheduler's step
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
             utils.distribute_bn(training.model, args.world_size, args.dist_bn == 'reduce')
         eval_metrics = validate(training.model, loader_eval, eval_loss_fn, args, training.device, training.autocast)
@@ -649,10 +1007,17 @@ def _train_epochs(training: TrainingRun, dataset_train: Any, loader_train: Any, 
             ema_metrics = validate(training.model_ema, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (EMA)')
             eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
         training.lr_scheduler.step(epoch + 1, eval_metrics[training.selected])
-        if args.rank == 0:
-            _save_epoch(training, epoch, train_metrics, eval_metrics)
+        row = {'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
+               **{f'eval_{k}': v for k, v in eval_metrics.items()}, 'lr': sum(lrs) / len(lrs)}
+        # Gathered after the last draw of the epoch: what the next epoch (or a resumed run) starts from.
+        gathered = _gather(training, (rng_state(), _skipped_images(datasets)))
+        skipped = skipped_before + sum(s for _, s in gathered)
+        if skipped and args.rank == 0:
+            _logger.warning(f'{skipped} unreadable image(s) skipped so far (--skip-bad-images).')
+        _on_rank0(training, lambda: _save_epoch(training, epoch, row, eval_metrics, [s for s, _ in gathered], skipped))
     if not eval_metrics:
         eval_metrics = validate(training.model, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (final)')
+    training.skipped_images = skipped_before + sum(_gather(training, _skipped_images(datasets)))
     return end_epoch, eval_metrics
 
 
@@ -661,26 +1026,31 @@ def _write_results(training: TrainingRun, end_epoch: int, final: Dict[str, float
     args = training.args
     results = {'model': args.model, 'epochs': end_epoch, 'num_epochs': training.num_epochs, 'top1': final['top1'],
                'top5': final['top5'], 'loss': final['loss'], 'best_metric': training.best_metric,
-               'eval_metric': training.selected, 'model_kwargs': training.kwargs}
+               'best_epoch': training.best_epoch, 'eval_metric': training.selected, 'model_kwargs': training.kwargs,
+               'skipped_images': training.skipped_images}
     if training.model_ema is not None and 'ema_top1' in final:
         results.update(ema_top1=final['ema_top1'], ema_top5=final['ema_top5'])
-    with open(os.path.join(training.output_dir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+    path = os.path.join(training.output_dir, RESULTS)
+    try:
+        with atomic_file(path) as f:
+            f.write(json.dumps(results, indent=2).encode())
+    except OSError as e:
+        raise RunError(f'cannot write {path}: {e.strerror or e}. The run\'s epochs are saved; free space and rerun '
+                       f'with --resume {os.path.join(training.output_dir, LAST)} to write it.') from e
     _logger.info(f'Final eval of {args.model}: top-1 {final["top1"]:.2f}%  top-5 {final["top5"]:.2f}%')
 
 
 def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics."""
     training = _setup(args)
-    dataset_train, dataset_eval = _read_inputs(training)
+    datasets = _read_inputs(training)
     _create_model(training)
     _create_training_state(training)
-    loader_train, loader_eval, mixup_fn = _create_loaders(training, dataset_train, dataset_eval)
+    loader_train, loader_eval, mixup_fn = _create_loaders(training, *datasets)
     _create_scheduler(training, math.ceil(len(loader_train) / args.grad_accum_steps))
-    _prepare_output(training, len(dataset_train))
-    end_epoch, final = _train_epochs(training, dataset_train, loader_train, loader_eval, mixup_fn)
-    if args.rank == 0:
-        _write_results(training, end_epoch, final)
+    _on_rank0(training, lambda: _prepare_output(training, len(datasets[0])))
+    end_epoch, final = _train_epochs(training, datasets, loader_train, loader_eval, mixup_fn)
+    _on_rank0(training, lambda: _write_results(training, end_epoch, final))
     return utils.unwrap_model(training.model), final
 
 
@@ -696,6 +1066,9 @@ def main(argv: Optional[list] = None) -> None:
     except BadImageError as e:
         # Raised by a loader worker mid-epoch; the checkpoints of finished epochs are untouched.
         print(f'train.py: error: {str(e).strip().splitlines()[-1]}', file=sys.stderr)
+        sys.exit(1)
+    except RunError as e:
+        print(f'train.py: error: {e}', file=sys.stderr)
         sys.exit(1)
     finally:
         if torch.distributed.is_initialized():

@@ -30,7 +30,7 @@ import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint
 from timm_cada.layers import get_mixer
 from timm_cada.models import VARIANTS, get_variant
-from timm_cada.pretrained import file_sha256
+from timm_cada.pretrained import check_field, file_sha256
 from timm_cada.profile import count_macs, count_params
 
 OUTPUT_FILES = ('model.safetensors', 'config.json', 'README.md')
@@ -236,6 +236,12 @@ def export(
     The result has 'sha256' and 'manifest_entry' (the weights manifest entry, revision None until upload;
     None when the checkpoint is not a plain variant of `model_name` or has no dataset / top-1).
     """
+    # The manifest's own rules, checked before anything is written (the printed entry must load).
+    for option, key, value in (('--repo-id', 'hf_hub_id', repo_id), ('--tag', 'tag', tag), ('--top1', 'top1', top1),
+                               ('--top5', 'top5', top5), ('--dataset', 'dataset', dataset),
+                               ('--recipe', 'recipe', recipe), ('--license', 'license', license)):
+        if value is not None:
+            check_field(key, value, option)
     existing = [f for f in OUTPUT_FILES if (out / f).exists()]
     if existing and not force:
         raise FileExistsError(f'--out {out} already has {existing}; pass --force to overwrite them')
@@ -270,6 +276,9 @@ def export(
                      num_classes=model.num_classes, input_size=list(data_config['input_size']),
                      crop_pct=data_config['crop_pct'], license=license)
         entry = {k: v for k, v in entry.items() if v is not None or k == 'revision'}
+        for key, value in entry.items():
+            if key != 'revision':  # known after the upload
+                check_field(key, value, f'the manifest entry of {checkpoint}')
     return dict(out=out, sha256=sha256, extra_args=extra, manifest_entry=entry)
 
 

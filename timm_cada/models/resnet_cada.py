@@ -167,7 +167,28 @@ class CadaResNet(ResNet):
                 m.reset_parameters()
 
 
+# Feature levels of features_only models: the stem, then the four stages.
+_NUM_FEATURES = 5
+
+
+def _check_out_indices(out_indices: Any) -> None:
+    """features_only's out_indices: a count of last levels (1..5), or level indices in -5..4."""
+    accepted = (f'accepted: an int n (the last n of the {_NUM_FEATURES} feature levels, 1..{_NUM_FEATURES}) or '
+                f'level indices from {-_NUM_FEATURES} to {_NUM_FEATURES - 1} (0 = stem, 1..4 = stages)')
+    if isinstance(out_indices, bool):
+        raise ValueError(f'out_indices={out_indices!r} is invalid; {accepted}')
+    if isinstance(out_indices, int):
+        if not 1 <= out_indices <= _NUM_FEATURES:
+            raise ValueError(f'out_indices={out_indices!r} is out of range; {accepted}')
+        return
+    if not isinstance(out_indices, (list, tuple)) or not out_indices or not all(
+            isinstance(i, int) and not isinstance(i, bool) and -_NUM_FEATURES <= i < _NUM_FEATURES for i in out_indices):
+        raise ValueError(f'out_indices={out_indices!r} is out of range; {accepted}')
+
+
 def _create_cada_resnet(variant: str, pretrained: bool = False, **kwargs) -> CadaResNet:
+    if kwargs.get('features_only') and 'out_indices' in kwargs:
+        _check_out_indices(kwargs['out_indices'])
     if kwargs.get('img_size') is not None:
         # img_size is the resolution the model is built for (it sizes 'position' and fixes 'local' kernels):
         # its pretrained cfg, which data configs are resolved from, says so
