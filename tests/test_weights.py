@@ -8,6 +8,7 @@ checkpoint, published with weights/publish.py --dry-run, laid out as a Hugging F
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -323,12 +324,54 @@ _GOOD = dict(model=MODEL, tag='in1k', hf_hub_id='org/name', revision='a' * 40, s
     (dict(tag='In1k'), 'tag='),
     (dict(filename='pytorch_model.bin'), 'filename='),
     (dict(url='http://x'), r"unknown keys \['url'\]"),
+    # field types: a wrong type must not reach import-time formatting (pretrained cfg descriptions)
+    (dict(top1='70.0'), "top1='70.0' is invalid, expected a number"),
+    (dict(top1=True), 'top1=True is invalid'),
+    (dict(top1=float('nan')), 'top1=nan is invalid'),
+    (dict(top1=170.0), 'top1=170.0 is invalid'),
+    (dict(top5='90'), "top5='90' is invalid"),
+    (dict(num_classes=10.5), 'num_classes=10.5 is invalid, expected an integer >= 1'),
+    (dict(num_classes='1000'), 'num_classes='),
+    (dict(input_size=[3, 224]), 'input_size='),
+    (dict(input_size=[3, 224.0, 224]), 'input_size='),
+    (dict(crop_pct=0), 'crop_pct=0 is invalid'),
+    (dict(crop_pct='0.9'), 'crop_pct='),
+    (dict(dataset=''), 'dataset='),
+    (dict(recipe=5), 'recipe=5 is invalid'),
+    (dict(license=None), 'license=None is invalid'),
+    (dict(model=3), 'model=3 is invalid'),
+    (dict(filename='../model.safetensors'), 'filename='),
 ])
 def test_manifest_validation(tmp_path, change, match):
     path = tmp_path / 'm.json'
     path.write_text(json.dumps({'weights': [dict(_GOOD, **change)]}))
     with pytest.raises(ValueError, match=match):
         load_manifest(path)
+
+
+def test_bad_manifest_stops_import_with_the_field_named(tmp_path):
+    path = tmp_path / 'm.json'
+    path.write_text(json.dumps({'weights': [dict(_GOOD, top1='89.1')]}))
+    proc = subprocess.run([sys.executable, '-c', 'import timm_cada'], capture_output=True, text=True,
+                          env=dict(os.environ, TIMM_CADA_WEIGHTS_MANIFEST=str(path)))
+    assert proc.returncode != 0
+    assert "top1='89.1' is invalid, expected a number from 0 to 100" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(repo_id='../../x'), "--repo-id: hf_hub_id='../../x' is invalid"),
+    (dict(tag='Bad Tag!'), "--tag: tag='Bad Tag!' is invalid"),
+    (dict(top1=float('nan')), '--top1: top1=nan is invalid'),
+    (dict(top5=101.0), '--top5: top5=101.0 is invalid'),
+    (dict(dataset=' '), '--dataset: '),
+])
+def test_publish_checks_the_manifest_rules_before_writing(trained, tmp_path, kwargs, match):
+    """What publish.py would print as a manifest entry must be one the manifest loader accepts."""
+    kwargs = dict(dict(repo_id=REPO, dataset='tiny-10'), **kwargs)
+    out = tmp_path / 'out'
+    with pytest.raises(ValueError, match=re.escape(match)):
+        publish.export(trained['checkpoint'], MODEL, kwargs.pop('repo_id'), out, **kwargs)
+    assert not out.exists()
 
 
 def test_manifest_duplicates_and_unregistered_models(tmp_path):

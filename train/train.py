@@ -589,7 +589,10 @@ def _read_inputs(training: TrainingRun) -> Tuple[Any, Any]:
     try:
         check_model_name(args.model)
         if args.resume:
-            training.resume_state = read_checkpoint(args.resume)
+            try:
+                training.resume_state = read_checkpoint(args.resume)
+            except ValueError as e:
+                raise InputError(f'--resume: {e}') from e
             _check_resume(args, training.resume_state)
         training.output_dir = _output_dir(args)
         dataset_train, dataset_eval = create_datasets(args)
