@@ -336,26 +336,32 @@ def test_kill_loop(data, tmp_path):
     cmd = lambda out: [sys.executable, str(TRAIN), *map(str, argv), '--output', str(out)] + (
         ['--resume', str(out / 'last.pth.tar')] if (out / 'last.pth.tar').exists() else [])
     reference = tmp_path / 'reference'
-    start = time.time()
     subprocess.run(cmd(reference), check=True, capture_output=True, cwd=REPO, env=SUBPROCESS_ENV, timeout=600)
-    duration = time.time() - start  # kills land anywhere from the imports to the last epoch's commit
+    # One epoch's time, from args.yaml (written once the imports and set-up are done) to results.json.
+    epoch_time = ((reference / 'results.json').stat().st_mtime - (reference / 'args.yaml').stat().st_mtime) / 6
     out = tmp_path / 'killed'
     rng = random.Random(0)
     kills = 0
-    for _ in range(12):
+    while kills < 4:
+        launched = time.time()
         proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
                                 env=SUBPROCESS_ENV, start_new_session=True)
-        try:
-            proc.wait(timeout=rng.uniform(0.3, 0.8) * duration)
+        while proc.poll() is None and not (
+                (out / 'args.yaml').exists() and (out / 'args.yaml').stat().st_mtime >= launched):
+            time.sleep(0.01)
+        try:  # a random point of the next one and a half epochs: training, validating or committing
+            proc.wait(timeout=rng.uniform(0, 1.5) * epoch_time)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             kills += 1
-        if (out / 'results.json').exists() or kills == 5:
+        else:
+            assert proc.returncode == 0, f'train.py failed ({proc.returncode}) in {out}'
+        if (out / 'results.json').exists():
             break
         if (out / 'last.pth.tar').exists() and not list(out.glob(f'*{TMP_SUFFIX}')):
             assert_run_files_agree(out)
-    assert kills >= 2
+    assert kills >= 2, kills
     subprocess.run(cmd(out), check=True, capture_output=True, cwd=REPO, env=SUBPROCESS_ENV, timeout=600)
     assert_run_files_agree(out)
     assert_same_run(reference, out)
