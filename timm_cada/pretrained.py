@@ -121,10 +121,12 @@ FIELD_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
 }
 
 
+_FIELDS = {f.name: f for f in dataclasses.fields(WeightsEntry)}
+
+
 def check_field(key: str, value: Any, where: str) -> None:
     """Raise a ValueError naming `key` and what it accepts when `value` breaks the manifest's rule for it."""
-    field = {f.name: f for f in dataclasses.fields(WeightsEntry)}[key]
-    if value is None and field.default is None:
+    if value is None and _FIELDS[key].default is None:
         return
     check, accepted = FIELD_RULES[key]
     if not check(value):
@@ -135,12 +137,11 @@ def _entry(raw: Mapping[str, Any], where: str) -> WeightsEntry:
     """A validated WeightsEntry from one manifest JSON object."""
     if not isinstance(raw, Mapping):
         raise ValueError(f'{where}: a manifest entry must be a JSON object, got {type(raw).__name__}')
-    fields = {f.name: f for f in dataclasses.fields(WeightsEntry)}
-    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
-    unknown = sorted(set(raw) - set(fields))
+    required = [n for n, f in _FIELDS.items() if f.default is dataclasses.MISSING]
+    unknown = sorted(set(raw) - set(_FIELDS))
     missing = [n for n in required if n not in raw]
     if unknown or missing:
-        raise ValueError(f'{where}: unknown keys {unknown}, missing keys {missing}; accepted keys: {list(fields)}')
+        raise ValueError(f'{where}: unknown keys {unknown}, missing keys {missing}; accepted keys: {list(_FIELDS)}')
     for key, value in raw.items():
         check_field(key, value, where)
     raw = dict(raw)

@@ -5,9 +5,11 @@ Checkpoints are read and written by `timm_cada.checkpoint`.
 import argparse
 import ast
 import difflib
+import json
 import logging
 import multiprocessing
 import os
+import shutil
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -17,8 +19,10 @@ from PIL import Image
 import timm
 from timm.data import ImageDataset
 
+from timm_cada.checkpoint import atomic_file
+
 __all__ = ['BadImageError', 'StrictImageDataset', 'image_mode', 'convert_image', 'ParseKwargs', 'parse_kwarg',
-           'check_data_dir', 'check_model_name', 'load_recipe']
+           'check_data_dir', 'check_model_name', 'load_recipe', 'reuse_image_folder', 'mark_image_folder_complete']
 
 _logger = logging.getLogger(__name__)
 
@@ -261,3 +265,23 @@ def check_data_dir(root: Optional[str], splits: List[str]) -> None:
             raise ValueError(
                 f'--data-dir: no images for split {split!r} in {folder}. Expected an ImageFolder layout: '
                 f'{root}/{name}/<class name>/<image files>.')
+
+
+def reuse_image_folder(root: str, stamp: str, params: Dict[str, Any], splits: Iterable[str]) -> bool:
+    """Whether `root` holds a complete ImageFolder written with `params` (its `stamp` file, written last, says so).
+    If not, the stamp and the split folders are removed, for the folder to be written again whole."""
+    path = os.path.join(root, stamp)
+    if os.path.isfile(path):
+        with open(path) as f:
+            if json.load(f) == params:
+                return True
+        os.remove(path)
+    for split in splits:
+        shutil.rmtree(os.path.join(root, split), ignore_errors=True)
+    return False
+
+
+def mark_image_folder_complete(root: str, stamp: str, params: Dict[str, Any]) -> None:
+    """Write the `stamp` of `reuse_image_folder`, atomically, once every image is written."""
+    with atomic_file(os.path.join(root, stamp)) as f:
+        f.write(json.dumps(params).encode())

@@ -15,7 +15,6 @@ holds the parameters and is written last: a complete folder with the same parame
 """
 import argparse
 import gzip
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image
+
+from timm_cada.train_utils import mark_image_folder_complete, reuse_image_folder
 
 DEBIAN_PACKAGE = 'dataset-fashion-mnist'
 DEFAULT_SOURCE = '/usr/share/datasets/fashion-mnist'
@@ -113,22 +114,15 @@ def write_fashion_mnist(root: str, source: Optional[str] = None, val_per_class: 
              'test': (test_images, test_labels, np.arange(len(test_labels)))}
     counts = {split: len(parts[split][1]) for split in SPLITS}
     params = dict(val_per_class=val_per_class, seed=seed, counts=counts)
-    stamp = os.path.join(root, STAMP)
-    if os.path.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return counts
-        os.remove(stamp)
+    if reuse_image_folder(root, STAMP, params, SPLITS):
+        return counts
     for split in SPLITS:
-        shutil.rmtree(os.path.join(root, split), ignore_errors=True)
         for name in FOLDERS:
             os.makedirs(os.path.join(root, split, name))
         images, labels, ids = parts[split]
         for img, label, i in zip(images, labels, ids):  # named by index in the official file
             Image.fromarray(img, 'L').save(os.path.join(root, split, FOLDERS[label], f'{i:05d}.png'))
-    with open(f'{stamp}.tmp', 'w') as f:
-        json.dump(params, f)
-    os.replace(f'{stamp}.tmp', stamp)
+    mark_image_folder_complete(root, STAMP, params)
     return counts
 
 

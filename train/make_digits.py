@@ -8,12 +8,12 @@ a stratified split with a fixed seed, and OUT/digits.json (the parameters; other
 The ImageFolder is the same data path an ImageNet run takes.
 """
 import argparse
-import json
 import os
-import shutil
 
 import numpy as np
 from PIL import Image
+
+from timm_cada.train_utils import mark_image_folder_complete, reuse_image_folder
 
 SPLITS = ('train', 'validation')
 STAMP = 'digits.json'  # the generation parameters, written last: its presence means the folder is complete
@@ -40,14 +40,8 @@ def write_digits(root: str, size: int = 32, val_fraction: float = 0.2, seed: int
     idx_train, idx_val = train_test_split(
         np.arange(len(digits.images)), test_size=val_fraction, random_state=seed, stratify=digits.target)
     counts = {'train': len(idx_train), 'validation': len(idx_val)}
-    stamp = os.path.join(root, STAMP)
-    if os.path.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return counts
-        os.remove(stamp)
-    for split in SPLITS:
-        shutil.rmtree(os.path.join(root, split), ignore_errors=True)
+    if reuse_image_folder(root, STAMP, params, SPLITS):
+        return counts
     images = (digits.images * (255. / 16.)).round().astype(np.uint8)
     for split, indices in zip(SPLITS, (idx_train, idx_val)):
         for i in indices:
@@ -55,9 +49,7 @@ def write_digits(root: str, size: int = 32, val_fraction: float = 0.2, seed: int
             os.makedirs(folder, exist_ok=True)
             img = Image.fromarray(images[i]).resize((size, size), Image.BICUBIC).convert('RGB')
             _save_atomic(img, os.path.join(folder, f'{i:04d}.png'))
-    with open(f'{stamp}.tmp', 'w') as f:
-        json.dump(params, f)
-    os.replace(f'{stamp}.tmp', stamp)
+    mark_image_folder_complete(root, STAMP, params)
     return counts
 
 
