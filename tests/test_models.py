@@ -25,6 +25,14 @@ def expected_names():
 
 MODELS = timm.list_models(module='resnet_cada')
 
+# The small-input stem (3x3 stride 1, no max-pool) at the study's quarter width, over every code path of the
+# stem and the feature-size mixers: (name, kwargs, expected feature channels, expected reductions)
+SMALL_STEM = dict(small_stem=True, channels=(16, 32, 64, 128))
+CASES = [(name, {}, [64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32]) for name in MODELS] + [
+    (name, SMALL_STEM, [64, 64, 128, 256, 512], [1, 1, 2, 4, 8])
+    for name in ('resnet26_cada_k7', 'resnet26_dw_k13', 'resnet26_position_k7', 'resnet26_local_k7',
+                 'resnet26_cada_k7_dsconv3')]
+
 
 def create(name, **kwargs):
     if 'local' in name:  # locally connected kernels exist for one resolution only
@@ -46,20 +54,20 @@ def test_registry():
 # One test per capability, each over every model (as timm's own tests/test_models.py does). The module-scoped
 # fixture builds each model once (pytest groups the tests by model), and every test takes a fresh copy of it.
 
-@pytest.fixture(scope='module', params=MODELS)
+@pytest.fixture(scope='module', params=CASES, ids=lambda c: c[0] + ('-small_stem' if c[1] else ''))
 def built(request):
     """(name, the model with every parameter that starts at zero moved off it, so the mixers and the
-    zero-initialised last norms of the blocks count in every output; its features_only twin)."""
-    name = request.param
+    zero-initialised last norms of the blocks count in every output; its features_only twin; the case)."""
+    name, kwargs = request.param[:2]
     torch.manual_seed(0)
-    model = create(name, num_classes=10)
+    model = create(name, num_classes=10, **kwargs)
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
                 p.add_(torch.randn_like(p) * 0.1)
-    feat = create(name, features_only=True)
+    feat = create(name, features_only=True, **kwargs)
     feat.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('fc.')})
-    return name, model, feat
+    return name, model, feat, request.param
 
 
 @pytest.fixture
@@ -97,8 +105,9 @@ def test_model_grad_checkpointing(model):
 @torch.no_grad()
 def test_model_features_only(built):
     feat = copy.deepcopy(built[2]).eval()
-    assert feat.feature_info.channels() == [64, 256, 512, 1024, 2048]
-    assert feat.feature_info.reduction() == [2, 4, 8, 16, 32]
+    _, _, channels, reductions = built[3]
+    assert feat.feature_info.channels() == channels
+    assert feat.feature_info.reduction() == reductions
     assert [tuple(m.shape[1:]) for m in feat(images())] == [
         (c, SIZE // r, SIZE // r) for c, r in zip(feat.feature_info.channels(), feat.feature_info.reduction())]
 
@@ -124,9 +133,9 @@ def test_model_torchscript(eval_model):
 
 @torch.no_grad()
 def test_model_fx_feature_extraction(built):
-    name, _, feat = built
+    name, _, feat, (_, kwargs, _, _) = built
     x = images()
-    fx = create(name, features_only=True, feature_cls='fx').eval()
+    fx = create(name, features_only=True, feature_cls='fx', **kwargs).eval()
     fx.load_state_dict({'graph_module.' + k: v for k, v in feat.state_dict().items()})
     for a, b in zip(fx(x), copy.deepcopy(feat).eval()(x)):
         torch.testing.assert_close(a, b)
@@ -157,7 +166,7 @@ def test_model_reset_classifier(eval_model):
     eval_model.reset_classifier(5)
     assert eval_model(x).shape == (2, 5)
     eval_model.reset_classifier(0)
-    assert eval_model(x).shape == (2, 2048) and eval_model.get_classifier() is eval_model.fc
+    assert eval_model(x).shape == (2, eval_model.num_features) and eval_model.num_features in (512, 2048) and eval_model.get_classifier() is eval_model.fc
 
 
 # ------------------------------------------------------------------------------------------ the family
@@ -197,6 +206,23 @@ def test_variant_args_and_kwargs():
     assert [pos.layer1[0].conv2.feat_size, pos.layer4[0].conv2.feat_size] == [(56, 56), (7, 7)]
 
 
+def test_small_stem_keeps_the_imagenet_geometry_at_28px():
+    """28 px through the small stem gives the stages 28/14/7/4 maps (224 px through timm's stem: 56/28/14/7),
+    the mixers are sized for them, and the pretrained cfg (input and pool size) says so."""
+    m = timm.create_model('resnet26_position_k7', small_stem=True, img_size=28, in_chans=1, num_classes=10)
+    assert [m.layer1[0].conv2.feat_size, m.layer2[0].conv2.feat_size, m.layer4[0].conv2.feat_size] == [
+        (28, 28), (14, 14), (4, 4)]
+    assert (m.conv1.kernel_size, m.conv1.stride, m.conv1.in_channels) == ((3, 3), (1, 1), 1)
+    assert isinstance(m.maxpool, torch.nn.Identity)
+    assert m.pretrained_cfg['input_size'] == (1, 28, 28) and m.pretrained_cfg['pool_size'] == (4, 4)
+    maps = timm.create_model('resnet26_cada_k7', small_stem=True, in_chans=1, features_only=True)(
+        torch.randn(1, 1, 28, 28))
+    assert [t.shape[-1] for t in maps] == [28, 28, 14, 7, 4]
+    # the new stem conv has timm's init (He-normal over fan-out = 64 * 3 * 3), not PyTorch's default
+    std = timm.create_model('resnet50_cada_k7', small_stem=True).conv1.weight.std().item()
+    assert abs(std / (2 / (64 * 9)) ** 0.5 - 1) < 0.1, std
+
+
 def test_in_chans_and_pooling():
     m = timm.create_model('resnet26_cada_k5', in_chans=1, global_pool='max', num_classes=2).eval()
     assert m(torch.randn(1, 1, 48, 40)).shape == (1, 2)
@@ -216,6 +242,8 @@ def test_local_model_names_the_expected_size():
     (dict(mixer_args=dict(num_bases=99)), 'num_bases'),
     (dict(mixer_args=dict(head_dim=7)), 'head_dim'),
     (dict(mixer_args=dict(bases=4)), r"mixer_args \['bases'\] not accepted"),
+    (dict(small_stem=True, stem_type='deep'), r"small_stem=True needs stem_type='' and output_stride=32"),
+    (dict(small_stem=True, output_stride=16), r'small_stem=True needs .*output_stride=16'),
 ])
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ Write Fashion-MNIST (70,000 real 28x28 grey product photos, 10 classes, MIT licence) as an ImageFolder.
 
-    python train/fashion_mnist.py OUT [--source DIR] [--val-per-class 1000] [--seed 0]
+    python train/fashion_mnist.py OUT [--source DIR] [--val-per-class 1000] [--train-per-class N] [--seed 0]
 
 The idx files come from Debian's package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/); when
 they are missing and this runs as root, the package is installed with apt-get, else the command stops and
@@ -9,7 +9,8 @@ says how to install it. Every file is checked (gzip stream, idx header, length, 
 malformed file is an error naming it, never a short dataset.
 
 Gives OUT/train, OUT/validation (held out of the official train set, stratified: for choosing a recipe) and
-OUT/test (the official test set, for the final figures only), each with one folder per class named
+OUT/test (the official test set, for the final figures only); --train-per-class keeps a stratified, seeded
+subset of the remaining train images (for a smaller training budget), each with one folder per class named
 '<index>_<name>' so that sorted folder order is the official label order; grey (L) PNGs. OUT/fashion_mnist.json
 holds the parameters and is written last: a complete folder with the same parameters is reused.
 """
@@ -89,31 +90,42 @@ def find_source(source: Optional[str] = None, install: bool = True) -> str:
     raise FileNotFoundError(f'Fashion-MNIST not found: {folder} lacks {", ".join(missing())}. To get it, {how}.')
 
 
-def split_validation(labels: np.ndarray, per_class: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Indices (train, validation) of the official train set: `per_class` images of each class held out."""
+def split_validation(labels: np.ndarray, per_class: int, seed: int, train_per_class: Optional[int] = None,
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation) of the official train set: `per_class` images of each class held out, and of
+    the rest `train_per_class` per class kept for training (all of them when None)."""
     rng = np.random.default_rng(seed)
-    held = []
+    held, kept = [], []
     for c in range(len(CLASSES)):
         members = np.flatnonzero(labels == c)
         if per_class > len(members):
             raise ValueError(f'--val-per-class {per_class}: class {CLASSES[c]} has only {len(members)} train images')
-        held.append(rng.choice(members, per_class, replace=False))
-    val = np.sort(np.concatenate(held))
-    return np.setdiff1d(np.arange(len(labels)), val), val
+        val = rng.choice(members, per_class, replace=False)
+        rest = np.setdiff1d(members, val)
+        if train_per_class is not None:
+            if train_per_class > len(rest):
+                raise ValueError(f'--train-per-class {train_per_class}: class {CLASSES[c]} has {len(rest)} train '
+                                 f'images left after --val-per-class {per_class}')
+            rest = rng.choice(rest, train_per_class, replace=False)
+        held.append(val)
+        kept.append(rest)
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
 def write_fashion_mnist(root: str, source: Optional[str] = None, val_per_class: int = 1000, seed: int = 0,
-                        install: bool = True) -> Dict[str, int]:
+                        install: bool = True, train_per_class: Optional[int] = None) -> Dict[str, int]:
     """Write the ImageFolder (see the module docstring); returns the image count per split."""
     folder = find_source(source, install)
     train_images, train_labels = read_split(folder, 'train')
     test_images, test_labels = read_split(folder, 'test')
-    idx_train, idx_val = split_validation(train_labels, val_per_class, seed)
+    idx_train, idx_val = split_validation(train_labels, val_per_class, seed, train_per_class)
     parts = {'train': (train_images[idx_train], train_labels[idx_train], idx_train),
              'validation': (train_images[idx_val], train_labels[idx_val], idx_val),
              'test': (test_images, test_labels, np.arange(len(test_labels)))}
     counts = {split: len(parts[split][1]) for split in SPLITS}
     params = dict(val_per_class=val_per_class, seed=seed, counts=counts)
+    if train_per_class is not None:
+        params['train_per_class'] = train_per_class
     if reuse_image_folder(root, STAMP, params, SPLITS):
         return counts
     for split in SPLITS:
@@ -131,12 +143,17 @@ def main():
     parser.add_argument('root', help='output folder')
     parser.add_argument('--source', default=None, help=f'folder of the idx .gz files (default: {DEFAULT_SOURCE})')
     parser.add_argument('--val-per-class', type=int, default=1000, help='train images per class held out')
+    parser.add_argument('--train-per-class', type=int, default=None,
+                        help='train images kept per class (default: all that are not held out)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the held-out choice')
     args = parser.parse_args()
     if args.val_per_class < 0:
         parser.error(f'--val-per-class must be >= 0, got {args.val_per_class}')
+    if args.train_per_class is not None and args.train_per_class < 1:
+        parser.error(f'--train-per-class must be >= 1, got {args.train_per_class}')
     try:
-        counts = write_fashion_mnist(args.root, args.source, args.val_per_class, args.seed)
+        counts = write_fashion_mnist(args.root, args.source, args.val_per_class, args.seed,
+                                     train_per_class=args.train_per_class)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(1, f'fashion_mnist.py: error: {e}\n')
     print(f'Fashion-MNIST ImageFolder in {args.root}: ' + ', '.join(f'{k} {v} images' for k, v in counts.items()))

@@ -57,7 +57,7 @@ from timm_cada.warm_start import warm_start
 _logger = logging.getLogger('train')
 
 # Options of this trainer that timm's train.py does not have; shared recipes must not use them.
-OURS_ONLY = ('warm_start', 'stop_after', 'skip_bad_images')
+OURS_ONLY = ('warm_start', 'stop_after', 'skip_bad_images', 'test_split')
 # Options that belong on the command line, never in a shared recipe.
 NOT_IN_RECIPE = ('config', 'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'warm_start', 'local_rank')
 
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='timm dataset: "" for an ImageFolder / tar, or torch/, hfds/, wds/, tfds/ prefixes')
     group.add_argument('--train-split', metavar='NAME', default='train')
     group.add_argument('--val-split', metavar='NAME', default='validation')
+    group.add_argument('--test-split', metavar='NAME', default=None,
+                       help='split evaluated once with the final weights after the last epoch, written to '
+                            'results.json as test_top1 / test_top5 / test_loss; it selects nothing')
     group.add_argument('--train-num-samples', type=int, default=None, help='samples per epoch (iterable datasets)')
     group.add_argument('--val-num-samples', type=int, default=None)
     group.add_argument('--dataset-download', action='store_true', default=False)
@@ -336,10 +339,11 @@ def _is_folder_dataset(args: argparse.Namespace) -> bool:
     return '/' not in args.dataset and not (args.data_dir or '').endswith('.tar')
 
 
-def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any]:
-    """timm datasets for the train and eval splits; ImageFolders load strictly (a bad image is an error)."""
+def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any, Optional[Any]]:
+    """timm datasets for the train, eval and (with --test-split) test splits; ImageFolders load strictly (a bad
+    image is an error)."""
     if _is_folder_dataset(args):
-        check_data_dir(args.data_dir, [args.train_split, args.val_split])
+        check_data_dir(args.data_dir, [args.train_split, args.val_split] + ([args.test_split] if args.test_split else []))
     common = dict(
         root=args.data_dir, class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
         seed=args.seed, input_img_mode=args.input_img_mode, input_key=args.input_key, target_key=args.target_key)
@@ -347,9 +351,9 @@ def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any]:
         args.dataset, split=args.train_split, is_training=True, num_samples=args.train_num_samples, **common)
     val = create_dataset(
         args.dataset, split=args.val_split, is_training=False, num_samples=args.val_num_samples, **common)
-    train, val = [StrictImageDataset.from_dataset(d, args.input_img_mode, args.skip_bad_images)
-                  if type(d) is ImageDataset else d for d in (train, val)]
-    return train, val
+    test = create_dataset(args.dataset, split=args.test_split, is_training=False, **common) if args.test_split else None
+    return tuple(StrictImageDataset.from_dataset(d, args.input_img_mode, args.skip_bad_images)
+                 if type(d) is ImageDataset else d for d in (train, val, test))
 
 
 def class_names(dataset: Any) -> Optional[list]:
@@ -358,15 +362,17 @@ def class_names(dataset: Any) -> Optional[list]:
     return [str(c) for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])] if class_to_idx else None
 
 
-def check_classes(args: argparse.Namespace, dataset_train: Any, dataset_eval: Any) -> None:
-    """The eval split must have the train split's classes, by name: else its labels would silently shift."""
+def check_classes(args: argparse.Namespace, dataset_train: Any, dataset_eval: Any, split: str = '') -> None:
+    """An eval split (`split`, default --val-split) must have the train split's classes, by name: else its
+    labels would silently shift."""
+    split = split or args.val_split
     train, val = class_names(dataset_train), class_names(dataset_eval)
     if train is None or val is None or train == val:
         return
     missing, extra = sorted(set(train) - set(val)), sorted(set(val) - set(train))
     raise InputError(
-        f'--data-dir: the {args.val_split!r} split\'s classes differ from the {args.train_split!r} split\'s'
-        + (f'; missing in {args.val_split!r}: {", ".join(missing[:10])}' if missing else '')
+        f'--data-dir: the {split!r} split\'s classes differ from the {args.train_split!r} split\'s'
+        + (f'; missing in {split!r}: {", ".join(missing[:10])}' if missing else '')
         + (f'; not in {args.train_split!r}: {", ".join(extra[:10])}' if extra else '')
         + '. Both splits need the same class folders (or one --class-map).')
 
@@ -557,6 +563,7 @@ class TrainingRun:
     history: list = dataclasses.field(default_factory=list)  # summary.csv's rows, one per finished epoch
     classes: Optional[list] = None
     skipped_images: int = 0  # unreadable images skipped (--skip-bad-images), over the whole run
+    train_seconds: float = 0.0  # wall time of the finished epochs (train + validate), over every sitting
 
 
 def _setup(args: argparse.Namespace) -> TrainingRun:
@@ -581,10 +588,10 @@ def _setup(args: argparse.Namespace) -> TrainingRun:
     return training
 
 
-def _read_inputs(training: TrainingRun) -> Tuple[Any, Any]:
+def _read_inputs(training: TrainingRun) -> Tuple[Any, Any, Optional[Any]]:
     """Everything the user can get wrong, checked before the model is built or a file is written: the model
-    name, the checkpoint to resume, the run folder, the datasets and the model kwargs. Returns the train and
-    eval datasets."""
+    name, the checkpoint to resume, the run folder, the datasets and the model kwargs. Returns the train,
+    eval and test (None without --test-split) datasets."""
     args = training.args
     try:
         check_model_name(args.model)
@@ -595,15 +602,17 @@ def _read_inputs(training: TrainingRun) -> Tuple[Any, Any]:
                 raise InputError(f'--resume: {e}') from e
             _check_resume(args, training.resume_state)
         training.output_dir = _output_dir(args)
-        dataset_train, dataset_eval = create_datasets(args)
+        dataset_train, dataset_eval, dataset_test = create_datasets(args)
         check_classes(args, dataset_train, dataset_eval)
+        if dataset_test is not None:
+            check_classes(args, dataset_train, dataset_test, args.test_split)
         training.classes = class_names(dataset_train)
         training.kwargs = model_kwargs(args, _num_classes(args, dataset_train))
         if training.resume_state is not None:
             training.kwargs = _resumed_kwargs(args, training.resume_state, training.kwargs, training.classes)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e
-    return dataset_train, dataset_eval
+    return dataset_train, dataset_eval, dataset_test
 
 
 def _output_dir(args: argparse.Namespace) -> str:
@@ -757,6 +766,7 @@ def _create_training_state(training: TrainingRun) -> None:
                              f'--opt and model options.') from e
         training.start_epoch = state['epoch'] + 1
         training.history = list(state.get('history') or [])
+        training.train_seconds = float(state.get('train_seconds', 0.0))
         best = state.get('best') or {}
         if state.get('eval_metric') == training_selected(args):
             training.best_metric, training.best_epoch = best.get('metric'), best.get('epoch')
@@ -775,9 +785,10 @@ def _create_training_state(training: TrainingRun) -> None:
         training.model = torch.compile(training.model, backend=args.torchcompile, mode=args.torchcompile_mode)
 
 
-def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any) -> Tuple[Any, Any, Optional[Mixup]]:
-    """The train and eval loaders with the model's data config, and the mixup function (None without mixup,
-    or when the prefetcher's collate does it)."""
+def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any, dataset_test: Optional[Any] = None,
+                    ) -> Tuple[Any, Any, Optional[Any], Optional[Mixup]]:
+    """The train, eval and test (None without a test dataset) loaders with the model's data config, and the
+    mixup function (None without mixup, or when the prefetcher's collate does it)."""
     args = training.args
     data_config = resolve_data_config(vars(args), model=utils.unwrap_model(training.model), verbose=args.rank == 0)
     in_chans = data_config['input_size'][0]
@@ -811,10 +822,10 @@ def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any
         ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
         auto_augment=args.aa, num_aug_repeats=int(args.aug_repeats), collate_fn=collate_fn,
         **{**loader_common, 'interpolation': train_interpolation})
-    loader_eval = create_loader(
-        dataset_eval, batch_size=args.validation_batch_size or args.batch_size, is_training=False,
-        crop_pct=data_config['crop_pct'], **loader_common)
-    return loader_train, loader_eval, mixup_fn
+    loader_eval, loader_test = (None if d is None else create_loader(
+        d, batch_size=args.validation_batch_size or args.batch_size, is_training=False,
+        crop_pct=data_config['crop_pct'], **loader_common) for d in (dataset_eval, dataset_test))
+    return loader_train, loader_eval, loader_test, mixup_fn
 
 
 def _mixup_active(args: argparse.Namespace) -> bool:
@@ -925,7 +936,7 @@ def _save_epoch(training: TrainingRun, epoch: int, row: Dict[str, float], eval_m
         args, training.model, training.kwargs, epoch, training.optimizer, training.lr_scheduler,
         training.loss_scaler, training.model_ema, eval_metrics, training.selected)
     state.update(history=history, best={'epoch': best_epoch, 'metric': best_metric}, rng_state=rng_states,
-                 classes=training.classes, skipped_images=skipped)
+                 classes=training.classes, skipped_images=skipped, train_seconds=training.train_seconds)
     last, best, summary = (os.path.join(out, name) for name in (LAST, BEST, SUMMARY))
     try:
         # One commit: every file written in full first, then renamed in this order. A kill leaves the previous
@@ -995,6 +1006,7 @@ def _train_epochs(training: TrainingRun, datasets: Tuple[Any, Any], loader_train
     eval_metrics: Dict[str, float] = {}
     _restore_rng(training)
     for epoch in range(training.start_epoch, end_epoch):
+        tic = time.time()
         if hasattr(dataset_train, 'set_epoch'):
             dataset_train.set_epoch(epoch)
         elif args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
@@ -1010,6 +1022,7 @@ def _train_epochs(training: TrainingRun, datasets: Tuple[Any, Any], loader_train
             ema_metrics = validate(training.model_ema, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (EMA)')
             eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
         training.lr_scheduler.step(epoch + 1, eval_metrics[training.selected])
+        training.train_seconds += time.time() - tic
         row = {'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
                **{f'eval_{k}': v for k, v in eval_metrics.items()}, 'lr': sum(lrs) / len(lrs)}
         # Gathered after the last draw of the epoch: what the next epoch (or a resumed run) starts from.
@@ -1024,13 +1037,24 @@ def _train_epochs(training: TrainingRun, datasets: Tuple[Any, Any], loader_train
     return end_epoch, eval_metrics
 
 
-def _write_results(training: TrainingRun, end_epoch: int, final: Dict[str, float]) -> None:
-    """results.json: the final eval metrics and how many epochs of the schedule ran."""
+def _test(training: TrainingRun, loader_test: Any) -> Dict[str, float]:
+    """The final weights on the --test-split, as test_top1 / test_top5 / test_loss (empty without one)."""
+    if loader_test is None:
+        return {}
+    metrics = validate(training.model, loader_test, nn.CrossEntropyLoss().to(training.device), training.args,
+                       training.device, training.autocast, f' ({training.args.test_split})')
+    training.skipped_images += sum(_gather(training, getattr(loader_test.dataset, 'skipped', 0)))
+    return {f'test_{k}': v for k, v in metrics.items()}
+
+
+def _write_results(training: TrainingRun, end_epoch: int, final: Dict[str, float], test: Dict[str, float]) -> None:
+    """results.json: the final eval (and test) metrics, how many epochs of the schedule ran and how long they
+    took."""
     args = training.args
     results = {'model': args.model, 'epochs': end_epoch, 'num_epochs': training.num_epochs, 'top1': final['top1'],
-               'top5': final['top5'], 'loss': final['loss'], 'best_metric': training.best_metric,
+               'top5': final['top5'], 'loss': final['loss'], **test, 'best_metric': training.best_metric,
                'best_epoch': training.best_epoch, 'eval_metric': training.selected, 'model_kwargs': training.kwargs,
-               'skipped_images': training.skipped_images}
+               'skipped_images': training.skipped_images, 'train_minutes': round(training.train_seconds / 60, 3)}
     if training.model_ema is not None and 'ema_top1' in final:
         results.update(ema_top1=final['ema_top1'], ema_top5=final['ema_top5'])
     path = os.path.join(training.output_dir, RESULTS)
@@ -1049,11 +1073,12 @@ def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
     datasets = _read_inputs(training)
     _create_model(training)
     _create_training_state(training)
-    loader_train, loader_eval, mixup_fn = _create_loaders(training, *datasets)
+    loader_train, loader_eval, loader_test, mixup_fn = _create_loaders(training, *datasets)
     _create_scheduler(training, math.ceil(len(loader_train) / args.grad_accum_steps))
     _on_rank0(training, lambda: _prepare_output(training, len(datasets[0])))
     end_epoch, final = _train_epochs(training, datasets, loader_train, loader_eval, mixup_fn)
-    _on_rank0(training, lambda: _write_results(training, end_epoch, final))
+    test = _test(training, loader_test)
+    _on_rank0(training, lambda: _write_results(training, end_epoch, final, test))
     return utils.unwrap_model(training.model), final
 
 

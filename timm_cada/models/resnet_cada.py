@@ -91,12 +91,19 @@ class CadaBottleneck(Bottleneck):
             feat_size=feat_size, device=device, dtype=dtype, **args)
 
 
-def _stage_sizes(img_size: Size, channels: Tuple[int, ...], output_stride: int) -> List[Tuple[Size, Size]]:
+# timm's stem (7x7 stride-2 conv, then a stride-2 max-pool) and the small-input stem (3x3 stride-1 conv, no pool)
+_STEM_REDUCTION = 4
+_SMALL_STEM_REDUCTION = 1
+
+
+def _stage_sizes(img_size: Size, channels: Tuple[int, ...], output_stride: int,
+                 stem_reduction: int = _STEM_REDUCTION) -> List[Tuple[Size, Size]]:
     """(input, output) feature-map size of each stage at `img_size`, from the reductions of timm's own
-    stages (make_blocks' feature_info, built on the meta device); 'same' padding rounds each size up."""
+    stages (make_blocks' feature_info, built on the meta device, which assumes timm's stem); 'same' padding
+    rounds each size up."""
     _, info = make_blocks((Bottleneck,) * len(channels), channels, (1,) * len(channels), 64,
                           output_stride=output_stride, device='meta')
-    reductions = [f['reduction'] for f in info]
+    reductions = [f['reduction'] * stem_reduction // _STEM_REDUCTION for f in info]
     size = lambda r: tuple(math.ceil(s / r) for s in img_size)
     return [(size(r_in), size(r)) for r_in, r in zip(reductions[:1] + reductions[:-1], reductions)]
 
@@ -118,6 +125,10 @@ class CadaResNet(ResNet):
         ds_mixer: mixer of the stride-2 blocks, None for `mixer` itself.
         ds_kernel_size: window of `ds_mixer`.
         img_size: reference input size; sizes the 'position' logits and fixes the 'local' kernels.
+        small_stem: a 3x3 stride-1 stem conv (64 channels) and no max-pool instead of timm's 7x7 stride-2 conv
+            and max-pool, for small inputs: the stages see 1/1, 1/2, 1/4, 1/8 of the input (28 px gives
+            28/14/7/4, the geometry 224 px gives timm's stem, 56/28/14/7). Needs stem_type '' and
+            output_stride 32.
         **kwargs: any other timm ResNet argument (num_classes, drop_path_rate, stem_type, ...).
     """
 
@@ -130,9 +141,14 @@ class CadaResNet(ResNet):
             ds_mixer: Optional[str] = None,
             ds_kernel_size: int = 3,
             img_size: Union[int, Size] = 224,
+            small_stem: bool = False,
             block_args: Optional[Dict[str, Any]] = None,
             **kwargs: Any,
     ):
+        if small_stem and (kwargs.get('stem_type', '') != '' or kwargs.get('output_stride', 32) != 32):
+            raise ValueError(f'small_stem=True needs stem_type=\'\' and output_stride=32, got stem_type='
+                             f'{kwargs.get("stem_type", "")!r}, output_stride={kwargs.get("output_stride", 32)}')
+        stem_reduction = _SMALL_STEM_REDUCTION if small_stem else _STEM_REDUCTION
         mixer_args = mixer_kwargs(mixer, mixer_args)
         if ds_mixer is not None:
             try:
@@ -145,11 +161,26 @@ class CadaResNet(ResNet):
         if uses_mixer_trait(dict(mixer=mixer, ds_mixer=ds_mixer), 'feat_size'):
             if len(set(channels)) != len(channels):
                 raise ValueError(f'channels must be distinct per stage for mixer {mixer!r}, got {channels}')
-            feat_sizes = dict(zip(channels, _stage_sizes(img_size, channels, kwargs.get('output_stride', 32))))
+            feat_sizes = dict(zip(channels, _stage_sizes(
+                img_size, channels, kwargs.get('output_stride', 32), stem_reduction)))
         block_args = dict(
             block_args or {}, mixer=mixer, kernel_size=kernel_size, mixer_args=mixer_args,
             ds_mixer=ds_mixer, ds_kernel_size=ds_kernel_size, feat_sizes=feat_sizes)
         super().__init__(CadaBottleneck, layers, block_args=block_args, **kwargs)
+        if small_stem:
+            self._use_small_stem(kwargs.get('in_chans', 3), device=kwargs.get('device'), dtype=kwargs.get('dtype'))
+
+    def _use_small_stem(self, in_chans: int, device=None, dtype=None) -> None:
+        """The stem conv replaced by a 3x3 stride-1 conv (timm's init: He-normal, fan-out) and the max-pool
+        dropped; feature_info's reductions follow."""
+        out_chs = self.conv1.out_channels
+        self.conv1 = nn.Conv2d(in_chans, out_chs, kernel_size=3, stride=1, padding=1, bias=False,
+                               device=device, dtype=dtype)
+        nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
+        self.maxpool = nn.Identity()
+        for info in self.feature_info:
+            stage = info['module'] != 'act1'
+            info['reduction'] = info['reduction'] * _SMALL_STEM_REDUCTION // _STEM_REDUCTION if stage else 1
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
@@ -189,12 +220,14 @@ def _check_out_indices(out_indices: Any) -> None:
 def _create_cada_resnet(variant: str, pretrained: bool = False, **kwargs) -> CadaResNet:
     if kwargs.get('features_only') and 'out_indices' in kwargs:
         _check_out_indices(kwargs['out_indices'])
-    if kwargs.get('img_size') is not None:
+    if kwargs.get('img_size') is not None or kwargs.get('small_stem'):
         # img_size is the resolution the model is built for (it sizes 'position' and fixes 'local' kernels):
-        # its pretrained cfg, which data configs are resolved from, says so
-        h, w = to_2tuple(kwargs['img_size'])
+        # its pretrained cfg, which data configs are resolved from, says so, and the final map's size
+        h, w = to_2tuple(kwargs.get('img_size') or _cfg()['input_size'][1:])
+        stride = 32 * (_SMALL_STEM_REDUCTION if kwargs.get('small_stem') else _STEM_REDUCTION) // _STEM_REDUCTION
         kwargs['pretrained_cfg_overlay'] = dict(
-            kwargs.get('pretrained_cfg_overlay') or {}, input_size=(kwargs.get('in_chans', 3), h, w))
+            kwargs.get('pretrained_cfg_overlay') or {}, input_size=(kwargs.get('in_chans', 3), h, w),
+            pool_size=(math.ceil(h / stride), math.ceil(w / stride)))
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
