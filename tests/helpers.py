@@ -49,6 +49,31 @@ def make_image_folder(root: Path, per_class=(8, 4), size: int = 32) -> Path:
     return root
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A gzipped idx file of unsigned bytes, as Fashion-MNIST's."""
+    import gzip
+    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(folder: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
+    """Fashion-MNIST's four idx files (names of train/fashion_mnist.py) holding noise images, each with its label
+    in its first pixel, `train_per_class` / `test_per_class` per class."""
+    names = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+             'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, per_class in (('train', train_per_class), ('test', test_per_class)):
+        labels = np.repeat(np.arange(10), per_class)
+        rng.shuffle(labels)
+        images = rng.integers(0, 256, (len(labels), 28, 28))
+        images[:, 0, 0] = labels
+        write_idx(folder / names[split][0], images)
+        write_idx(folder / names[split][1], labels)
+    return folder
+
+
 def lay_out_hf_cache(cache: Path, repo_id: str, files: Path, revision: str) -> Path:
     """Put `files` in `cache` as huggingface_hub does: content-addressed blobs, a snapshot of symlinks, refs/main."""
     repo = cache / ('models--' + repo_id.replace('/', '--'))

@@ -8,32 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import load_script
+from helpers import fake_fashion_mnist, load_script, write_idx
 
 fmnist = load_script('train/fashion_mnist.py')
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
-    with gzip.open(path, 'wb') as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 @pytest.fixture
 def source(tmp_path) -> Path:
     """Fashion-MNIST's four files with 6 train and 2 test images per class."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / 'source'
-    folder.mkdir()
-    for split, per_class in (('train', 6), ('test', 2)):
-        labels = np.repeat(np.arange(10), per_class)
-        rng.shuffle(labels)
-        images = rng.integers(0, 256, (len(labels), 28, 28))
-        images[:, 0, 0] = labels  # each image says its label
-        images_file, labels_file = fmnist.FILES[split]
-        write_idx(folder / images_file, images)
-        write_idx(folder / labels_file, labels)
-    return folder
+    return fake_fashion_mnist(tmp_path / 'source', 6, 2)
 
 
 def test_parses_the_idx_files(source):
@@ -64,6 +47,22 @@ def test_writes_the_image_folder_with_a_stratified_held_out_split(source, tmp_pa
     assert stamp.stat().st_mtime_ns == mtime  # reused
     fmnist.write_fashion_mnist(str(root), str(source), val_per_class=1, seed=0)
     assert len(list((root / 'validation').rglob('*.png'))) == 10  # other parameters: written again
+
+
+def test_train_per_class_keeps_a_stratified_subset_outside_the_held_out_split(source, tmp_path):
+    full, sub = tmp_path / 'full', tmp_path / 'sub'
+    fmnist.write_fashion_mnist(str(full), str(source), val_per_class=2, seed=0)
+    counts = fmnist.write_fashion_mnist(str(sub), str(source), val_per_class=2, seed=0, train_per_class=3)
+    assert counts == {'train': 30, 'validation': 20, 'test': 20}
+    names = lambda root, split: {p.relative_to(root / split) for p in (root / split).rglob('*.png')}
+    assert not names(sub, 'train') & names(sub, 'validation')  # the subset is drawn from what is not held out
+    assert names(sub, 'train') | names(sub, 'validation') <= names(full, 'train') | names(full, 'validation')
+    again = tmp_path / 'again'
+    fmnist.write_fashion_mnist(str(again), str(source), val_per_class=2, seed=0, train_per_class=3)
+    assert names(again, 'train') == names(sub, 'train')  # seeded
+    assert all(len(os.listdir(sub / 'train' / c)) == 3 for c in fmnist.FOLDERS)
+    with pytest.raises(ValueError, match='--train-per-class 5: class tshirt_top has 4 train images left'):
+        fmnist.write_fashion_mnist(str(tmp_path / 'big'), str(source), val_per_class=2, train_per_class=5)
 
 
 def _gzip_bytes(path: Path) -> bytes:

@@ -90,6 +90,33 @@ def test_short_run_loss_falls_and_checkpoints_load(resumed):
     assert results['top1'] == pytest.approx(last['metric']) and 0 <= results['top5'] <= 100
 
 
+def test_train_minutes_add_up_over_sittings(first_epoch, resumed):
+    """The training time is kept in the checkpoint, so a resumed run reports the time of all its epochs."""
+    first, last = (read_checkpoint(d / 'last.pth.tar')['train_seconds'] for d in (first_epoch, resumed[0]))
+    assert 0 < first < last
+    for folder, seconds in ((first_epoch, first), (resumed[0], last)):
+        results = json.loads((folder / 'results.json').read_text())
+        assert results['train_minutes'] == pytest.approx(seconds / 60, abs=1e-3)
+
+
+def test_test_split_is_evaluated_once_with_the_final_weights(data, tmp_path):
+    """--test-split: the final weights on that split, in results.json; it selects nothing. With the validation
+    images as the test split, the test figures are the final validation figures."""
+    root = tmp_path / 'data'
+    shutil.copytree(data, root)
+    shutil.copytree(root / 'validation', root / 'test')
+    out = tmp_path / 'run'
+    proc = train_cli('--data-dir', root, '--output', out, '--epochs', 2, '--test-split', 'test', *TINY)
+    results = json.loads((out / 'results.json').read_text())
+    assert results['test_top1'] == pytest.approx(results['top1']) and results['test_loss'] == pytest.approx(results['loss'])
+    assert proc.stderr.count('Eval (test)') == 1
+    shutil.rmtree(root / 'test' / 'class2')
+    proc = train_cli('--data-dir', root, '--output', tmp_path / 'other', '--test-split', 'test', *TINY, check=False)
+    assert proc.returncode == 2 and "the 'test' split's classes differ" in proc.stderr and 'class2' in proc.stderr
+    proc = train_cli('--data-dir', root, '--output', tmp_path / 'other', '--test-split', 'holdout', *TINY, check=False)
+    assert proc.returncode == 2 and 'holdout' in proc.stderr
+
+
 def test_model_kwargs_record_img_size_only_where_it_sizes_parameters():
     args = lambda model: trainer.parse_args(['--model', model, '--img-size', '64', '--model-kwargs', 'drop_rate=0.1'])
     assert trainer.model_kwargs(args('resnet26_local_k7'), 10) == {'num_classes': 10, 'img_size': 64, 'drop_rate': 0.1}

@@ -117,6 +117,12 @@ FINDINGS: Tuple[Finding, ...] = (
                    _better('cada_k7', 'cada_k7_dsconv3'), MARGIN))),
 )
 
+# README.md and MODEL_CARD.md quote the verdicts between these markers; a study into the default --output
+# rewrites them (tests/test_study.py checks them against results/fashion_mnist/runs.csv).
+QUOTE_START, QUOTE_END = '<!-- study-verdicts:start (python train/study.py) -->', '<!-- study-verdicts:end -->'
+QUOTED_IN = (os.path.join(REPO, 'README.md'), os.path.join(REPO, 'MODEL_CARD.md'))
+RESULTS = os.path.join(REPO, 'results', 'fashion_mnist')
+
 COLUMNS = ('model', 'seed', 'top1', 'top5', 'val_top1', 'epochs', 'train_images', 'params_M', 'MMACs',
            'train_minutes', 'wall_minutes', 'machine', 'protocol')
 ROW_KEY = ('model', 'seed')
@@ -235,9 +241,11 @@ def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, obje
                  wall_minutes: Optional[float], protocol: str, where: str) -> Dict[str, object]:
     """The runs.csv row of a finished run: test accuracy, size and MACs of the trained model, its time."""
     import timm
+    from timm_cada.checkpoint import read_checkpoint
     from timm_cada.profile import count_macs, count_params
     net = timm.create_model(model, **results['model_kwargs'])
-    input_size = timm.data.resolve_data_config({}, model=net)['input_size']
+    run_args = read_checkpoint(os.path.join(run_dir, 'last.pth.tar'))['args']
+    input_size = timm.data.resolve_data_config(run_args, model=net)['input_size']
     return {
         'model': model, 'seed': seed, 'top1': round(results['test_top1'], 2), 'top5': round(results['test_top5'], 2),
         'val_top1': round(results['top1'], 2), 'epochs': results['epochs'], 'train_images': train_images,
@@ -281,16 +289,18 @@ def plot_axis(axis: str, rows: Sequence[Mapping[str, object]], stats: Mapping[st
     info = ABLATION_AXES[axis]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     if axis == 'locality':  # two curves against k
-        for mixer, color in (('dw', 'tab:blue'), ('cada', 'tab:orange')):
+        for mixer, color, shift in (('dw', 'tab:blue', -0.12), ('cada', 'tab:orange', 0.12)):
             ks = sorted(VARIANTS[m].args['kernel_size'] for m in models if VARIANTS[m].args['mixer'] == mixer)
             names = [f'resnet26_{mixer}_k{k}' for k in ks]
             if not ks:
                 continue
-            ax.errorbar(ks, [stats[m].mean for m in names], yerr=[stats[m].std for m in names], marker='o',
+            ax.errorbar([k + shift for k in ks], [stats[m].mean for m in names], yerr=[stats[m].std for m in names], marker='o',
                         capsize=4, color=color, label=mixer.upper())
             for k, m in zip(ks, names):
-                ax.scatter([k] * len(seeds[m]), seeds[m], s=12, color=color, alpha=0.5)
-        ax.set_xticks(sorted({VARIANTS[m].args['kernel_size'] for m in models}))
+                ax.scatter([k + shift] * len(seeds[m]), seeds[m], s=12, color=color, alpha=0.5)
+        ks = sorted({VARIANTS[m].args['kernel_size'] for m in models})
+        ax.set_xticks(ks)
+        ax.set_xlim(ks[0] - 1, ks[-1] + 1)
         ax.set_xlabel('window size k')
         ax.legend()
     else:
@@ -332,13 +342,20 @@ def results_table(rows: Sequence[Mapping[str, object]], stats: Mapping[str, Stat
     return '\n'.join(lines)
 
 
+def judge_findings(stats: Mapping[str, Stats]) -> List[Tuple[Finding, List[Judged], str]]:
+    """Every finding with its judged claims and its verdict."""
+    out = []
+    for f in FINDINGS:
+        judged = [judge(c, stats) for c in f.claims]
+        out.append((f, judged, finding_verdict(judged)))
+    return out
+
+
 def findings_section(stats: Mapping[str, Stats], plots: Mapping[str, str]) -> Tuple[str, List[Tuple[str, str]]]:
     """The findings in markdown and (axis, verdict) of each."""
     from timm_cada.models import ABLATION_AXES
     parts, verdicts = [], []
-    for i, f in enumerate(FINDINGS, 1):
-        judged = [judge(c, stats) for c in f.claims]
-        verdict = finding_verdict(judged)
+    for i, (f, judged, verdict) in enumerate(judge_findings(stats), 1):
         verdicts.append((f.axis, verdict))
         parts.append(f'### {i}. {ABLATION_AXES[f.axis].title}: **{verdict}**\n\n> {f.statement} (the abstract)\n')
         parts.append('| claim | contrast (pp) | SE | margin | verdict |\n|---|---|---|---|---|')
@@ -368,6 +385,8 @@ def write_report(out: str, rows: Sequence[Mapping[str, object]], expected: int, 
     counts = f'{data.train_per_class} per class' if data.train_per_class else 'all'
     with open(recipe) as fh:
         recipe_text = fh.read()
+    pilot = ('The pilot (seed spread against the differences looked for, before the full run) and what it decided: '
+             '[pilot.md](pilot.md).' if os.path.isfile(os.path.join(out, 'pilot.md')) else '')
     status = (f'{len(rows)} of {expected} runs done' + ('' if len(rows) >= expected else
               ' (the study is in progress: `make study` continues it; rows below are the runs finished so far)'))
     text = f'''# The ablation on Fashion-MNIST{" (--quick)" if quick else ""}
@@ -400,6 +419,8 @@ Protocol `{protocol}`; runs.csv holds one row per model and seed.
 - **Machine**: {"; ".join(machines) or "-"}. Training time of the runs: {train_minutes:.0f} min; wall time
   including start-up and the test evaluations: {wall:.0f} min.
 
+{pilot}
+
 ## Verdict rule (fixed before the runs)
 
 A claim compares models by a contrast of their mean test top-1 over seeds, sum_i c_i mean_i, with standard
@@ -420,6 +441,31 @@ The claims are our reading of the abstract (the paper's full text is not availab
     with open(os.path.join(out, 'README.md'), 'w') as fh:
         fh.write(text)
     return verdicts
+
+
+def verdict_quote(verdicts: Sequence[Tuple[str, str]], done: int, expected: int) -> str:
+    """The block README.md and MODEL_CARD.md show: each finding's verdict, and how much of the study ran."""
+    from timm_cada.models import ABLATION_AXES
+    state = 'complete' if done >= expected else f'in progress: {done} of {expected} runs'
+    lines = [f'Fashion-MNIST study at CPU scale ([results/fashion_mnist/](results/fashion_mnist/README.md), '
+             f'{state}; "pending" until each compared model has its seeds):', '',
+             '| finding (the abstract) | verdict |', '|---|---|']
+    statements = {f.axis: f.statement for f in FINDINGS}
+    lines += [f'| {ABLATION_AXES[axis].title}: {statements[axis]} | {verdict} |' for axis, verdict in verdicts]
+    return '\n'.join(lines)
+
+
+def update_quotes(quote: str, paths: Sequence[str] = QUOTED_IN) -> None:
+    """Replace the text between QUOTE_START and QUOTE_END in each file of `paths`."""
+    for path in paths:
+        with open(path) as f:
+            text = f.read()
+        head, found, rest = text.partition(QUOTE_START)
+        _, end, tail = rest.partition(QUOTE_END)
+        if not (found and end):
+            raise ValueError(f'{path} lacks the markers {QUOTE_START} ... {QUOTE_END}')
+        with open(path, 'w') as f:
+            f.write(f'{head}{QUOTE_START}\n{quote}\n{QUOTE_END}{tail}')
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -455,8 +501,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
         parser.error('--models and --seeds must not repeat a value')
     if args.max_runs is not None and args.max_runs < 0:
         parser.error(f'--max-runs must be >= 0, got {args.max_runs}')
-    args.output = args.output or (os.path.join('output', 'study-quick') if args.quick else
-                                  os.path.join(REPO, 'results', 'fashion_mnist'))
+    args.output = args.output or (os.path.join('output', 'study-quick') if args.quick else RESULTS)
     args.data_dir = args.data_dir or os.path.join('.cache', 'fashion_mnist-quick' if args.quick else 'fashion_mnist')
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f'--output: {args.output} is a file')
@@ -478,6 +523,17 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
     done = {(r['model'], int(r['seed'])) for r in rows if r['protocol'] == protocol}
     where = machine()
     todo = [(m, s) for m in args.models for s in args.seeds]
+    full_study = os.path.abspath(args.output) == RESULTS and not args.quick
+    expected = len(MODELS) * len(SEEDS) if full_study else len(todo)
+
+    def report() -> List[Tuple[str, str]]:
+        """README.md and the plots from runs.csv; for the study itself, the verdicts quoted in the docs too."""
+        rows = read_rows(runs_csv)
+        verdicts = write_report(args.output, rows, expected, protocol, data, RECIPE, args.quick)
+        if full_study:
+            update_quotes(verdict_quote(verdicts, sum(r['protocol'] == protocol for r in rows), expected))
+        return verdicts
+
     print(f'Study {protocol}: {len(todo)} runs, {len(done & set(todo))} already in {runs_csv}', flush=True)
     trained = 0
     for model, seed in todo:
@@ -487,11 +543,14 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
         results, wall = finished_results(run_dir), None
         if results is None:
             if args.max_runs is not None and trained >= args.max_runs:
-                break
+                continue
             cmd = train_command(model, seed, run_dir, args.data_dir, RECIPE, extra)
             print(f'==> {model} seed {seed}: {" ".join(cmd)}', flush=True)
             tic = time.time()
-            subprocess.run(cmd, check=True)
+            proc = subprocess.run(cmd)
+            if proc.returncode != 0:
+                sys.exit(f'study.py: error: {model} seed {seed} failed (exit {proc.returncode}, its log above); '
+                         f'{run_dir} keeps its finished epochs, and the next study.py resumes it')
             wall, trained = (time.time() - tic) / 60, trained + 1
             results = finished_results(run_dir)
             if results is None:
@@ -501,11 +560,11 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
         row = describe_run(model, seed, run_dir, results, counts['train'], wall, protocol, where)
         rows = [r for r in rows if (r['model'], int(r['seed'])) != (model, seed)] + [row]
         write_rows(runs_csv, rows)
-        write_report(args.output, read_rows(runs_csv), len(todo), protocol, data, RECIPE, args.quick)
+        report()
         print(f'    test top-1 {row["top1"]:.2f}  ({row["train_minutes"]} min training)', flush=True)
-    rows = read_rows(runs_csv)
-    verdicts = write_report(args.output, rows, len(todo), protocol, data, RECIPE, args.quick)
-    print(f'Wrote {runs_csv}, {os.path.join(args.output, "README.md")} and the plots')
+    verdicts = report()
+    print(f'Wrote {runs_csv}, {os.path.join(args.output, "README.md")} and the plots'
+          + ('; the verdicts quoted in README.md and MODEL_CARD.md' if full_study else ''))
     for axis, verdict in verdicts:
         print(f'  {axis}: {verdict}')
     return verdicts

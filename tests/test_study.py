@@ -1,0 +1,205 @@
+""" train/study.py: the verdict rule and the aggregation on synthetic runs.csv rows, the report and its plots,
+--quick end to end on small synthetic idx files, and the reuse of finished runs (from runs.csv and from run
+folders) and of interrupted ones. """
+import csv
+import json
+import math
+import os
+
+import pytest
+from PIL import Image
+
+from helpers import fake_fashion_mnist, load_script
+
+study = load_script('train/study.py')
+
+
+def rows_for(means, spread=0.1, seeds=(0, 1, 2), protocol='p'):
+    """runs.csv rows: model -> mean top-1; the seeds at mean - spread, mean, mean + spread (std = spread)."""
+    rows = []
+    for model, mean in means.items():
+        for seed, offset in zip(seeds, (-spread, 0.0, spread)):
+            rows.append(dict(model=model, seed=str(seed), top1=str(mean + offset), top5='99', val_top1='0',
+                             epochs='1', train_images='40000', params_M='0.5', MMACs='30', train_minutes='4',
+                             wall_minutes='4.5', machine='test machine', protocol=protocol))
+    return rows
+
+
+def test_stats_are_mean_and_sample_std():
+    stats = study.model_stats(rows_for({'a': 90.0}, spread=0.3))
+    assert stats['a'].n == 3 and stats['a'].mean == pytest.approx(90.0) and stats['a'].std == pytest.approx(0.3)
+    assert study.model_stats(rows_for({'a': 90.0}, seeds=(0,)))['a'] == study.Stats(1, 89.9, 0.0)
+
+
+@pytest.mark.parametrize('diff,margin,verdict', [
+    (0.5, 0.0, 'reproduced'),      # SE = sqrt(2 * 0.1^2 / 3) = 0.0816: 0.5 - 0.163 > 0
+    (0.1, 0.0, 'inconclusive'),    # within two standard errors of 0
+    (-0.5, 0.0, 'contradicted'),
+    (-0.2, 0.5, 'reproduced'),     # no worse than B by the margin: -0.2 - 0.163 > -0.5
+    (-0.4, 0.5, 'inconclusive'),
+    (-0.8, 0.5, 'contradicted'),   # -0.8 + 0.163 < -0.5
+])
+def test_verdict_rule(diff, margin, verdict):
+    stats = study.model_stats(rows_for({'a': 90.0 + diff, 'b': 90.0}))
+    judged = study.judge(study.Claim('a vs b', {'a': 1.0, 'b': -1.0}, margin), stats)
+    se = math.sqrt(2 * 0.1 ** 2 / 3)
+    assert judged.value == pytest.approx(diff) and judged.se == pytest.approx(se)
+    assert judged.verdict == verdict
+
+
+def test_saturation_is_a_second_difference():
+    claim = study._saturates('dw')
+    assert dict(claim.weights) == {'resnet26_dw_k7': 2.0, 'resnet26_dw_k3': -1.0, 'resnet26_dw_k13': -1.0}
+    rising = study.model_stats(rows_for({'resnet26_dw_k3': 88, 'resnet26_dw_k7': 90, 'resnet26_dw_k13': 90.2}))
+    linear = study.model_stats(rows_for({'resnet26_dw_k3': 88, 'resnet26_dw_k7': 89, 'resnet26_dw_k13': 90}))
+    assert study.judge(claim, rising).verdict == 'reproduced'
+    assert study.judge(claim, linear).verdict == 'inconclusive'
+
+
+def test_missing_models_or_single_seeds_are_pending_and_findings_combine():
+    claim = study.Claim('a vs b', {'a': 1.0, 'b': -1.0})
+    assert study.judge(claim, study.model_stats(rows_for({'a': 91}))).verdict == 'pending'
+    assert study.judge(claim, study.model_stats(rows_for({'a': 91, 'b': 90}, seeds=(0,)))).verdict == 'pending'
+    j = lambda v: study.Judged(claim, 0.0, 0.0, v)
+    assert study.finding_verdict([j('reproduced'), j('reproduced')]) == 'reproduced'
+    assert study.finding_verdict([j('reproduced'), j('inconclusive')]) == 'inconclusive'
+    assert study.finding_verdict([j('reproduced'), j('contradicted')]) == 'contradicted'
+    assert study.finding_verdict([j('reproduced'), j('pending')]) == 'pending'
+
+
+def test_every_finding_is_an_axis_and_names_study_models():
+    from timm_cada.models import ABLATION_AXES
+    assert [f.axis for f in study.FINDINGS] == list(ABLATION_AXES)
+    assert len(study.MODELS) >= 15 and len(set(study.MODELS)) == len(study.MODELS)
+    for f in study.FINDINGS:
+        for claim in f.claims:
+            assert set(claim.weights) <= set(study.MODELS), claim.text
+            assert sum(claim.weights.values()) == 0, claim.text  # a contrast: a shift of every model cancels
+
+
+def test_report_from_a_synthetic_runs_csv(tmp_path):
+    """Every model of the study at three seeds: the table, the six findings with the verdicts the rule gives,
+    and one PNG per axis."""
+    means = {m: 90.0 for m in study.MODELS}
+    means.update({'resnet26_cada_k7': 91.0, 'resnet26_cada_k7_rpe': 92.0, 'resnet26_position_k7': 89.0,
+                  'resnet26_dw_k3': 88.0, 'resnet26_cada_k3': 89.0, 'resnet26_cada_k13': 91.1,
+                  'resnet26_local_k7': 80.0, 'resnet26_cada_k7_dsconv3': 93.0})
+    rows = rows_for(means)
+    study.write_rows(str(tmp_path / 'runs.csv'), rows)
+    back = study.read_rows(str(tmp_path / 'runs.csv'))
+    assert [r['model'] for r in back[::3]] == list(study.MODELS)  # the study's order
+    verdicts = dict(study.write_report(str(tmp_path), back, len(rows), 'p', study.DATA, study.RECIPE, quick=False))
+    assert verdicts == {'locality': 'reproduced', 'context_awareness': 'reproduced', 'ca_context': 'reproduced',
+                        'spatial_invariance': 'reproduced', 'rel_pos': 'reproduced', 'downsampling': 'contradicted'}
+    text = (tmp_path / 'README.md').read_text()
+    assert '48 of 48 runs done' in text and '| resnet26_cada_k7_rpe | relative position encoding (on) | 3 | 92.00 ± 0.10 |' in text
+    assert '- downsampling: **contradicted**' in text and 'contrast - 2 SE > -m' in text
+    for f in study.FINDINGS:
+        with Image.open(tmp_path / f'{f.axis}.png') as img:
+            assert img.format == 'PNG' and img.size[0] > 400
+        assert f'![{f.axis}]({f.axis}.png)' in text
+    # another protocol's rows are left out of the report
+    study.write_report(str(tmp_path), back + rows_for({'resnet26_dw_k7': 10.0}, protocol='q'), len(rows), 'p',
+                       study.DATA, study.RECIPE, quick=False)
+    assert '| resnet26_dw_k7 | locality (k=7, DW) | 3 | 90.00 ± 0.10 |' in (tmp_path / 'README.md').read_text()
+
+
+def test_bad_arguments_are_named(capsys):
+    for argv, match in ((['--models', 'resnet26_cada_k99'], '--models'), (['--seeds', '0', '0'], 'must not repeat'),
+                        (['--max-runs', '-1'], '--max-runs')):
+        with pytest.raises(SystemExit):
+            study.parse_args(argv)
+        assert match in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def quick(tmp_path_factory):
+    """`study.py --quick` on synthetic idx files (120 train and 10 test images per class)."""
+    root = tmp_path_factory.mktemp('study')
+    source = fake_fashion_mnist(root / 'source', 120, 10)
+    argv = ['--quick', '--source', str(source), '--data-dir', str(root / 'data'), '--output', str(root / 'out'),
+            '--work', str(root / 'work')]
+    verdicts = study.main(argv)
+    return root, argv, verdicts
+
+
+def test_quick_runs_end_to_end(quick):
+    root, _, verdicts = quick
+    with open(root / 'out' / 'runs.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['model'], r['seed']) for r in rows] == [('resnet26_dw_k7', '0'), ('resnet26_cada_k7', '0')]
+    for r in rows:
+        assert 0 <= float(r['top1']) <= 100 and r['epochs'] == '1' and r['train_images'] == '1000'
+        assert float(r['train_minutes']) > 0 and float(r['wall_minutes']) >= float(r['train_minutes'])
+        assert 0.4 < float(r['params_M']) < 0.6 and 10 < float(r['MMACs']) < 100  # 28 px, not the cfg's 224
+        results = json.loads((root / 'work' / r['protocol'] / f'{r["model"]}-s0' / 'results.json').read_text())
+        assert results['test_top1'] == pytest.approx(float(r['top1']), abs=0.01)
+        assert results['model_kwargs']['small_stem'] is True
+    assert all(v == 'pending' for _, v in verdicts)  # one seed: no verdict
+    text = (root / 'out' / 'README.md').read_text()
+    assert '2 of 2 runs done' in text and '(--quick)' in text
+    with Image.open(root / 'out' / 'locality.png') as img:
+        assert img.format == 'PNG'
+
+
+def test_finished_runs_are_reused(quick, monkeypatch):
+    root, argv, _ = quick
+    runs_csv = root / 'out' / 'runs.csv'
+    before = runs_csv.read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError(f'a finished run was trained again: {args}')
+
+    monkeypatch.setattr(study.subprocess, 'run', no_training)
+    study.main(argv)  # every row in runs.csv
+    assert runs_csv.read_text() == before
+    lines = before.splitlines()
+    runs_csv.write_text('\n'.join(lines[:2]) + '\n')  # a row lost: rebuilt from its finished run folder
+    study.main(argv)
+    rebuilt = runs_csv.read_text().splitlines()
+    assert rebuilt[:2] == lines[:2] and rebuilt[2].split(',')[:10] == lines[2].split(',')[:10]
+
+
+def test_max_runs_stops_before_training(quick, tmp_path, monkeypatch):
+    root, argv, _ = quick
+    monkeypatch.setattr(study.subprocess, 'run', lambda *a, **k: pytest.fail('trained despite --max-runs 0'))
+    out = tmp_path / 'out'
+    study.main(argv[:argv.index('--output')] + ['--output', str(out), '--work', str(tmp_path / 'work'),
+                                                '--max-runs', '0'])
+    assert '0 of 2 runs done' in (out / 'README.md').read_text()
+
+
+def test_interrupted_runs_resume(tmp_path):
+    run_dir = tmp_path / 'run'
+    assert '--resume' not in study.train_command('m', 0, str(run_dir), 'data', study.RECIPE, [])
+    run_dir.mkdir()
+    (run_dir / 'last.pth.tar').write_bytes(b'')
+    cmd = study.train_command('m', 1, str(run_dir), 'data', study.RECIPE, ['--workers', '1'])
+    assert cmd[cmd.index('--resume') + 1] == str(run_dir / 'last.pth.tar')
+    assert cmd[cmd.index('--seed') + 1] == '1' and cmd[-2:] == ['--workers', '1']
+    assert cmd[cmd.index('--test-split') + 1] == 'test'
+
+
+def test_protocol_changes_with_recipe_data_and_options(tmp_path):
+    recipe = tmp_path / 'r.yaml'
+    recipe.write_text('epochs: 1\n')
+    base = study.protocol_id(str(recipe), study.DATA, [])
+    assert base == study.protocol_id(str(recipe), study.DATA, [])
+    assert base != study.protocol_id(str(recipe), study.QUICK_DATA, [])
+    assert base != study.protocol_id(str(recipe), study.DATA, ['--lr', '1e-3'])
+    recipe.write_text('epochs: 2\n')
+    assert base != study.protocol_id(str(recipe), study.DATA, [])
+
+
+def test_readme_and_model_card_quote_the_committed_verdicts():
+    """README.md and MODEL_CARD.md show the verdicts that results/fashion_mnist/runs.csv gives, as they are."""
+    rows = study.read_rows(os.path.join(study.RESULTS, 'runs.csv'))
+    protocol = study.protocol_id(study.RECIPE, study.DATA, [])
+    mine = [r for r in rows if r['protocol'] == protocol]
+    verdicts = [(f.axis, verdict) for f, _, verdict in study.judge_findings(study.model_stats(mine))]
+    quote = study.verdict_quote(verdicts, len(mine), len(study.MODELS) * len(study.SEEDS))
+    for path in study.QUOTED_IN:
+        with open(path) as f:
+            assert f'{study.QUOTE_START}\n{quote}\n{study.QUOTE_END}' in f.read(), (
+                f'{path}: the quoted verdicts are not those of results/fashion_mnist/runs.csv; run '
+                f'`python train/study.py --max-runs 0` to rewrite them')
