@@ -28,10 +28,17 @@ test-all: $(STAMP)
 DEMO_DATA ?= .cache/digits
 DEMO_OUT ?= output/demo
 DEMO_MODELS ?= resnet26_dw_k7 resnet26_cada_k7
+DEMO_ANALYSE ?= resnet26_cada_k7
+DEMO_ERF ?= resnet26_dw_k7
 
+# It ends by drawing what the trained DEMO_ANALYSE model applies (timm_cada.analysis) into DEMO_OUT/analysis, on
+# the first validation image of four digits, with the trained DEMO_ERF model's receptive field beside it.
 demo: $(STAMP)
 	$(PYTHON) train/make_digits.py $(DEMO_DATA)
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) train/ablate.py -c train/configs/digits.yaml --models $(DEMO_MODELS) --data-dir $(DEMO_DATA) --output $(DEMO_OUT)
+	$(PYTHON) -m timm_cada.analysis --model $(DEMO_ANALYSE) --checkpoint $(DEMO_OUT)/$(DEMO_ANALYSE)/last.pth.tar \
+		--image $$(for d in 0 3 5 8; do ls $(DEMO_DATA)/validation/$$d/*.png | head -n 1; done) --out $(DEMO_OUT)/analysis \
+		--erf $(DEMO_ERF)=$(DEMO_OUT)/$(DEMO_ERF)/last.pth.tar
 
 zoo: $(STAMP)
 	$(PYTHON) -m timm_cada.zoo

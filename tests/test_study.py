@@ -135,6 +135,9 @@ def test_quick_runs_end_to_end(quick):
         results = json.loads((root / 'work' / r['protocol'] / f'{r["model"]}-s0' / 'results.json').read_text())
         assert results['test_top1'] == pytest.approx(float(r['top1']), abs=0.01)
         assert results['model_kwargs']['small_stem'] is True
+    dw, cada = rows
+    assert float(dw['spatial_variation']) == 0.0 and float(dw['context_sensitivity']) == 0.0  # strict, no context
+    assert float(cada['spatial_variation']) > 0 and float(cada['context_sensitivity']) > 0
     assert all(v == 'pending' for _, v in verdicts)  # one seed: no verdict
     text = (root / 'out' / 'README.md').read_text()
     assert '2 of 2 runs done' in text and '(--quick)' in text

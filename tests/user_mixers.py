@@ -22,6 +22,12 @@ class BoxMixer(nn.Module):
     def forward(self, x):
         return self.conv(x) * self.gain
 
+    def kernels(self, x):
+        """What timm_cada.analysis reads: each position's kernel, (1, C, k*k, Ho, Wo), the same everywhere."""
+        weight = self.conv.weight.flatten(1) * self.gain.flatten()[:, None]
+        ho, wo = self.conv(x).shape[-2:]
+        return weight[None, :, :, None, None].expand(1, *weight.shape, ho, wo)
+
 
 class TimmInitBoxMixer(BoxMixer):
     """The same, registered to take timm's ResNet conv init instead of keeping its own."""

@@ -124,7 +124,9 @@ QUOTED_IN = (os.path.join(REPO, 'README.md'), os.path.join(REPO, 'MODEL_CARD.md'
 RESULTS = os.path.join(REPO, 'results', 'fashion_mnist')
 
 COLUMNS = ('model', 'seed', 'top1', 'top5', 'val_top1', 'epochs', 'train_images', 'params_M', 'MMACs',
-           'train_minutes', 'wall_minutes', 'machine', 'protocol')
+           'train_minutes', 'wall_minutes', 'spatial_variation', 'context_sensitivity', 'machine', 'protocol')
+# timm_cada.analysis' two figures of a trained model, on the first images (by file name) of each test class
+BIAS_IMAGES_PER_CLASS = 2
 ROW_KEY = ('model', 'seed')
 
 
@@ -256,6 +258,18 @@ def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, obje
     }
 
 
+def bias_figures(model: str, run_dir: str, data_dir: str) -> Dict[str, float]:
+    """spatial_variation and context_sensitivity (timm_cada.analysis) of the run's final weights."""
+    from timm_cada import analysis
+    test = os.path.join(data_dir, 'test')
+    paths = [os.path.join(test, c, f) for c in sorted(os.listdir(test))
+             for f in sorted(os.listdir(os.path.join(test, c)))[:BIAS_IMAGES_PER_CLASS]]
+    net, data_args = analysis.load_model(model, os.path.join(run_dir, 'last.pth.tar'))
+    images, _ = analysis.load_images(paths, net, data_args)
+    metrics = analysis.model_metrics(analysis.capture_kernels(net, images), len(images))
+    return {k: float(f'{metrics[k]:.4g}') for k in ('spatial_variation', 'context_sensitivity')}  # 4 digits
+
+
 def train_command(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, extra: Sequence[str]) -> List[str]:
     cmd = [sys.executable, TRAIN, '-c', recipe, '--model', model, '--seed', str(seed), '--data-dir', data_dir,
            '--output', run_dir, '--test-split', 'test']
@@ -330,15 +344,19 @@ def _fmt(x: Optional[float], digits: int = 2) -> str:
 
 def results_table(rows: Sequence[Mapping[str, object]], stats: Mapping[str, Stats]) -> str:
     from timm_cada.models import VARIANTS
-    lines = ['| model | axis (setting) | seeds | test top-1 mean ± std | params (M) | MMACs | train min / run |',
-             '|---|---|---|---|---|---|---|']
+    lines = ['| model | axis (setting) | seeds | test top-1 mean ± std | params (M) | MMACs | train min / run '
+             '| spatial variation | context sensitivity |', '|---|---|---|---|---|---|---|---|---|']
     order = [m for m in MODELS if m in stats] + sorted(m for m in stats if m not in MODELS)
     for m in order:
         mine = [r for r in rows if r['model'] == m]
         minutes = sum(float(r['train_minutes']) for r in mine) / len(mine)
         v = VARIANTS.get(m)
+        figures = []
+        for key in ('spatial_variation', 'context_sensitivity'):
+            values = [float(r[key]) for r in mine if r.get(key) not in (None, '')]
+            figures.append(f'{sum(values) / len(values):.3g}' if values else '')
         lines.append(f'| {m} | {v.axis_label if v else ""} | {stats[m].n} | {stats[m].mean:.2f} ± {stats[m].std:.2f} '
-                     f'| {mine[0]["params_M"]} | {mine[0]["MMACs"]} | {minutes:.1f} |')
+                     f'| {mine[0]["params_M"]} | {mine[0]["MMACs"]} | {minutes:.1f} | {" | ".join(figures)} |')
     return '\n'.join(lines)
 
 
@@ -432,6 +450,9 @@ are, contradicted when any is. With three seeds, two standard errors is a screen
 The claims are our reading of the abstract (the paper's full text is not available to the project).
 
 ## Results (test top-1, %)
+
+Spatial variation and context sensitivity are `timm_cada.analysis`' figures of the trained model (mean over its
+mixers, then over seeds; docs/design.md defines them), on the first {BIAS_IMAGES_PER_CLASS} test images of each class.
 
 {results_table(rows, stats) if rows else "No run has finished yet."}
 
@@ -535,6 +556,12 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
         return verdicts
 
     print(f'Study {protocol}: {len(todo)} runs, {len(done & set(todo))} already in {runs_csv}', flush=True)
+    # rows written before runs.csv had the analysis figures get them from their run folder, where it is here
+    for r in rows:
+        run_dir = os.path.join(args.work, protocol, f'{r["model"]}-s{r["seed"]}')
+        if r['protocol'] == protocol and not r.get('spatial_variation') and finished_results(run_dir):
+            r.update(bias_figures(r['model'], run_dir, args.data_dir))
+            write_rows(runs_csv, rows)
     trained = 0
     for model, seed in todo:
         if (model, seed) in done:
@@ -558,6 +585,7 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
         else:
             print(f'==> {model} seed {seed}: finished run in {run_dir} reused', flush=True)
         row = describe_run(model, seed, run_dir, results, counts['train'], wall, protocol, where)
+        row.update(bias_figures(model, run_dir, args.data_dir))
         rows = [r for r in rows if (r['model'], int(r['seed'])) != (model, seed)] + [row]
         write_rows(runs_csv, rows)
         report()

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from timm.layers import get_act_layer, get_norm_layer
-from timm_cada.ops import CADA_IMPLS, cada_filter, pixel_filter
+from timm_cada.ops import CADA_IMPLS, cada_filter, pixel_filter, synthesize_attn
 from .helpers import check_choice, check_mixer_args, check_num_bases, check_odd, init_kernels, num_heads
 from .registry import register_mixer
 
@@ -165,16 +165,32 @@ class Cada2d(nn.Module):
         logits = logits.reshape(logits.shape[0], self.num_heads, self.num_bases, logits.shape[-2], logits.shape[-1])
         return normalize_ca(logits, self.ca_norm)
 
+    def _identity_attn(self, alpha: torch.Tensor) -> torch.Tensor:
+        """With identity bases, alpha (plus rel_pos) is the attention map."""
+        if self.rel_pos is None:
+            return alpha
+        kk = self.kernel_size * self.kernel_size
+        return alpha + self.rel_pos.reshape(1, self.num_heads, kk, 1, 1).to(alpha.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.ca_params(x)
         bases = self.bases
         if bases is None:
-            attn = alpha
-            if self.rel_pos is not None:
-                kk = self.kernel_size * self.kernel_size
-                attn = attn + self.rel_pos.reshape(1, self.num_heads, kk, 1, 1).to(attn.dtype)
-            return pixel_filter(x, attn, self.kernel_size, self.stride, self.dilation)
+            return pixel_filter(x, self._identity_attn(alpha), self.kernel_size, self.stride, self.dilation)
         return cada_filter(x, alpha, bases, self.rel_pos, self.stride, self.dilation, self.impl)
+
+    def kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention map each output pixel applies, (N, G, k*k, Ho, Wo): sum_b alpha_b W_b (+ R)."""
+        alpha = self.ca_params(x)
+        if self.bases is None:
+            return self._identity_attn(alpha)
+        return synthesize_attn(alpha, self.bases, self.rel_pos)
+
+    def base_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """alpha, the weight of each base at each output pixel, (N, G, B, Ho, Wo); the bases are `bases`."""
+        if self.bases is None:
+            raise ValueError('base_weights: a Cada2d with identity bases has no learned bases (alpha is the kernel)')
+        return self.ca_params(x)
 
     def extra_repr(self) -> str:
         return (

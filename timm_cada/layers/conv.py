@@ -1,8 +1,10 @@
 """ Spatially invariant, context-free mixers: the dense conv of the ResNet baseline and the
 depthwise conv. Both are plain nn.Conv2d (parameter `weight`), so timm resnet weights load into them.
 """
+import torch
 import torch.nn as nn
 
+from timm_cada.ops import filter_output_size
 from .helpers import check_mixer_args, check_odd, init_kernels
 from .registry import register_mixer
 
@@ -28,6 +30,11 @@ class DenseConv2d(nn.Conv2d):
             in_chs, out_chs, kernel_size, stride=stride, padding=dilation * (kernel_size // 2),
             dilation=dilation, groups=groups, bias=False, device=device, dtype=dtype)
 
+    def kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel each output position applies, (1, groups, Cout/groups * Cin/groups * k*k, Ho, Wo):
+        the weights of a group as one vector, the same at every position."""
+        return _everywhere(self.weight.reshape(self.groups, -1), x, self)
+
 
 class DwConv2d(nn.Conv2d):
     """Depthwise k x k conv ('dw'): strict spatial invariance, no context, one kernel per channel."""
@@ -49,6 +56,17 @@ class DwConv2d(nn.Conv2d):
 
     def reset_parameters(self) -> None:
         init_kernels(self.weight)
+
+    def kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel each output position applies, (1, C, k*k, Ho, Wo): every channel's weight, everywhere."""
+        return _everywhere(self.weight.reshape(self.out_channels, -1), x, self)
+
+
+def _everywhere(kernels: torch.Tensor, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """(G, D) kernels as the (1, G, D, Ho, Wo) kernels of every output position of `conv` on `x` (a view)."""
+    k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
+    out = [filter_output_size(n, k, s, d) for n in x.shape[-2:]]
+    return kernels[None, :, :, None, None].expand(1, *kernels.shape, *out)
 
 
 register_mixer('conv', DenseConv2d, init='timm', grouped=True,

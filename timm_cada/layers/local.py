@@ -54,6 +54,15 @@ class Local2d(nn.Module):
             self.weight.copy_(kernel.reshape(self.num_heads, -1, 1, 1).expand_as(self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_size(x)
+        return pixel_filter(x, self.weight.unsqueeze(0).to(x.dtype), self.kernel_size, self.stride, self.dilation)
+
+    def kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel each output position applies, (1, G, k*k, Ho, Wo): the weight itself."""
+        self._check_size(x)
+        return self.weight.unsqueeze(0)
+
+    def _check_size(self, x: torch.Tensor) -> None:
         out_h = filter_output_size(x.shape[-2], self.kernel_size, self.stride, self.dilation)
         out_w = filter_output_size(x.shape[-1], self.kernel_size, self.stride, self.dilation)
         if out_h != self.feat_size[0] or out_w != self.feat_size[1]:
@@ -62,7 +71,6 @@ class Local2d(nn.Module):
                 'create the model with img_size matching the input'.format(
                     self.feat_size[0], self.feat_size[1], self.feat_size[0] * self.stride,
                     self.feat_size[1] * self.stride, self.stride, x.shape[-2], x.shape[-1]))
-        return pixel_filter(x, self.weight.unsqueeze(0).to(x.dtype), self.kernel_size, self.stride, self.dilation)
 
     def extra_repr(self) -> str:
         return f'kernel_size={self.kernel_size}, stride={self.stride}, num_heads={self.num_heads}, feat_size={self.feat_size}'

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_cada.ops import CADA_IMPLS, cada_filter, filter_output_size
+from timm_cada.ops import CADA_IMPLS, cada_filter, filter_output_size, synthesize_attn
 from .cada import CA_NORMS, normalize_ca
 from .helpers import check_choice, check_mixer_args, check_num_bases, init_kernels, num_heads, to_feat_size
 from .registry import register_mixer
@@ -82,10 +82,17 @@ class Position2d(nn.Module):
         return normalize_ca(logits.unsqueeze(0), self.ca_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cada_filter(x, self.base_weights(x), self.bases, self.rel_pos, self.stride, self.dilation, self.impl)
+
+    def base_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """alpha at the output size of `x`, (1, G, B, Ho, Wo): the same for every input."""
         out_h = filter_output_size(x.shape[-2], self.kernel_size, self.stride, self.dilation)
         out_w = filter_output_size(x.shape[-1], self.kernel_size, self.stride, self.dilation)
-        alpha = self.ca_params(out_h, out_w).to(x.dtype)
-        return cada_filter(x, alpha, self.bases, self.rel_pos, self.stride, self.dilation, self.impl)
+        return self.ca_params(out_h, out_w).to(x.dtype)
+
+    def kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel each output pixel applies, (1, G, k*k, Ho, Wo): sum_b alpha_b(i, j) W_b (+ R)."""
+        return synthesize_attn(self.base_weights(x), self.bases, self.rel_pos)
 
     def extra_repr(self) -> str:
         return (

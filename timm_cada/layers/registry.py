@@ -8,6 +8,11 @@ with out_chs == in_chs (the dense conv alone may also take `groups`), and forwar
 (N, C, H, W) to (N, C, ceil(H / stride), ceil(W / stride)). `register_mixer(name, cls, **traits)` makes it
 available by name to `create_mixer`, to every model (`timm.create_model(..., mixer=name)`) and to the
 tools; its traits, declared once here, tell the model, its init and the MAC counter how to treat it.
+
+Two optional methods open a mixer to `timm_cada.analysis`: `kernels(x)`, the kernel each output position
+applies to input `x`, as a (N or 1, G, D, Ho, Wo) tensor (G groups of channels sharing one kernel of D
+weights, k*k for a window op; batch 1 when it does not depend on the input), and, for mixers built from learned
+base kernels `bases` (G, B, k, k), `base_weights(x)`, the (N or 1, G, B, Ho, Wo) weight of each base.
 """
 import dataclasses
 import inspect
