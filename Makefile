@@ -56,7 +56,7 @@ bench: $(STAMP)
 # The ablation study on Fashion-MNIST (train/study.py; results in results/fashion_mnist/): 16 models x 3 seeds,
 # about 4 hours on 2 CPU cores. Needs Debian's dataset-fashion-mnist (installed with apt-get when run as root,
 # else the command says how). Resumable: finished runs are reused, an interrupted one resumes, and the results
-# are rewritten after each run. STUDY_ARGS=--quick: two models, one seed, a tiny split, a few minutes.
+# are rewritten after each run. STUDY_ARGS=--quick: two models, one seed, a tiny split, a minute or two.
 STUDY_ARGS ?=
 
 study: $(STAMP)

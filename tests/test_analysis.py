@@ -2,6 +2,7 @@
 on parameters moved off the init: a fresh CADA layer is a DW conv), receptive fields, the command and its
 errors. """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -176,11 +177,14 @@ def test_command_writes_metrics_and_pictures(checkpoint, image_files, tmp_path):
                                                              "'resnet26_dw_k7'"),
     (['--model', 'resnet26_cada_k7', '--checkpoint', 'missing.pth'], 'missing.pth does not exist'),
     (['--model', 'resnet26_cada_k7', '--image', 'BAD'], 'cannot open .*bad.png as an image'),
+    (['--model', 'resnet26_cada_k7', '--erf', 'resnet26_dw_k77'], "--erf: unknown model 'resnet26_dw_k77'"),
+    (['--model', 'resnet26_cada_k7', '--erf', 'resnet26_dw_k7=CKPT'], "--erf: .* is a checkpoint of "
+                                                                      "'resnet26_cada_k7', not of --erf"),
 ])
 def test_bad_input_is_named(argv, match, checkpoint, image_files, tmp_path, capsys):
     bad = tmp_path / 'bad.png'
     bad.write_bytes(b'not an image')
-    argv = [str(checkpoint) if a == 'CKPT' else a for a in argv]
+    argv = [a.replace('CKPT', str(checkpoint)) for a in argv]
     if '--image' in argv:
         argv[argv.index('BAD')] = str(bad)
     else:
@@ -188,5 +192,4 @@ def test_bad_input_is_named(argv, match, checkpoint, image_files, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         analysis.main(argv + ['--out', str(tmp_path / 'out')])
     assert e.value.code == 2
-    import re
     assert re.search(match, capsys.readouterr().err)

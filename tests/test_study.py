@@ -106,7 +106,9 @@ def test_report_from_a_synthetic_runs_csv(tmp_path):
 
 def test_bad_arguments_are_named(capsys):
     for argv, match in ((['--models', 'resnet26_cada_k99'], '--models'), (['--seeds', '0', '0'], 'must not repeat'),
-                        (['--max-runs', '-1'], '--max-runs')):
+                        (['--max-runs', '-1'], '--max-runs'),
+                        (['--', '--seed', '3'], 'must not set what the study sets for each run (--seed)'),
+                        (['--', '--output=x'], '(--output=x)')):
         with pytest.raises(SystemExit):
             study.parse_args(argv)
         assert match in capsys.readouterr().err
@@ -161,6 +163,18 @@ def test_finished_runs_are_reused(quick, monkeypatch):
     study.main(argv)
     rebuilt = runs_csv.read_text().splitlines()
     assert rebuilt[:2] == lines[:2] and rebuilt[2].split(',')[:10] == lines[2].split(',')[:10]
+
+
+def test_rows_of_another_protocol_are_kept(quick):
+    """The same model and seed under other train.py options is another run: both rows stay in runs.csv."""
+    root, argv, _ = quick
+    runs_csv = root / 'out' / 'runs.csv'
+    before = study.read_rows(str(runs_csv))
+    study.main(argv + ['--models', 'resnet26_dw_k7', '--', '--lr', '1e-3'])
+    after = study.read_rows(str(runs_csv))
+    assert len(after) == 3 and all(r in after for r in before)
+    other = [r for r in after if r not in before][0]
+    assert other['model'] == 'resnet26_dw_k7' and other['protocol'] != before[0]['protocol']
 
 
 def test_max_runs_stops_before_training(quick, tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ from timm.data import create_transform, resolve_data_config
 
 from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint
 from timm_cada.layers import spec_of
-from timm_cada.train_utils import check_model_name
+from timm_cada.train_utils import check_model_name, per_channel
 
 __all__ = ['Capture', 'capture_kernels', 'spatial_variation', 'context_sensitivity', 'layer_metrics', 'model_metrics',
            'effective_receptive_field', 'load_model', 'load_images', 'analyse']
@@ -134,7 +134,8 @@ def model_metrics(captures: Dict[str, Capture], num_images: int) -> Dict[str, ob
 
 def effective_receptive_field(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """|d out[:, :, centre] / d x| summed over the batch and input channels, (H, W): how much each input pixel
-    moves the centre position of `fn`'s output map (summed over its channels)."""
+    moves the centre position (h // 2, w // 2) of `fn`'s output map (summed over its channels); on an even-sized
+    map that is the lower right of the middle four."""
     x = x.detach().clone().requires_grad_(True)
     out = fn(x)
     h, w = out.shape[-2:]
@@ -144,22 +145,25 @@ def effective_receptive_field(fn: Callable[[torch.Tensor], torch.Tensor], x: tor
 
 # ------------------------------------------------------------------------------------------- inputs
 
-def load_model(name: str, checkpoint: Optional[str] = None) -> Tuple[nn.Module, Dict[str, object]]:
+def load_model(name: str, checkpoint: Optional[str] = None, option: str = '--model'
+               ) -> Tuple[nn.Module, Dict[str, object]]:
     """timm model `name` (eval mode) with the weights of `checkpoint` (a train.py checkpoint, whose model
     options are used, or a state dict), and the arguments its data config comes from (the training run's, or
-    none: the model's pretrained cfg); errors name the model or the checkpoint."""
-    check_model_name(name)
+    none: the model's pretrained cfg); errors name `option` (the argument that gave the model), the model and
+    the checkpoint."""
+    check_model_name(name, option)
+    where = '--checkpoint' if option == '--model' else option
     kwargs, state, data_args = {}, None, {}
     if checkpoint:
         if not os.path.isfile(checkpoint):
-            raise ValueError(f'--checkpoint: {checkpoint} does not exist')
+            raise ValueError(f'{where}: {checkpoint} does not exist')
         try:
             ckpt = read_checkpoint(checkpoint)
         except ValueError as e:
-            raise ValueError(f'--checkpoint: {e}') from None
+            raise ValueError(f'{where}: {e}') from None
         arch = ckpt.get('arch')
         if arch is not None and arch != name:
-            raise ValueError(f'--checkpoint: {checkpoint} is a checkpoint of {arch!r}, not of --model {name!r}')
+            raise ValueError(f'{where}: {checkpoint} is a checkpoint of {arch!r}, not of {option} {name!r}')
         kwargs = dict(ckpt.get('model_kwargs') or {})
         data_args = dict(ckpt.get('args') or {})
         state = checkpoint_state_dict(ckpt)
@@ -169,7 +173,7 @@ def load_model(name: str, checkpoint: Optional[str] = None) -> Tuple[nn.Module, 
             model.load_state_dict(state)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise ValueError(f'--checkpoint: {checkpoint} does not fit --model {name!r} ({first})') from None
+            raise ValueError(f'{where}: {checkpoint} does not fit {option} {name!r} ({first})') from None
     return model.eval(), data_args
 
 
@@ -180,11 +184,12 @@ def load_images(paths: Sequence[str], model: nn.Module, data_args: Optional[Dict
     from PIL import Image
     config = resolve_data_config(dict(data_args or {}), model=model)
     chans = config['input_size'][0]
-    for key in ('mean', 'std'):  # one value per input channel (a grey model: the mean of RGB's)
-        values = tuple(config[key])
-        if len(values) != chans:
-            config[key] = (sum(values) / len(values),) * chans
+    for key in ('mean', 'std'):
+        config[key] = per_channel(config[key], chans)
     transform = create_transform(**config, is_training=False)
+    # the pictures go through the transform's resize and crop, so that they line up with the tensors
+    steps = transform.transforms
+    geometry = steps[:next((i for i, t in enumerate(steps) if 'Tensor' in type(t).__name__), len(steps))]
     tensors, pictures = [], []
     for path in paths:
         try:
@@ -193,7 +198,9 @@ def load_images(paths: Sequence[str], model: nn.Module, data_args: Optional[Dict
         except (OSError, ValueError) as e:
             raise ValueError(f'--image: cannot open {path} as an image ({e})') from None
         tensors.append(transform(img))
-        pictures.append(img.resize(tuple(config['input_size'][:0:-1])))
+        for t in geometry:
+            img = t(img)
+        pictures.append(img)
     return torch.stack(tensors), pictures
 
 
@@ -267,10 +274,11 @@ def query_pixels(size: Tuple[int, int]) -> List[Tuple[int, int]]:
     return [(h // 2, w // 2), (h // 4, w // 4), ((3 * h) // 4, (2 * w) // 3)]
 
 
-def _window(module: nn.Module) -> Tuple[int, int, int]:
-    """(kernel_size, stride, dilation) of a mixer (ints, or the tuples of an nn.Conv2d)."""
-    first = lambda v: v if isinstance(v, int) else v[0]
-    return first(module.kernel_size), first(module.stride), first(module.dilation)
+def _window(module: nn.Module) -> Tuple[Optional[int], int, int]:
+    """(kernel_size, stride, dilation) of a mixer (ints, or the tuples of an nn.Conv2d); a mixer that does not
+    say has stride and dilation 1, and kernel_size None."""
+    first = lambda v: v if v is None or isinstance(v, int) else v[0]
+    return tuple(first(getattr(module, a, d)) for a, d in (('kernel_size', None), ('stride', 1), ('dilation', 1)))
 
 
 def plot_attention(name: str, capture: Capture, pictures: Sequence[object], path: str) -> None:
@@ -343,12 +351,16 @@ def analyse(model: nn.Module, name: str, images: torch.Tensor, pictures: Sequenc
         plot_base_kernels(f'{name} {layer}', captures[layer].module, figures[-1])
         figures.append(os.path.join(out, f'dominant_base_{_safe(layer)}.png'))
         plot_dominant_bases(f'{name} {layer}', captures[layer], pictures, figures[-1])
-    if captures[first].kernels.shape[2] == _window(captures[first].module)[0] ** 2:
+    k = _window(captures[first].module)[0]
+    if k is not None and captures[first].kernels.shape[2] == k * k:  # a window op: its maps can be drawn
         figures.append(os.path.join(out, f'attention_{_safe(first)}.png'))
         plot_attention(f'{name} {first}', captures[first], pictures, figures[-1])
     erfs = {name: effective_receptive_field(model.forward_features, images)}
     for label, other in (erf_models or {}).items():
-        erfs[label] = effective_receptive_field(other.forward_features, images)
+        chans = resolve_data_config({}, model=other)['input_size'][0]
+        if chans != images.shape[1]:
+            raise ValueError(f'--erf: {label} takes {chans}-channel images, --model {name} {images.shape[1]}-channel')
+        erfs[label] = effective_receptive_field(other.eval().forward_features, images)
     figures.append(os.path.join(out, 'erf.png'))
     plot_erf(erfs, figures[-1])
     metrics['figures'] = [os.path.basename(f) for f in figures]
@@ -372,14 +384,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser.add_argument('--out', required=True, help='folder for metrics.json and the PNGs')
     parser.add_argument('--erf', nargs='*', default=[], metavar='NAME[=CHECKPOINT]',
                         help='more models whose effective receptive fields are drawn beside the model\'s')
+    parser.add_argument('--device-modules', nargs='*', default=[], metavar='MODULE',
+                        help='modules to import first, e.g. one that registers your own mixer')
     args = parser.parse_args(argv)
+    import importlib
+    for module in args.device_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            parser.error(f'--device-modules: cannot import {module!r} ({e})')
     try:
         model, data_args = load_model(args.model, args.checkpoint)
         images, pictures = load_images(args.image, model, data_args)
         others = {}
         for spec in args.erf:
             other, ckpt = _model_spec(spec)
-            others[other] = load_model(other, ckpt)[0]
+            others[other] = load_model(other, ckpt, '--erf')[0]
         metrics = analyse(model, args.model, images, pictures, args.out, others)
     except ValueError as e:
         parser.error(str(e))

@@ -10,7 +10,7 @@ import logging
 import multiprocessing
 import os
 import shutil
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -22,7 +22,7 @@ from timm.data import ImageDataset
 from timm_cada.checkpoint import atomic_file
 
 __all__ = ['BadImageError', 'StrictImageDataset', 'image_mode', 'convert_image', 'ParseKwargs', 'parse_kwarg',
-           'check_data_dir', 'check_model_name', 'load_recipe', 'reuse_image_folder', 'mark_image_folder_complete']
+           'check_data_dir', 'check_model_name', 'per_channel', 'load_recipe', 'reuse_image_folder', 'mark_image_folder_complete']
 
 _logger = logging.getLogger(__name__)
 
@@ -221,15 +221,24 @@ def _recipe_type_error(action: argparse.Action, value: Any) -> Optional[str]:
     return f'a list of {count or "one or more"} {kind.split(" ", 1)[1]}s'
 
 
-def check_model_name(name: str) -> None:
-    """Raise a ValueError naming close registered models when `name` is not a timm model."""
+def per_channel(values: Sequence[float], chans: int) -> Tuple[float, ...]:
+    """A data config's mean or std with one value per input channel: one value repeated, or for a 1-channel
+    model the mean of RGB's."""
+    values = tuple(values)
+    if len(values) == 1:
+        return values * chans
+    return (sum(values) / len(values),) if chans == 1 else values
+
+
+def check_model_name(name: str, option: str = '--model') -> None:
+    """Raise a ValueError naming `option` and close registered models when `name` is not a timm model."""
     if timm.is_model(name):
         return
     names = timm.list_models()
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     hint = f' Close registered names: {", ".join(close)}.' if close else ''
     raise ValueError(
-        f'--model: unknown model {name!r}.{hint} List them with timm.list_models("resnet*_cada*") '
+        f'{option}: unknown model {name!r}.{hint} List them with timm.list_models("resnet*_cada*") '
         f'after import timm_cada.')
 
 

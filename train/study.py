@@ -4,7 +4,7 @@ verdict on each of the abstract's six findings.
 
     python train/study.py                                   # the whole study into results/fashion_mnist/
     python train/study.py --models resnet26_cada_k7 resnet26_dw_k7 --seeds 0 1 2 --output DIR
-    python train/study.py --quick                           # two models, one seed, a tiny split: minutes
+    python train/study.py --quick                           # two models, one seed, a tiny split: a minute or two
 
 Each (model, seed) trains with train/train.py and train/configs/fashion_mnist.yaml into WORK/PROTOCOL/MODEL-sSEED
 and is evaluated once on the official test set. A run is reused when OUTPUT/runs.csv holds its row under the same
@@ -127,7 +127,9 @@ COLUMNS = ('model', 'seed', 'top1', 'top5', 'val_top1', 'epochs', 'train_images'
            'train_minutes', 'wall_minutes', 'spatial_variation', 'context_sensitivity', 'machine', 'protocol')
 # timm_cada.analysis' two figures of a trained model, on the first images (by file name) of each test class
 BIAS_IMAGES_PER_CLASS = 2
-ROW_KEY = ('model', 'seed')
+ROW_KEY = ('model', 'seed', 'protocol')  # a run's identity in runs.csv
+# train.py options the study sets for each run itself: not accepted after `--`
+STUDY_SETS = ('-c', '--config', '--model', '--seed', '--data-dir', '--data', '--output', '--resume', '--test-split')
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -267,7 +269,8 @@ def bias_figures(model: str, run_dir: str, data_dir: str) -> Dict[str, float]:
     net, data_args = analysis.load_model(model, os.path.join(run_dir, 'last.pth.tar'))
     images, _ = analysis.load_images(paths, net, data_args)
     metrics = analysis.model_metrics(analysis.capture_kernels(net, images), len(images))
-    return {k: float(f'{metrics[k]:.4g}') for k in ('spatial_variation', 'context_sensitivity')}  # 4 digits
+    return {k: '' if metrics[k] is None else float(f'{metrics[k]:.4g}')  # 4 digits
+            for k in ('spatial_variation', 'context_sensitivity')}
 
 
 def train_command(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, extra: Sequence[str]) -> List[str]:
@@ -434,8 +437,10 @@ Protocol `{protocol}`; runs.csv holds one row per model and seed.
 {recipe_text.strip()}
 ```
 
-- **Machine**: {"; ".join(machines) or "-"}. Training time of the runs: {train_minutes:.0f} min; wall time
-  including start-up and the test evaluations: {wall:.0f} min.
+- **Machine**: {"; ".join(machines) or "-"}. Training time of the runs (every epoch, over every sitting):
+  {train_minutes:.0f} min; wall time of the train.py processes the study started, start-up and the test
+  evaluation included: {wall:.0f} min (a resumed run counts its last sitting, a run rebuilt from its folder its
+  training time).
 
 {pilot}
 
@@ -469,7 +474,8 @@ def verdict_quote(verdicts: Sequence[Tuple[str, str]], done: int, expected: int)
     from timm_cada.models import ABLATION_AXES
     state = 'complete' if done >= expected else f'in progress: {done} of {expected} runs'
     lines = [f'Fashion-MNIST study at CPU scale ([results/fashion_mnist/](results/fashion_mnist/README.md), '
-             f'{state}; "pending" until each compared model has its seeds):', '',
+             f'{state}; "pending": a claim still lacks the seeds of a model it compares, and none is contradicted):',
+             '',
              '| finding (the abstract) | verdict |', '|---|---|']
     statements = {f.axis: f.statement for f in FINDINGS}
     lines += [f'| {ABLATION_AXES[axis].title}: {statements[axis]} | {verdict} |' for axis, verdict in verdicts]
@@ -506,7 +512,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
                         help='the ImageFolder to write and train on (default: .cache/fashion_mnist[-quick])')
     parser.add_argument('--source', default=None, help='folder of the Fashion-MNIST idx files (default: Debian\'s)')
     parser.add_argument('--quick', action='store_true', help=f'{" and ".join(QUICK_MODELS)}, seed 0, '
-                        f'{QUICK_DATA.train_per_class} train images per class: a few minutes')
+                        f'{QUICK_DATA.train_per_class} train images per class: a minute or two')
     parser.add_argument('--max-runs', type=int, default=None, help='stop after training this many runs')
     args = parser.parse_args(argv)
     import timm_cada  # noqa: F401  (registers the models)
@@ -515,11 +521,15 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
     args.seeds = args.seeds if args.seeds is not None else list(QUICK_SEEDS if args.quick else SEEDS)
     try:
         for m in args.models:
-            check_model_name(m)
+            check_model_name(m, '--models')
     except ValueError as e:
-        parser.error(f'--models: {e}')
+        parser.error(str(e))
     if len(set(args.models)) != len(args.models) or len(set(args.seeds)) != len(args.seeds):
         parser.error('--models and --seeds must not repeat a value')
+    taken = [a for a in extra if a.split('=')[0] in STUDY_SETS]
+    if taken:
+        parser.error(f'options after -- must not set what the study sets for each run ({", ".join(taken)}); '
+                     f'use --models, --seeds, --data-dir, --output')
     if args.max_runs is not None and args.max_runs < 0:
         parser.error(f'--max-runs must be >= 0, got {args.max_runs}')
     args.output = args.output or (os.path.join('output', 'study-quick') if args.quick else RESULTS)
@@ -544,7 +554,7 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
     done = {(r['model'], int(r['seed'])) for r in rows if r['protocol'] == protocol}
     where = machine()
     todo = [(m, s) for m in args.models for s in args.seeds]
-    full_study = os.path.abspath(args.output) == RESULTS and not args.quick
+    full_study = os.path.abspath(args.output) == RESULTS and not args.quick and not extra  # the committed one
     expected = len(MODELS) * len(SEEDS) if full_study else len(todo)
 
     def report() -> List[Tuple[str, str]]:
@@ -586,7 +596,8 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
             print(f'==> {model} seed {seed}: finished run in {run_dir} reused', flush=True)
         row = describe_run(model, seed, run_dir, results, counts['train'], wall, protocol, where)
         row.update(bias_figures(model, run_dir, args.data_dir))
-        rows = [r for r in rows if (r['model'], int(r['seed'])) != (model, seed)] + [row]
+        key = tuple(str(row[c]) for c in ROW_KEY)
+        rows = [r for r in rows if tuple(str(r[c]) for c in ROW_KEY) != key] + [row]
         write_rows(runs_csv, rows)
         report()
         print(f'    test top-1 {row["top1"]:.2f}  ({row["train_minutes"]} min training)', flush=True)

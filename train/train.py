@@ -51,7 +51,8 @@ from timm_cada.checkpoint import (
     CHECKPOINT_VERSION, TMP_SUFFIX, atomic_file, atomic_files, checkpoint_state_dict, copy_checkpoint, link_or_copy,
     plain, read_checkpoint, rng_state, set_rng_state)
 from timm_cada.train_utils import (
-    BadImageError, ParseKwargs, StrictImageDataset, check_data_dir, check_model_name, image_mode, load_recipe)
+    BadImageError, ParseKwargs, StrictImageDataset, check_data_dir, check_model_name, image_mode, load_recipe,
+    per_channel)
 from timm_cada.warm_start import warm_start
 
 _logger = logging.getLogger('train')
@@ -792,10 +793,8 @@ def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any
     args = training.args
     data_config = resolve_data_config(vars(args), model=utils.unwrap_model(training.model), verbose=args.rank == 0)
     in_chans = data_config['input_size'][0]
-    for key in ('mean', 'std'):  # one value per input channel: a 1-channel model takes the mean of RGB's
-        values = tuple(data_config[key])
-        data_config[key] = values * in_chans if len(values) == 1 else (
-            (sum(values) / len(values),) if in_chans == 1 and len(values) != 1 else values)
+    for key in ('mean', 'std'):
+        data_config[key] = per_channel(data_config[key], in_chans)
     collate_fn = mixup_fn = None
     if _mixup_active(args):
         mixup_args = dict(
@@ -1041,7 +1040,8 @@ def _test(training: TrainingRun, loader_test: Any) -> Dict[str, float]:
     """The final weights on the --test-split, as test_top1 / test_top5 / test_loss (empty without one)."""
     if loader_test is None:
         return {}
-    metrics = validate(training.model, loader_test, nn.CrossEntropyLoss().to(training.device), training.args,
+    eval_loss_fn = _make_loss(training.args, _mixup_active(training.args))[1].to(training.device)
+    metrics = validate(training.model, loader_test, eval_loss_fn, training.args,
                        training.device, training.autocast, f' ({training.args.test_split})')
     training.skipped_images += sum(_gather(training, getattr(loader_test.dataset, 'skipped', 0)))
     return {f'test_{k}': v for k, v in metrics.items()}

@@ -96,14 +96,18 @@ _STEM_REDUCTION = 4
 _SMALL_STEM_REDUCTION = 1
 
 
+def _stage_reduction(timm_reduction: int, small_stem: bool) -> int:
+    """A stage's reduction of the input with the chosen stem, from timm's (which counts its stride-4 stem)."""
+    return timm_reduction * (_SMALL_STEM_REDUCTION if small_stem else _STEM_REDUCTION) // _STEM_REDUCTION
+
+
 def _stage_sizes(img_size: Size, channels: Tuple[int, ...], output_stride: int,
-                 stem_reduction: int = _STEM_REDUCTION) -> List[Tuple[Size, Size]]:
+                 small_stem: bool = False) -> List[Tuple[Size, Size]]:
     """(input, output) feature-map size of each stage at `img_size`, from the reductions of timm's own
-    stages (make_blocks' feature_info, built on the meta device, which assumes timm's stem); 'same' padding
-    rounds each size up."""
+    stages (make_blocks' feature_info, built on the meta device); 'same' padding rounds each size up."""
     _, info = make_blocks((Bottleneck,) * len(channels), channels, (1,) * len(channels), 64,
                           output_stride=output_stride, device='meta')
-    reductions = [f['reduction'] * stem_reduction // _STEM_REDUCTION for f in info]
+    reductions = [_stage_reduction(f['reduction'], small_stem) for f in info]
     size = lambda r: tuple(math.ceil(s / r) for s in img_size)
     return [(size(r_in), size(r)) for r_in, r in zip(reductions[:1] + reductions[:-1], reductions)]
 
@@ -148,7 +152,6 @@ class CadaResNet(ResNet):
         if small_stem and (kwargs.get('stem_type', '') != '' or kwargs.get('output_stride', 32) != 32):
             raise ValueError(f'small_stem=True needs stem_type=\'\' and output_stride=32, got stem_type='
                              f'{kwargs.get("stem_type", "")!r}, output_stride={kwargs.get("output_stride", 32)}')
-        stem_reduction = _SMALL_STEM_REDUCTION if small_stem else _STEM_REDUCTION
         mixer_args = mixer_kwargs(mixer, mixer_args)
         if ds_mixer is not None:
             try:
@@ -162,7 +165,7 @@ class CadaResNet(ResNet):
             if len(set(channels)) != len(channels):
                 raise ValueError(f'channels must be distinct per stage for mixer {mixer!r}, got {channels}')
             feat_sizes = dict(zip(channels, _stage_sizes(
-                img_size, channels, kwargs.get('output_stride', 32), stem_reduction)))
+                img_size, channels, kwargs.get('output_stride', 32), small_stem)))
         block_args = dict(
             block_args or {}, mixer=mixer, kernel_size=kernel_size, mixer_args=mixer_args,
             ds_mixer=ds_mixer, ds_kernel_size=ds_kernel_size, feat_sizes=feat_sizes)
@@ -180,7 +183,7 @@ class CadaResNet(ResNet):
         self.maxpool = nn.Identity()
         for info in self.feature_info:
             stage = info['module'] != 'act1'
-            info['reduction'] = info['reduction'] * _SMALL_STEM_REDUCTION // _STEM_REDUCTION if stage else 1
+            info['reduction'] = _stage_reduction(info['reduction'], True) if stage else _SMALL_STEM_REDUCTION
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
@@ -224,7 +227,7 @@ def _create_cada_resnet(variant: str, pretrained: bool = False, **kwargs) -> Cad
         # img_size is the resolution the model is built for (it sizes 'position' and fixes 'local' kernels):
         # its pretrained cfg, which data configs are resolved from, says so, and the final map's size
         h, w = to_2tuple(kwargs.get('img_size') or _cfg()['input_size'][1:])
-        stride = 32 * (_SMALL_STEM_REDUCTION if kwargs.get('small_stem') else _STEM_REDUCTION) // _STEM_REDUCTION
+        stride = _stage_reduction(32, bool(kwargs.get('small_stem')))
         kwargs['pretrained_cfg_overlay'] = dict(
             kwargs.get('pretrained_cfg_overlay') or {}, input_size=(kwargs.get('in_chans', 3), h, w),
             pool_size=(math.ceil(h / stride), math.ceil(w / stride)))
