@@ -23,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -326,8 +327,8 @@ def plot_axis(axis: str, rows: Sequence[Mapping[str, object]], stats: Mapping[st
                     color='tab:orange')
         for x, m in zip(xs, models):
             ax.scatter([x] * len(seeds[m]), seeds[m], s=12, color='tab:gray', alpha=0.7)
-        labels = [m[len('resnet26_'):] + ('\n' + VARIANTS[m].setting if VARIANTS[m].axis == axis else '')
-                  for m in models]
+        labels = [m[len('resnet26_'):] + ('\n' + textwrap.fill(VARIANTS[m].setting, 18) if VARIANTS[m].axis == axis
+                                         else '') for m in models]
         ax.set_xticks(list(xs))
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_xlim(-0.5, len(models) - 0.5)
