@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q -e '.[test,train]'
+	$(PYTHON) -m pip install -q -e '.[test,train,export]'
 	touch $(STAMP)
 
 # The default run deselects tests marked slow; test-all runs everything.

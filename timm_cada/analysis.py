@@ -31,15 +31,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-import timm
 from timm.data import create_transform, resolve_data_config
 
-from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint
 from timm_cada.layers import spec_of
-from timm_cada.train_utils import check_model_name, per_channel
+from timm_cada.train_utils import import_modules, load_model, per_channel
 
 __all__ = ['Capture', 'capture_kernels', 'spatial_variation', 'context_sensitivity', 'layer_metrics', 'model_metrics',
-           'effective_receptive_field', 'load_model', 'load_images', 'analyse']
+           'effective_receptive_field', 'load_images', 'analyse']
 
 
 @dataclasses.dataclass
@@ -144,38 +142,6 @@ def effective_receptive_field(fn: Callable[[torch.Tensor], torch.Tensor], x: tor
 
 
 # ------------------------------------------------------------------------------------------- inputs
-
-def load_model(name: str, checkpoint: Optional[str] = None, option: str = '--model'
-               ) -> Tuple[nn.Module, Dict[str, object]]:
-    """timm model `name` (eval mode) with the weights of `checkpoint` (a train.py checkpoint, whose model
-    options are used, or a state dict), and the arguments its data config comes from (the training run's, or
-    none: the model's pretrained cfg); errors name `option` (the argument that gave the model), the model and
-    the checkpoint."""
-    check_model_name(name, option)
-    where = '--checkpoint' if option == '--model' else option
-    kwargs, state, data_args = {}, None, {}
-    if checkpoint:
-        if not os.path.isfile(checkpoint):
-            raise ValueError(f'{where}: {checkpoint} does not exist')
-        try:
-            ckpt = read_checkpoint(checkpoint)
-        except ValueError as e:
-            raise ValueError(f'{where}: {e}') from None
-        arch = ckpt.get('arch')
-        if arch is not None and arch != name:
-            raise ValueError(f'{where}: {checkpoint} is a checkpoint of {arch!r}, not of {option} {name!r}')
-        kwargs = dict(ckpt.get('model_kwargs') or {})
-        data_args = dict(ckpt.get('args') or {})
-        state = checkpoint_state_dict(ckpt)
-    model = timm.create_model(name, **kwargs)
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise ValueError(f'{where}: {checkpoint} does not fit {option} {name!r} ({first})') from None
-    return model.eval(), data_args
-
 
 def load_images(paths: Sequence[str], model: nn.Module, data_args: Optional[Dict[str, object]] = None,
                 ) -> Tuple[torch.Tensor, List[object]]:
@@ -387,13 +353,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser.add_argument('--device-modules', nargs='*', default=[], metavar='MODULE',
                         help='modules to import first, e.g. one that registers your own mixer')
     args = parser.parse_args(argv)
-    import importlib
-    for module in args.device_modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            parser.error(f'--device-modules: cannot import {module!r} ({e})')
     try:
+        import_modules(args.device_modules)
         model, data_args = load_model(args.model, args.checkpoint)
         images, pictures = load_images(args.image, model, data_args)
         others = {}

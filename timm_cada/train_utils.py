@@ -5,6 +5,7 @@ Checkpoints are read and written by `timm_cada.checkpoint`.
 import argparse
 import ast
 import difflib
+import importlib
 import json
 import logging
 import multiprocessing
@@ -13,16 +14,17 @@ import shutil
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
 import timm
 from timm.data import ImageDataset
 
-from timm_cada.checkpoint import atomic_file
+from timm_cada.checkpoint import atomic_file, checkpoint_state_dict, read_checkpoint
 
 __all__ = ['BadImageError', 'StrictImageDataset', 'image_mode', 'convert_image', 'ParseKwargs', 'parse_kwarg',
-           'check_data_dir', 'check_model_name', 'per_channel', 'load_recipe', 'reuse_image_folder', 'mark_image_folder_complete']
+           'check_data_dir', 'check_model_name', 'import_modules', 'load_model', 'per_channel', 'load_recipe', 'reuse_image_folder', 'mark_image_folder_complete']
 
 _logger = logging.getLogger(__name__)
 
@@ -240,6 +242,47 @@ def check_model_name(name: str, option: str = '--model') -> None:
     raise ValueError(
         f'{option}: unknown model {name!r}.{hint} List them with timm.list_models("resnet*_cada*") '
         f'after import timm_cada.')
+
+
+def import_modules(modules: Iterable[str], option: str = '--device-modules') -> None:
+    """Import each module (e.g. one that registers a user's mixer); a ValueError names `option` for one that fails."""
+    for module in modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f'{option}: cannot import {module!r} ({e})') from None
+
+
+def load_model(name: str, checkpoint: Optional[str] = None, option: str = '--model', pretrained: bool = False,
+               ) -> Tuple[torch.nn.Module, Dict[str, object]]:
+    """timm model `name` (eval mode) with the weights of `checkpoint` (a train.py checkpoint, whose model
+    options are used, or a state dict), and the arguments its data config comes from (the training run's, or
+    none: the model's pretrained cfg); errors name `option` (the argument that gave the model), the model and
+    the checkpoint."""
+    check_model_name(name, option)
+    where = '--checkpoint' if option == '--model' else option
+    kwargs, state, data_args = {}, None, {}
+    if checkpoint:
+        if not os.path.isfile(checkpoint):
+            raise ValueError(f'{where}: {checkpoint} does not exist')
+        try:
+            ckpt = read_checkpoint(checkpoint)
+        except ValueError as e:
+            raise ValueError(f'{where}: {e}') from None
+        arch = ckpt.get('arch')
+        if arch is not None and arch != name:
+            raise ValueError(f'{where}: {checkpoint} is a checkpoint of {arch!r}, not of {option} {name!r}')
+        kwargs = dict(ckpt.get('model_kwargs') or {})
+        data_args = dict(ckpt.get('args') or {})
+        state = checkpoint_state_dict(ckpt)
+    model = timm.create_model(name, pretrained=pretrained and state is None, **kwargs)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f'{where}: {checkpoint} does not fit {option} {name!r} ({first})') from None
+    return model.eval(), data_args
 
 
 def _has_images(root: str) -> bool:

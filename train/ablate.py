@@ -25,7 +25,7 @@ import timm
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.checkpoint import read_checkpoint
 from timm_cada.profile import count_macs, count_params
-from timm_cada.train_utils import check_model_name
+from timm_cada.train_utils import check_model_name, import_modules
 from timm_cada.models import ABLATION_AXES, ablation_models
 from timm_cada.zoo import markdown_table
 
@@ -127,8 +127,10 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     os.makedirs(args.output, exist_ok=True)
     run_args = train_args(args.config, extra)
-    for module in run_args.device_modules or ():
-        importlib.import_module(module)  # e.g. a module that registers a mixer named in --model-kwargs
+    try:
+        import_modules(run_args.device_modules)  # e.g. a module that registers a mixer named in --model-kwargs
+    except ValueError as e:
+        parser.error(str(e))
     epochs = run_args.epochs
     rows = []
     for model in models:

@@ -264,10 +264,11 @@ def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, obje
 def bias_figures(model: str, run_dir: str, data_dir: str) -> Dict[str, float]:
     """spatial_variation and context_sensitivity (timm_cada.analysis) of the run's final weights."""
     from timm_cada import analysis
+    from timm_cada.train_utils import load_model
     test = os.path.join(data_dir, 'test')
     paths = [os.path.join(test, c, f) for c in sorted(os.listdir(test))
              for f in sorted(os.listdir(os.path.join(test, c)))[:BIAS_IMAGES_PER_CLASS]]
-    net, data_args = analysis.load_model(model, os.path.join(run_dir, 'last.pth.tar'))
+    net, data_args = load_model(model, os.path.join(run_dir, 'last.pth.tar'))
     images, _ = analysis.load_images(paths, net, data_args)
     metrics = analysis.model_metrics(analysis.capture_kernels(net, images), len(images))
     return {k: '' if metrics[k] is None else float(f'{metrics[k]:.4g}')  # 4 digits

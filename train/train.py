@@ -23,7 +23,6 @@ import argparse
 import csv
 import difflib
 import dataclasses
-import importlib
 import json
 import logging
 import math
@@ -51,8 +50,8 @@ from timm_cada.checkpoint import (
     CHECKPOINT_VERSION, TMP_SUFFIX, atomic_file, atomic_files, checkpoint_state_dict, copy_checkpoint, link_or_copy,
     plain, read_checkpoint, rng_state, set_rng_state)
 from timm_cada.train_utils import (
-    BadImageError, ParseKwargs, StrictImageDataset, check_data_dir, check_model_name, image_mode, load_recipe,
-    per_channel)
+    BadImageError, ParseKwargs, StrictImageDataset, check_data_dir, check_model_name, image_mode, import_modules,
+    load_recipe, per_channel)
 from timm_cada.warm_start import warm_start
 
 _logger = logging.getLogger('train')
@@ -569,11 +568,10 @@ class TrainingRun:
 
 def _setup(args: argparse.Namespace) -> TrainingRun:
     """Plugins, the device and process group, the seed, and the checks of the options alone."""
-    for module in args.device_modules or ():
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise InputError(f'--device-modules: cannot import {module!r} ({e})') from None
+    try:
+        import_modules(args.device_modules)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     check_args(args)
     args.prefetcher = not args.no_prefetcher
     device = utils.init_distributed_device(args)

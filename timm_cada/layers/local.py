@@ -63,6 +63,8 @@ class Local2d(nn.Module):
         return self.weight.unsqueeze(0)
 
     def _check_size(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():
+            return  # a trace would record the comparison as a constant (and warn); the export fixes the size
         out_h = filter_output_size(x.shape[-2], self.kernel_size, self.stride, self.dilation)
         out_w = filter_output_size(x.shape[-1], self.kernel_size, self.stride, self.dilation)
         if out_h != self.feat_size[0] or out_w != self.feat_size[1]:

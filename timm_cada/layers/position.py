@@ -73,11 +73,10 @@ class Position2d(nn.Module):
 
     def ca_params(self, out_h: int, out_w: int) -> torch.Tensor:
         """alpha for an out_h x out_w output, (1, G, B, out_h, out_w)."""
-        row, col = self.row_logits, self.col_logits
-        if out_h != row.shape[-1]:
-            row = F.interpolate(row, size=out_h, mode='linear', align_corners=False)
-        if out_w != col.shape[-1]:
-            col = F.interpolate(col, size=out_w, mode='linear', align_corners=False)
+        # always resampled, even to the stored size (where linear interpolation is exactly the
+        # identity): a traced or exported graph then holds for every input size, not only the traced one
+        row = F.interpolate(self.row_logits, size=out_h, mode='linear', align_corners=False)
+        col = F.interpolate(self.col_logits, size=out_w, mode='linear', align_corners=False)
         logits = row.unsqueeze(-1) + col.unsqueeze(-2)
         return normalize_ca(logits.unsqueeze(0), self.ca_norm)
 

@@ -6,14 +6,16 @@ context-weighted sum of base kernels. Both take `impl`, a backend name of `BACKE
 (`reference.py`, the tests hold them to it), so a faster kernel is one more entry here and never
 touches the layers or models. The fast backends are torch.library custom ops that turn autocast off
 around their own bodies (`custom_ops.py`); 'combine' and 'reference' are plain differentiable
-PyTorch and follow autocast like any other op.
+PyTorch and follow autocast like any other op. TorchScript cannot run the custom ops' Python bodies and
+ONNX has no translation of them, so a scripted model and an ONNX export run 'combine' (convs and
+elementwise ops), whatever impl, unless impl is 'reference'.
 """
 import logging
 from typing import Optional, Tuple
 
 import torch
 
-from .combine import cada_combine
+from .combine import cada_combine, pixel_filter_combine
 from .dense import cada_dense, pixel_filter_dense
 from .reference import cada_reference, pixel_filter_reference
 from .taps import cada_taps, pixel_filter_taps
@@ -28,7 +30,7 @@ BACKENDS = {
     'reference': (pixel_filter_reference, cada_reference),  # by the definition, autograd does the backward
     'taps': (pixel_filter_taps, cada_taps),  # in-place tap walk over a padded input, hand-written backward
     'dense': (pixel_filter_dense, cada_dense),  # banded dense matrices per head applied by GEMM: small maps
-    'combine': (None, cada_combine),  # conv-then-combine: B library depthwise convs, autograd
+    'combine': (pixel_filter_combine, cada_combine),  # conv-then-combine: library convs, autograd
 }
 PIXEL_FILTER_IMPLS = ('auto',) + tuple(n for n, (pf, _) in BACKENDS.items() if pf is not None)
 CADA_IMPLS = ('auto',) + tuple(BACKENDS)
@@ -36,6 +38,8 @@ CADA_IMPLS = ('auto',) + tuple(BACKENDS)
 
 def _check_shapes(x: torch.Tensor, kernels: torch.Tensor, name: str, kernel_dim: int):
     # str.format rather than f-strings with conversions: these run inside torch.jit.script too
+    if torch.jit.is_tracing():
+        return  # a trace (the TorchScript ONNX exporter) would record the comparisons as constants, and warn
     if x.dim() != 4:
         raise ValueError('x must be (N, C, H, W), got shape {}'.format(x.shape))
     if kernels.dim() != 5 or (kernels.shape[0] != 1 and kernels.shape[0] != x.shape[0]) or kernels.shape[2] != kernel_dim:
@@ -103,14 +107,16 @@ def pixel_filter(
     impl: one of PIXEL_FILTER_IMPLS ('auto': see `choose_backend`).
     """
     _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
-    if impl not in ('auto', 'reference', 'taps', 'dense'):  # literal: TorchScript cannot read globals
-        raise ValueError('impl must be one of auto, reference, taps, dense; got {}'.format(impl))
+    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine'):  # literal: TorchScript cannot read globals
+        raise ValueError('impl must be one of auto, reference, taps, dense, combine; got {}'.format(impl))
     if not torch.jit.is_scripting():
-        # TorchScript cannot run custom ops' Python bodies: scripted models use the reference
-        if impl == 'auto':
-            impl = _auto('pixel_filter', attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
-        return BACKENDS[impl][0](x, attn, kernel_size, stride, dilation)
-    return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
+        if not torch.onnx.is_in_onnx_export():
+            if impl == 'auto':
+                impl = _auto('pixel_filter', attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
+            return BACKENDS[impl][0](x, attn, kernel_size, stride, dilation)
+    if impl == 'reference':
+        return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
+    return pixel_filter_combine(x, attn, kernel_size, stride, dilation)
 
 
 def cada_filter(
@@ -135,11 +141,11 @@ def cada_filter(
     if impl not in ('auto', 'reference', 'taps', 'dense', 'combine'):
         raise ValueError('impl must be one of auto, reference, taps, dense, combine; got {}'.format(impl))
     if not torch.jit.is_scripting():
-        if impl == 'auto':
-            impl = _auto('cada', alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
-                         _needs_grad(x, alpha, bases, rel_pos), bases.shape[1])
-        return BACKENDS[impl][1](x, alpha, bases, rel_pos, stride, dilation)
+        if not torch.onnx.is_in_onnx_export():
+            if impl == 'auto':
+                impl = _auto('cada', alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
+                             _needs_grad(x, alpha, bases, rel_pos), bases.shape[1])
+            return BACKENDS[impl][1](x, alpha, bases, rel_pos, stride, dilation)
     if impl == 'reference':
         return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
-    # in TorchScript (no custom ops' Python bodies) 'auto', 'taps' and 'dense' run conv-then-combine
     return cada_combine(x, alpha, bases, rel_pos, stride, dilation)
