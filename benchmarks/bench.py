@@ -3,6 +3,7 @@
     python benchmarks/bench.py                   # CPU, operator level, chunk study and model level, full run
     python benchmarks/bench.py --quick           # a few minutes: fewer shapes, models and repeats
     python benchmarks/bench.py --device cuda --amp bf16 --channels-last
+    python benchmarks/bench.py --level onnx      # onnxruntime against PyTorch eager inference (CPU)
 
 Every figure is the median over `--repeats` timed runs; every comparison (ratios to the depthwise
 conv, to timm resnet50) is measured side by side in this one process. Markdown tables go to stdout,
@@ -45,6 +46,7 @@ MODELS = (
     'resnet50_cada_k7_free', 'resnet50_position_k7', 'resnet50_local_k7',
 )
 COMPILE_MODELS = ('resnet50', 'resnet50_cada_k7')
+ONNX_MODELS = ('resnet50_dw_k7', 'resnet50_cada_k7')
 REFERENCE_MAX_K = 7  # the Python-loop reference with autograd takes seconds per call beyond this
 # the environment that changes timings on CPU (see the Makefile's bench target), printed with the results
 ENV_VARS = ('OMP_WAIT_POLICY', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')
@@ -309,6 +311,35 @@ def bench_models(run: Runner, names, compile_names, infer_batch: int, train_batc
     return rows
 
 
+def bench_onnx(run: Runner, names, batch: int, img: int, exporter: str, out_dir: str) -> List[Dict]:
+    """Inference in onnxruntime (CPU, its default threads) against PyTorch eager, side by side, on the ONNX
+    file timm_cada.export writes (dynamic batch, height and width), with the two outputs' difference."""
+    from timm_cada.export import export_onnx, onnx_runner, parity
+    rows = []
+    for name in names:
+        model = create(name).eval()
+        x = torch.randn(batch, 3, img, img)
+        path = os.path.join(out_dir, f'{name}.onnx')
+        t0 = time.perf_counter()
+        export_onnx(model, path, x, exporter)
+        export_s = time.perf_counter() - t0
+        ort_run = onnx_runner(path)  # zero-copy in and out: the timing is onnxruntime's
+
+        def eager():
+            with torch.no_grad():
+                model(x)
+
+        t_eager = run.time(eager)
+        t_ort = run.time(lambda: ort_run(x))
+        err = parity(model, ort_run, [x])[0]['rel_err']
+        rows.append(dict(model=name, exporter=exporter, export_s=export_s, eager_img_s=batch / t_eager,
+                         onnxruntime_img_s=batch / t_ort, onnxruntime_x_eager=t_eager / t_ort, rel_err=err))
+        print(f'  onnx {name}: eager {batch / t_eager:.2f} img/s, onnxruntime {batch / t_ort:.2f} img/s',
+              file=sys.stderr, flush=True)
+        os.remove(path)
+    return rows
+
+
 # -------------------------------------------------------------------------------------------- reporting
 
 def op_targets(rows: List[Dict]) -> List[Dict]:
@@ -366,7 +397,7 @@ def main(argv=None) -> None:
     p.add_argument('--device', default='cpu', help='cpu or cuda')
     p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'), help='autocast dtype')
     p.add_argument('--channels-last', action='store_true', help='operator level: channels_last inputs')
-    p.add_argument('--level', default='all', choices=('op', 'chunks', 'model', 'all'))
+    p.add_argument('--level', default='all', choices=('op', 'chunks', 'model', 'onnx', 'all'))
     p.add_argument('--quick', action='store_true', help='a short run: fewer shapes, models and repeats')
     p.add_argument('--dry-run', action='store_true', help='run every code path on tiny shapes (for tests)')
     p.add_argument('--repeats', type=int, default=None, help='timed runs per figure (median reported)')
@@ -386,12 +417,15 @@ def main(argv=None) -> None:
         # every code path on tiny shapes, for the tests: numbers meaningless
         args.repeats, min_time, stages, kernels, img, batches = 1, 0.0, ((32, 8),), (3,), 64, (2, 2)
         names, compile_names = args.models or ('resnet50', 'resnet50_mixerfree', 'resnet50_cada_k7'), ()
+        onnx_names, exporter = ('resnet26_cada_k7',), 'torchscript'  # the quick exporter: same code path after it
     elif args.quick:
         args.repeats, min_time, stages, kernels, img, batches = args.repeats or 3, 0.02, STAGES[1:3], (7, 13), 224, (16, 8)
         names, compile_names = args.models or ('resnet50', 'resnet50_mixerfree', 'resnet50_dw_k7', 'resnet50_cada_k7'), ()
+        onnx_names, exporter = ONNX_MODELS, 'dynamo'
     else:
         args.repeats, min_time, stages, kernels, img, batches = args.repeats or 5, 0.05, STAGES, KERNELS, 224, (16, 8)
         names, compile_names = args.models or MODELS, COMPILE_MODELS
+        onnx_names, exporter = ONNX_MODELS, 'dynamo'
     if args.no_compile:
         compile_names = ()
     amp = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
@@ -428,6 +462,14 @@ def main(argv=None) -> None:
                               'train_x_resnet50', 'train_img_s_channels_last', 'train_img_s_compile',
                               'infer_compile_x_eager', 'train_compile_x_eager', 'infer_peak_mib',
                               'train_peak_mib']) + '\n')
+    if args.level in ('onnx', 'all') and args.device == 'cpu' and amp is None:
+        rows = bench_onnx(run, onnx_names, batches[0], img, exporter, args.out_dir)
+        write_csv(rows, os.path.join(args.out_dir, f'onnx_{tag}.csv'))
+        print('## ONNX: onnxruntime against PyTorch eager inference (batch {}, {} x {}, float32)\n'.format(
+            batches[0], img, img))
+        print(markdown(rows, list(rows[0])) + '\n')
+    elif args.level == 'onnx':
+        print('## ONNX: skipped (onnxruntime is benchmarked on CPU in float32 only)\n')
     print('end: {:%Y-%m-%d %H:%M} UTC, load average {:.2f} {:.2f} {:.2f}'.format(
         datetime.datetime.now(datetime.timezone.utc), *os.getloadavg()))
 

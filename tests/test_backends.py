@@ -318,3 +318,10 @@ def test_custom_ops_pass_opcheck(channels_last):
     for backend in ('taps', 'dense'):
         torch.library.opcheck(getattr(torch.ops.timm_cada, f'cada_{backend}').default, (x, alpha, bases, rel_pos, 2, 1))
         torch.library.opcheck(getattr(torch.ops.timm_cada, f'pixel_filter_{backend}').default, (x, attn, 3, 2, 1))
+
+
+def test_bench_dry_run_onnx_level(tmp_path, capsys):
+    load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'onnx', '--out-dir', str(tmp_path)])
+    out = capsys.readouterr().out
+    assert '## ONNX: onnxruntime against PyTorch eager inference' in out and 'onnxruntime_x_eager' in out
+    assert (tmp_path / 'onnx_cpu.csv').is_file() and not list(tmp_path.glob('*.onnx'))
