@@ -417,15 +417,15 @@ def main(argv=None) -> None:
         # every code path on tiny shapes, for the tests: numbers meaningless
         args.repeats, min_time, stages, kernels, img, batches = 1, 0.0, ((32, 8),), (3,), 64, (2, 2)
         names, compile_names = args.models or ('resnet50', 'resnet50_mixerfree', 'resnet50_cada_k7'), ()
-        onnx_names, exporter = ('resnet26_cada_k7',), 'torchscript'  # the quick exporter: same code path after it
+        onnx_names, exporter = args.models or ('resnet26_cada_k7',), 'torchscript'  # the quick exporter: same code path after it
     elif args.quick:
         args.repeats, min_time, stages, kernels, img, batches = args.repeats or 3, 0.02, STAGES[1:3], (7, 13), 224, (16, 8)
         names, compile_names = args.models or ('resnet50', 'resnet50_mixerfree', 'resnet50_dw_k7', 'resnet50_cada_k7'), ()
-        onnx_names, exporter = ONNX_MODELS, 'dynamo'
+        onnx_names, exporter = args.models or ONNX_MODELS, 'dynamo'
     else:
         args.repeats, min_time, stages, kernels, img, batches = args.repeats or 5, 0.05, STAGES, KERNELS, 224, (16, 8)
         names, compile_names = args.models or MODELS, COMPILE_MODELS
-        onnx_names, exporter = ONNX_MODELS, 'dynamo'
+        onnx_names, exporter = args.models or ONNX_MODELS, 'dynamo'
     if args.no_compile:
         compile_names = ()
     amp = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
@@ -462,14 +462,17 @@ def main(argv=None) -> None:
                               'train_x_resnet50', 'train_img_s_channels_last', 'train_img_s_compile',
                               'infer_compile_x_eager', 'train_compile_x_eager', 'infer_peak_mib',
                               'train_peak_mib']) + '\n')
-    if args.level in ('onnx', 'all') and args.device == 'cpu' and amp is None:
+    import importlib.util
+    onnx_ready = importlib.util.find_spec('onnxruntime') is not None
+    if args.level in ('onnx', 'all') and args.device == 'cpu' and amp is None and onnx_ready:
         rows = bench_onnx(run, onnx_names, batches[0], img, exporter, args.out_dir)
         write_csv(rows, os.path.join(args.out_dir, f'onnx_{tag}.csv'))
         print('## ONNX: onnxruntime against PyTorch eager inference (batch {}, {} x {}, float32)\n'.format(
             batches[0], img, img))
         print(markdown(rows, list(rows[0])) + '\n')
     elif args.level == 'onnx':
-        print('## ONNX: skipped (onnxruntime is benchmarked on CPU in float32 only)\n')
+        why = 'pip install "timm-cada[export]"' if not onnx_ready else 'onnxruntime is benchmarked on CPU in float32 only'
+        print(f'## ONNX: skipped ({why})\n')
     print('end: {:%Y-%m-%d %H:%M} UTC, load average {:.2f} {:.2f} {:.2f}'.format(
         datetime.datetime.now(datetime.timezone.utc), *os.getloadavg()))
 

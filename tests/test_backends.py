@@ -144,6 +144,18 @@ def test_channels_last_in_channels_last_out(fn, small_map_backend):
     torch.testing.assert_close(grads(out, [xc])[0], grads(ref, [x])[0], **OP_TOL)
 
 
+@pytest.mark.parametrize('fn', ['cada', 'pixel'])
+def test_combine_keeps_channels_last(fn):
+    x, alpha, bases, rel_pos, attn = op_inputs(3, C=16, H=8, W=8)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    if fn == 'cada':
+        out, ref = cada_filter(xc, alpha, bases, rel_pos, impl='combine'), cada_reference(x, alpha, bases, rel_pos)
+    else:
+        out, ref = pixel_filter(xc, attn, 3, impl='combine'), pixel_filter_reference(x, attn, 3)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, **OP_TOL)
+
+
 @pytest.mark.parametrize('impl', ['taps', 'dense'])
 @pytest.mark.parametrize('batch1', [False, True])
 def test_kernel_grads_without_input_grad(monkeypatch, impl, batch1):
@@ -321,6 +333,7 @@ def test_custom_ops_pass_opcheck(channels_last):
 
 
 def test_bench_dry_run_onnx_level(tmp_path, capsys):
+    pytest.importorskip('onnxruntime')
     load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'onnx', '--out-dir', str(tmp_path)])
     out = capsys.readouterr().out
     assert '## ONNX: onnxruntime against PyTorch eager inference' in out and 'onnxruntime_x_eager' in out

@@ -5,8 +5,9 @@
 
 ONNX has no translation of the fast backends' custom ops, so while torch.onnx exports, the operators take
 their plain PyTorch paths (timm_cada/ops/functional.py): conv-then-combine for CADA (depthwise convs and
-elementwise ops) and the reference tap walk for per-pixel kernels. Eager and compiled runs never see that
-branch. A torch.export program keeps the custom ops (import timm_cada before loading one).
+elementwise ops) and, for per-pixel kernels, one conv that gathers every window, then the weighted sum. Eager
+and compiled runs never see that branch. A torch.export program keeps the custom ops ('taps' for 'auto',
+whatever the size; import timm_cada before loading one).
 
 The batch is always dynamic, and so are height and width unless a mixer is built for one input size (the
 `fixed_input_size` trait of the mixer registry, e.g. 'local'). After an ONNX export the file is checked with
@@ -19,8 +20,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from timm.data import resolve_data_config
 
 from timm_cada.layers import spec_of
+from timm_cada.models import NoPretrainedWeightsError
 from timm_cada.train_utils import import_modules, load_model
 
 __all__ = ['EXPORTERS', 'DEFAULT_OPSET', 'PARITY_TOL', 'dynamic_dims', 'export_onnx', 'export_program',
@@ -154,10 +157,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         parser.error(f'--opset must be 17 or later, got {args.opset}')
     try:
         import_modules(args.device_modules)
-        model, _ = load_model(args.model, args.checkpoint, pretrained=args.pretrained)
+        model, data_args = load_model(args.model, args.checkpoint, pretrained=args.pretrained)
     except ValueError as e:
         parser.error(str(e))
-    chans, height, width = model.pretrained_cfg['input_size']
+    except NoPretrainedWeightsError as e:
+        parser.error(f'--pretrained: {e}')
+    # the size the run trained at (its data arguments), else the model's pretrained cfg
+    chans, height, width = resolve_data_config(data_args, model=model)['input_size']
     if args.img_size is not None:
         height = width = args.img_size
     example = torch.randn(args.batch_size, chans, height, width, generator=torch.Generator().manual_seed(0))
@@ -168,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         with torch.no_grad():
             model(example)  # a clear error (e.g. a fixed-size mixer given another size) before tracing
     except ValueError as e:
-        parser.error(f'--img-size: {e}')
+        parser.error(f'--img-size: {e}' if args.img_size is not None else str(e))
     free = ', '.join(_DIM_NAMES[d] for d in dynamic)
     if suffix == '.pt2':
         program = export_program(model, example, dynamic)

@@ -275,7 +275,8 @@ def load_model(name: str, checkpoint: Optional[str] = None, option: str = '--mod
         kwargs = dict(ckpt.get('model_kwargs') or {})
         data_args = dict(ckpt.get('args') or {})
         state = checkpoint_state_dict(ckpt)
-    model = timm.create_model(name, pretrained=pretrained and state is None, **kwargs)
+    kwargs['pretrained'] = pretrained and state is None  # over any recorded value: the checkpoint is loaded
+    model = timm.create_model(name, **kwargs)
     if state is not None:
         try:
             model.load_state_dict(state)

@@ -1,5 +1,5 @@
 """ Conv-then-combine: convolve with the bases, then weight the results per pixel. Only convs and
-elementwise ops, so every runtime has them: TorchScript and ONNX export run this backend.
+elementwise ops, so every runtime has them: ONNX export runs this backend (TorchScript its CADA).
 
 CADA: B depthwise convs, one per base, each weighted per pixel by its CA parameter and accumulated in
 place. Cost about B depthwise convs, each a single fast library call (oneDNN / cuDNN); memory two
@@ -60,5 +60,5 @@ def pixel_filter_combine(
     onehot = torch.eye(kk, dtype=x.dtype, device=x.device).reshape(kk, 1, k, k)
     cols = F.conv2d(x.reshape(N * C, 1, H, W), onehot, None, stride, dilation * (k // 2), dilation)
     Ho, Wo = cols.shape[-2], cols.shape[-1]
-    y = (cols.view(N, G, C // G, kk, Ho, Wo) * attn.unsqueeze(2)).sum(3)
-    return y.reshape(N, C, Ho, Wo)
+    y = (cols.view(N, G, C // G, kk, Ho, Wo) * attn.unsqueeze(2)).sum(3).reshape(N, C, Ho, Wo)
+    return y.contiguous(memory_format=x.suggest_memory_format())  # the reshape above lost channels_last

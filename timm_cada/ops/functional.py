@@ -6,9 +6,10 @@ context-weighted sum of base kernels. Both take `impl`, a backend name of `BACKE
 (`reference.py`, the tests hold them to it), so a faster kernel is one more entry here and never
 touches the layers or models. The fast backends are torch.library custom ops that turn autocast off
 around their own bodies (`custom_ops.py`); 'combine' and 'reference' are plain differentiable
-PyTorch and follow autocast like any other op. TorchScript cannot run the custom ops' Python bodies and
-ONNX has no translation of them, so a scripted model and an ONNX export run 'combine' (convs and
-elementwise ops), whatever impl, unless impl is 'reference'.
+PyTorch and follow autocast like any other op. ONNX has no translation of the custom ops, so while
+torch.onnx exports, every impl but 'reference' runs 'combine' (convs and elementwise ops); TorchScript
+cannot run their Python bodies, so a scripted model runs 'combine' for CADA and the reference for
+per-pixel kernels.
 """
 import logging
 from typing import Optional, Tuple
@@ -83,7 +84,10 @@ def choose_backend(op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int
 
 
 def _auto(op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> str:
-    """The rule's pick for 'auto', logged at debug level with the reason."""
+    """The rule's pick for 'auto', logged at debug level with the reason. Under torch.export, 'taps': the
+    size rule on a dynamic height or width would put its comparisons into the program as guards."""
+    if torch.compiler.is_exporting():
+        return 'taps'
     impl, why = choose_backend(op, Ho, Wo, k, grad, num_bases)
     if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
         _logger.debug('%s: auto chose %r (%s)', op, impl, why)
@@ -114,9 +118,10 @@ def pixel_filter(
             if impl == 'auto':
                 impl = _auto('pixel_filter', attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
             return BACKENDS[impl][0](x, attn, kernel_size, stride, dilation)
-    if impl == 'reference':
-        return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
-    return pixel_filter_combine(x, attn, kernel_size, stride, dilation)
+        if impl != 'reference':
+            return pixel_filter_combine(x, attn, kernel_size, stride, dilation)
+    # TorchScript: the reference, which holds no k*k copies of the input (combine's per-pixel path does)
+    return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
 
 
 def cada_filter(
