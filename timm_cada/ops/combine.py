@@ -61,4 +61,6 @@ def pixel_filter_combine(
     cols = F.conv2d(x.reshape(N * C, 1, H, W), onehot, None, stride, dilation * (k // 2), dilation)
     Ho, Wo = cols.shape[-2], cols.shape[-1]
     y = (cols.view(N, G, C // G, kk, Ho, Wo) * attn.unsqueeze(2)).sum(3).reshape(N, C, Ho, Wo)
-    return y.contiguous(memory_format=x.suggest_memory_format())  # the reshape above lost channels_last
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)  # the reshapes above lost it
+    return y
