@@ -474,9 +474,11 @@ mixers, then over seeds; docs/design.md defines them), on the first {BIAS_IMAGES
 def verdict_quote(verdicts: Sequence[Tuple[str, str]], done: int, expected: int) -> str:
     """The block README.md and MODEL_CARD.md show: each finding's verdict, and how much of the study ran."""
     from timm_cada.models import ABLATION_AXES
-    state = 'complete' if done >= expected else f'in progress: {done} of {expected} runs'
+    state = f'complete: {done} runs' if done >= expected else f'in progress: {done} of {expected} runs'
+    if any(verdict == 'pending' for _, verdict in verdicts):
+        state += '; "pending": a claim still lacks the seeds of a model it compares, and none is contradicted'
     lines = [f'Fashion-MNIST study at CPU scale ([results/fashion_mnist/](results/fashion_mnist/README.md), '
-             f'{state}; "pending": a claim still lacks the seeds of a model it compares, and none is contradicted):',
+             f'{state}):',
              '',
              '| finding (the abstract) | verdict |', '|---|---|']
     statements = {f.axis: f.statement for f in FINDINGS}
