@@ -1,14 +1,15 @@
 """ The fast operator backends against the float64 reference: values and gradients for every
 stride / dilation / rel_pos / broadcast case, gradcheck, batch chunking, channels_last, bf16
 autocast, TorchScript, FX, torch.compile, CUDA (skipped without a GPU) and the benchmark script's
-dry run. Speed is measured by benchmarks/bench.py, never here. """
+dry run. The 'triton' backend runs in Triton's interpreter here (tests/conftest.py sets TRITON_INTERPRET=1
+without a GPU). Speed is measured by benchmarks/bench.py, never here. """
 import pytest
 import timm
 import torch
 
 from timm_cada.layers import Cada2d, Local2d, Position2d
 from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, choose_backend, filter_output_size, pixel_filter
-from timm_cada.ops import dense, functional, taps
+from timm_cada.ops import dense, functional, taps, triton_fused
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
 from helpers import OP_CASES, OP_TOL, grads, load_script, op_inputs, perturbed, split_case
 
@@ -75,10 +76,17 @@ def test_gradcheck(case):
     x, alpha, bases, rel_pos, attn = op_inputs(k, **{**dict(N=2, C=4, H=6, W=5, G=2, B=2), **kw})
     for t in (x, alpha, bases, rel_pos, attn):
         t.requires_grad_()
-    for backend, cada, pf in ((taps, taps.cada_taps, taps.pixel_filter_taps),
-                              (dense, dense.cada_dense, dense.pixel_filter_dense)):
-        assert torch.autograd.gradcheck(lambda *a: cada(*a, stride, dilation), (x, alpha, bases, rel_pos)), backend
-        assert torch.autograd.gradcheck(lambda *a: pf(*a, k, stride, dilation), (x, attn)), backend
+    # the interpreter takes a fraction of a second per Triton kernel: the triton backend gets gradcheck's fast
+    # mode (Jacobian-vector products instead of one forward per input element), on the first case (its
+    # gradients meet the reference's on every case above)
+    backends = [(taps, taps.cada_taps, taps.pixel_filter_taps, False),
+                (dense, dense.cada_dense, dense.pixel_filter_dense, False)]
+    if case == dict(k=3):
+        backends.append((triton_fused, triton_fused.cada_triton, triton_fused.pixel_filter_triton, True))
+    for backend, cada, pf, fast in backends:
+        assert torch.autograd.gradcheck(lambda *a: cada(*a, stride, dilation), (x, alpha, bases, rel_pos),
+                                        fast_mode=fast), backend
+        assert torch.autograd.gradcheck(lambda *a: pf(*a, k, stride, dilation), (x, attn), fast_mode=fast), backend
 
 
 @pytest.mark.parametrize('batch1', [False, True])
@@ -156,7 +164,7 @@ def test_combine_keeps_channels_last(fn):
     torch.testing.assert_close(out, ref, **OP_TOL)
 
 
-@pytest.mark.parametrize('impl', ['taps', 'dense'])
+@pytest.mark.parametrize('impl', ['taps', 'dense', 'triton'])
 @pytest.mark.parametrize('batch1', [False, True])
 def test_kernel_grads_without_input_grad(monkeypatch, impl, batch1):
     """Only the kernels need a gradient (x is data): the backwards skip grad_x, and the dense one then
@@ -298,7 +306,7 @@ def test_bench_cuda_dry_run(tmp_path, capsys):
     assert (tmp_path / 'ops_cuda_fp16_cl.csv').exists() and (tmp_path / 'models_cuda_fp16_cl.csv').exists()
 
 
-@pytest.mark.parametrize('backend', ['taps', 'dense'])
+@pytest.mark.parametrize('backend', ['taps', 'dense', 'triton'])
 def test_fake_backward_matches_real_dtypes(backend):
     """What torch.compile traces (the fake kernels) must match what runs, including the empty tensors
     that stand for gradients not asked for, under bf16 autocast (x bf16, kernels float32)."""
@@ -327,7 +335,7 @@ def test_custom_ops_pass_opcheck(channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     for t in (x, alpha, bases, rel_pos, attn):
         t.requires_grad_()
-    for backend in ('taps', 'dense'):
+    for backend in ('taps', 'dense', 'triton'):
         torch.library.opcheck(getattr(torch.ops.timm_cada, f'cada_{backend}').default, (x, alpha, bases, rel_pos, 2, 1))
         torch.library.opcheck(getattr(torch.ops.timm_cada, f'pixel_filter_{backend}').default, (x, attn, 3, 2, 1))
 
@@ -338,3 +346,95 @@ def test_bench_dry_run_onnx_level(tmp_path, capsys):
     out = capsys.readouterr().out
     assert '## ONNX: onnxruntime against PyTorch eager inference' in out and 'onnxruntime_x_eager' in out
     assert (tmp_path / 'onnx_cpu.csv').is_file() and not list(tmp_path.glob('*.onnx'))
+
+
+# ------------------------------------------------------------------------------------ the triton backend
+
+@pytest.mark.parametrize('dtype,channels_last', [(torch.float32, True), (torch.bfloat16, False), (torch.float16, True)],
+                         ids=str)
+@pytest.mark.parametrize('case', [dict(k=7, H=9, W=10), dict(k=5, stride=2, dilation=2), dict(k=3, batch1=True)], ids=str)
+def test_triton_half_precision_and_layouts(dtype, channels_last, case):
+    """fp32, bf16 and fp16 inputs (float32 kernels, as under autocast), NCHW and channels_last, against the
+    float64 reference of the same (rounded) inputs: outputs and every gradient, in the input's dtype."""
+    k, stride, dilation, kw = split_case(case)
+    x, alpha, bases, rel_pos, attn = op_inputs(k, **{**dict(C=32, H=11, W=10, G=2, B=8), **kw}, dtype=torch.float32)
+    x = x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
+    out_c = cada_filter(x, alpha, bases, rel_pos, stride, dilation, impl='triton')
+    out_p = pixel_filter(x, attn, k, stride, dilation, impl='triton')
+    assert out_c.dtype == out_p.dtype == dtype
+    assert out_c.is_contiguous(memory_format=torch.channels_last) == channels_last
+    d64 = [t.detach().double().requires_grad_() for t in inputs]
+    ref_c = cada_reference(d64[0], d64[1], d64[2], d64[3], stride, dilation)
+    ref_p = pixel_filter_reference(d64[0], d64[4], k, stride, dilation)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for out, ref in ((out_c, ref_c), (out_p, ref_p)):
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(out.double() / scale, ref / scale, **tol)
+    got = grads(out_c.float().square().sum() / 2 + out_p.float().sum(), inputs)
+    want = grads(ref_c.square().sum() / 2 + ref_p.sum(), d64)
+    for g, g_ref, t in zip(got, want, inputs):
+        assert g.dtype == t.dtype
+        scale = g_ref.abs().max().item()
+        torch.testing.assert_close(g.double() / scale, g_ref / scale, **tol)
+
+
+def test_triton_mixers_match_reference_backend():
+    """The modules with impl='triton' (CADA with rel_pos at stride 2, identity bases, position) against the
+    reference backend, forward and backward."""
+    mixers = [Cada2d(32, 32, 5, stride=2, rel_pos=True), Cada2d(32, 32, 3, identity_bases=True, num_bases=None),
+              Position2d(32, 32, 5, feat_size=8)]
+    x = torch.randn(2, 32, 8, 8)
+    for m in mixers:
+        m = perturbed(m).train()
+        outs = []
+        for impl in ('reference', 'triton'):
+            m.impl = impl
+            xi = x.clone().requires_grad_()
+            y = m(xi)
+            outs.append([y] + list(torch.autograd.grad(y.square().sum(), [xi] + [p for p in m.parameters()])))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv('TRITON_INTERPRET', '0')
+    x, alpha, bases, _, _ = op_inputs(3, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="impl='triton' runs on CUDA tensors.*TRITON_INTERPRET=1"):
+        cada_filter(x, alpha, bases, impl='triton')
+
+
+def test_auto_picks_triton_on_cuda_only():
+    for grad in (False, True):
+        for Ho, k in ((56, 7), (7, 13)):
+            assert choose_backend('cada', Ho, Ho, k, grad, 8, device='cuda')[0] == 'triton'
+            assert choose_backend('pixel_filter', Ho, Ho, k, grad, device='cuda')[0] == 'triton'
+            assert choose_backend('cada', Ho, Ho, k, grad, 8)[0] != 'triton'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_triton_matches_reference(dtype):
+    x, alpha, bases, rel_pos, attn = (t.cuda().float() for t in op_inputs(7, C=64, H=20, W=19, G=4, B=8, stride=2))
+    inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos)]
+    out = cada_filter(x.to(dtype), alpha, bases, rel_pos, 2)  # 'auto' picks triton on CUDA
+    ref = cada_reference(x, alpha, bases, rel_pos, 2)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(out.float() / scale, ref / scale, **tol)
+    for g, g_ref in zip(grads(out.float(), inputs), grads(ref, inputs)):
+        torch.testing.assert_close(g / g_ref.abs().max(), g_ref / g_ref.abs().max(), **tol)
+
+
+def test_gpu_check_correctness_step_runs_here():
+    """benchmarks/gpu_check.py's correctness step, on CPU tensors through the interpreter at a tiny size: every
+    case, dtype and layout within tolerance. Its timing steps need a GPU, and say so."""
+    gpu_check = load_script('benchmarks/gpu_check.py')
+    rows = gpu_check.check_correctness(torch.device('cpu'), size=(1, 16, 7, 6), cases=[(3, 2, 1, True, False),
+                                                                                       (3, 1, 2, False, True)])
+    assert len(rows) == 12 and all(r['ok'] for r in rows), [r for r in rows if not r['ok']]
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            gpu_check.main(['--quick'])

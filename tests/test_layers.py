@@ -150,7 +150,7 @@ def test_local_starts_spatially_invariant():
     (dict(name='cada', ca_norm='relu'), 'ca_norm'),
     (dict(name='cada', ca_reduction=0), 'ca_reduction'),
     (dict(name='cada', identity_bases=True, num_bases=4), 'num_bases'),
-    (dict(name='cada', impl='triton'), 'impl'),
+    (dict(name='cada', impl='cuda_magic'), 'impl'),
     (dict(name='cada', out_chs=32), 'out_chs'),
     (dict(name='cada', stride=0), 'stride'),
     (dict(name='position'), 'feat_size'),

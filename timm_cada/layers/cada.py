@@ -176,7 +176,7 @@ class Cada2d(nn.Module):
         alpha = self.ca_params(x)
         bases = self.bases
         if bases is None:
-            return pixel_filter(x, self._identity_attn(alpha), self.kernel_size, self.stride, self.dilation)
+            return pixel_filter(x, self._identity_attn(alpha), self.kernel_size, self.stride, self.dilation, self.impl)
         return cada_filter(x, alpha, bases, self.rel_pos, self.stride, self.dilation, self.impl)
 
     def kernels(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from .combine import cada_combine, pixel_filter_combine
 from .dense import cada_dense, pixel_filter_dense
 from .reference import cada_reference, pixel_filter_reference
 from .taps import cada_taps, pixel_filter_taps
+from .triton_fused import cada_triton, pixel_filter_triton, triton_available
 
 __all__ = ['BACKENDS', 'PIXEL_FILTER_IMPLS', 'CADA_IMPLS', 'cada_filter', 'pixel_filter', 'choose_backend',
            'dense_pays']
@@ -32,6 +33,7 @@ BACKENDS = {
     'taps': (pixel_filter_taps, cada_taps),  # in-place tap walk over a padded input, hand-written backward
     'dense': (pixel_filter_dense, cada_dense),  # banded dense matrices per head applied by GEMM: small maps
     'combine': (pixel_filter_combine, cada_combine),  # conv-then-combine: library convs, autograd
+    'triton': (pixel_filter_triton, cada_triton),  # fused GPU kernels, kernels built on chip; CPU: interpreter
 }
 PIXEL_FILTER_IMPLS = ('auto',) + tuple(n for n, (pf, _) in BACKENDS.items() if pf is not None)
 CADA_IMPLS = ('auto',) + tuple(BACKENDS)
@@ -63,16 +65,22 @@ def dense_pays(Ho: int, Wo: int, k: int, vs_combine: bool = False) -> bool:
     return (P <= 4 * k * k or P <= 64) if vs_combine else P <= 16 * k * k
 
 
-def choose_backend(op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> Tuple[str, str]:
-    """(backend, why) that 'auto' runs for `op` ('pixel_filter' or 'cada') on an Ho x Wo output.
+def choose_backend(
+        op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0, device: str = 'cpu',
+) -> Tuple[str, str]:
+    """(backend, why) that 'auto' runs for `op` ('pixel_filter' or 'cada') on an Ho x Wo output on `device`
+    (a device type).
 
-    The rule follows what was fastest on the benchmark CPU (benchmarks/RESULTS.md): 'dense' on small
+    On CUDA, 'triton' wherever Triton is installed: one fused kernel, where the PyTorch backends launch
+    about k*k kernels per chunk. Elsewhere the rule follows what was fastest on the benchmark CPU (benchmarks/RESULTS.md): 'dense' on small
     output maps (`dense_pays`); beyond, 'taps' whenever a gradient is needed (its backward avoids the
     slow depthwise-conv weight gradient) and for pixel_filter; for CADA inference, whichever streams
     less memory: the tap walk makes about k*k passes over the output, each (Wo + k - 1) / Wo longer
     than a row (the row pitch), conv-then-combine B passes plus B library depthwise convs, and it
     wins once the first exceeds the second about 9 times: large kernels on small maps.
     """
+    if device == 'cuda' and triton_available():
+        return 'triton', 'CUDA: fused Triton kernel'
     combine = op == 'cada' and not grad
     if dense_pays(Ho, Wo, k, vs_combine=combine):
         return 'dense', f'{Ho}x{Wo} output, k={k}: small map'
@@ -83,12 +91,12 @@ def choose_backend(op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int
     return 'taps', f'{Ho}x{Wo} output, k={k}, B={num_bases}, inference: k*k pitched passes <= 9 B passes'
 
 
-def _auto(op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> str:
-    """The rule's pick for 'auto', logged at debug level with the reason. Under torch.export, 'taps': the
-    size rule on a dynamic height or width would put its comparisons into the program as guards."""
+def _auto(op: str, x: torch.Tensor, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> str:
+    """The rule's pick for 'auto' on x's device, logged at debug level with the reason. Under torch.export,
+    'taps': the size rule on a dynamic height or width would put its comparisons into the program as guards."""
     if torch.compiler.is_exporting():
         return 'taps'
-    impl, why = choose_backend(op, Ho, Wo, k, grad, num_bases)
+    impl, why = choose_backend(op, Ho, Wo, k, grad, num_bases, x.device.type)
     if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
         _logger.debug('%s: auto chose %r (%s)', op, impl, why)
     return impl
@@ -111,12 +119,12 @@ def pixel_filter(
     impl: one of PIXEL_FILTER_IMPLS ('auto': see `choose_backend`).
     """
     _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
-    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine'):  # literal: TorchScript cannot read globals
-        raise ValueError('impl must be one of auto, reference, taps, dense, combine; got {}'.format(impl))
+    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine', 'triton'):  # literal: TorchScript reads no globals
+        raise ValueError('impl must be one of auto, reference, taps, dense, combine, triton; got {}'.format(impl))
     if not torch.jit.is_scripting():
         if not torch.onnx.is_in_onnx_export():
             if impl == 'auto':
-                impl = _auto('pixel_filter', attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
+                impl = _auto('pixel_filter', x, attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
             return BACKENDS[impl][0](x, attn, kernel_size, stride, dilation)
         if impl != 'reference':
             return pixel_filter_combine(x, attn, kernel_size, stride, dilation)
@@ -143,12 +151,12 @@ def cada_filter(
         impl: one of CADA_IMPLS ('auto': see `choose_backend`).
     """
     _check_shapes(x, alpha, 'alpha', bases.shape[1])
-    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine'):
-        raise ValueError('impl must be one of auto, reference, taps, dense, combine; got {}'.format(impl))
+    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine', 'triton'):
+        raise ValueError('impl must be one of auto, reference, taps, dense, combine, triton; got {}'.format(impl))
     if not torch.jit.is_scripting():
         if not torch.onnx.is_in_onnx_export():
             if impl == 'auto':
-                impl = _auto('cada', alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
+                impl = _auto('cada', x, alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
                              _needs_grad(x, alpha, bases, rel_pos), bases.shape[1])
             return BACKENDS[impl][1](x, alpha, bases, rel_pos, stride, dilation)
     if impl == 'reference':
