@@ -44,11 +44,12 @@ zoo: $(STAMP)
 	$(PYTHON) -m timm_cada.zoo
 
 # Operator- and model-level speed and memory, printed as markdown and written as CSV (benchmarks/RESULTS.md);
-# BENCH_ARGS=--quick for a run of a few minutes, BENCH_ARGS="--device cuda --amp bf16" on a GPU.
-# glibc malloc keeps freed blocks for reuse instead of handing them back to the OS and page-faulting them
-# in again on the next call: without this, model-level timings flip between two modes from one process to
-# the next (benchmarks/RESULTS.md). On a machine that another process shares, add OMP_WAIT_POLICY=PASSIVE.
-BENCH_ENV ?= MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
+# BENCH_ARGS=--quick for a run of a few minutes, BENCH_ARGS="--device cuda --amp bf16" on a GPU,
+# BENCH_ARGS="--level pairs" for the model-level targets alone (CADA against DW, in alternation).
+# It runs in the default environment, as a user runs the models. BENCH_ENV sets a tuned one, which the
+# output names: e.g. BENCH_ENV="MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184" keeps
+# freed blocks for reuse instead of page-faulting them in again (benchmarks/RESULTS.md, 'Machine and run').
+BENCH_ENV ?=
 
 bench: $(STAMP)
 	$(BENCH_ENV) $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)

@@ -46,6 +46,9 @@ MODELS = (
     'resnet50_cada_k7_free', 'resnet50_position_k7', 'resnet50_local_k7',
 )
 COMPILE_MODELS = ('resnet50', 'resnet50_cada_k7')
+# CADA against the depthwise-conv model of its k, timed in alternation (the model-level targets)
+PAIRS = (('resnet50_cada_k7', 'resnet50_dw_k7'), ('resnet50_cada_k13', 'resnet50_dw_k13'))
+PAIR_TARGETS = {'resnet50_cada_k7': (0.9, 0.95), 'resnet50_cada_k13': (0.8, 0.95)}  # inference, training
 ONNX_MODELS = ('resnet50_dw_k7', 'resnet50_cada_k7')
 REFERENCE_MAX_K = 7  # the Python-loop reference with autograd takes seconds per call beyond this
 # the environment that changes timings on CPU (see the Makefile's bench target), printed with the results
@@ -204,6 +207,37 @@ def bench_ops(run: Runner, stages, kernels, with_reference: bool, channels_last:
     return rows
 
 
+# ResNet-50's mixers at 224 px: (C, input size, stride), the stride-2 ones opening layers 2 to 4
+MIXER_SHAPES = ((64, 56, 1), (128, 56, 2), (128, 28, 1), (256, 28, 2), (256, 14, 1), (512, 14, 2), (512, 7, 1))
+
+
+def bench_infer_backends(run: Runner, shapes, kernels, batch: int) -> List[Dict]:
+    """Inference of every CPU backend of the CADA op at each of ResNet-50's mixer shapes, beside the depthwise
+    conv and the CA generator of a Cada2d (what `choose_backend`'s inference rule is set from)."""
+    rows = []
+    for C, H, stride in shapes:
+        for k in kernels:
+            x = torch.randn(batch, C, H, H, device=run.device)
+            mixer = Cada2d(C, C, k, stride=stride).to(run.device).eval()
+            dw = DwConv2d(C, C, k, stride=stride).to(run.device).eval()
+            with torch.no_grad():
+                alpha = mixer.ca_params(x)
+            Ho = alpha.shape[-1]
+            cases = {'dw_conv': lambda: dw(x), 'ca_generator': lambda: mixer.ca_params(x)}
+            for impl in ('taps', 'dense', 'combine'):
+                cases[impl] = lambda impl=impl: cada_filter(x, alpha, mixer.bases, None, stride, 1, impl)
+            row = dict(C=C, H=H, stride=stride, k=k, auto=choose_backend('cada', Ho, Ho, k, grad=False)[0])
+            with torch.no_grad(), run.autocast():
+                for name, fn in cases.items():
+                    row[f'{name}_ms'] = run.time(fn) * 1e3
+            best = min(('taps', 'dense', 'combine'), key=lambda n: row[f'{n}_ms'])
+            row['fastest'] = best
+            row['auto_x_dw'] = row[f"{row['auto']}_ms"] / row['dw_conv_ms']
+            rows.append(row)
+            print('  infer {C}@{H}/{stride} k{k}: auto {auto}, fastest {fastest}'.format(**row), file=sys.stderr, flush=True)
+    return rows
+
+
 def bench_chunks(run: Runner, shapes) -> List[Dict]:
     """Memory against time of the batch chunks: CADA fwd+bwd ('auto') with each value of the setting that
     bounds the chunks of the backend 'auto' runs at the shape (CHUNK_SETTINGS), against the depthwise
@@ -212,7 +246,7 @@ def bench_chunks(run: Runner, shapes) -> List[Dict]:
     for C, H, k in shapes:
         dw_mod = DwConv2d(C, C, k).to(run.device)
         x, alpha, bases = (t.requires_grad_() for t in _op_inputs(C, H, k, run.device))
-        backend = 'dense' if choose_backend('cada', H, H, k, grad=True, num_bases=BASES)[0] == 'dense' else 'taps'
+        backend = 'dense' if choose_backend('cada', H, H, k, grad=True)[0] == 'dense' else 'taps'
         module, name, values = CHUNK_SETTINGS[backend]
         default = getattr(module, name)
         gy = torch.randn_like(x)
@@ -313,6 +347,48 @@ def bench_models(run: Runner, names, compile_names, infer_batch: int, train_batc
     return rows
 
 
+def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int, rounds: int) -> List[Dict]:
+    """CADA against the depthwise-conv model of the same k, as a user runs them (eager, NCHW): `rounds` rounds,
+    each timing A then B (inference, then a training step with SGD), so both see the same machine state; the
+    ratio of each round, and their median, min and max."""
+    rows = []
+    for a_name, b_name in pairs:
+        models = {n: create(n).to(run.device) for n in (a_name, b_name)}
+        xi = torch.randn(infer_batch, 3, img, img, device=run.device)
+        xt = torch.randn(train_batch, 3, img, img, device=run.device)
+        target = torch.randint(0, 1000, (train_batch,), device=run.device)
+        opts = {n: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for n, m in models.items()}
+
+        def infer(m):
+            with torch.no_grad(), run.autocast():
+                m(xi)
+
+        def train(m, opt):
+            opt.zero_grad(set_to_none=True)
+            with run.autocast():
+                loss = F.cross_entropy(m(xt), target)
+            loss.backward()
+            opt.step()
+
+        row = dict(model=a_name, against=b_name)
+        for mode, batch in (('infer', infer_batch), ('train', train_batch)):
+            speeds = {n: [] for n in models}
+            for _ in range(rounds):
+                for n, m in models.items():
+                    m.train(mode == 'train')
+                    fn = (lambda m=m: infer(m)) if mode == 'infer' else (lambda m=m, n=n: train(m, opts[n]))
+                    speeds[n].append(batch / run.time(fn))
+            ratios = [a / b for a, b in zip(speeds[a_name], speeds[b_name])]
+            row.update({f'{mode}_img_s': statistics.median(speeds[a_name]),
+                        f'{mode}_img_s_against': statistics.median(speeds[b_name]),
+                        f'{mode}_ratio': statistics.median(ratios), f'{mode}_ratio_min': min(ratios),
+                        f'{mode}_ratio_max': max(ratios)})
+            print(f'  pair {a_name} / {b_name} {mode}: ' + ' '.join(f'{r:.2f}' for r in ratios), file=sys.stderr, flush=True)
+        rows.append(row)
+        del models, opts
+    return rows
+
+
 def bench_onnx(run: Runner, names, batch: int, img: int, exporter: str, out_dir: str) -> List[Dict]:
     """Inference in onnxruntime (CPU, its default threads) against PyTorch eager, side by side, on the ONNX
     file timm_cada.export writes (dynamic batch, height and width), with the two outputs' difference."""
@@ -399,7 +475,8 @@ def main(argv=None) -> None:
     p.add_argument('--device', default='cpu', help='cpu or cuda')
     p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'), help='autocast dtype')
     p.add_argument('--channels-last', action='store_true', help='operator level: channels_last inputs')
-    p.add_argument('--level', default='all', choices=('op', 'chunks', 'model', 'onnx', 'all'))
+    p.add_argument('--level', default='all', choices=('op', 'infer', 'chunks', 'model', 'pairs', 'onnx', 'all'))
+    p.add_argument('--rounds', type=int, default=None, help='pairs level: alternating rounds (default 4)')
     p.add_argument('--quick', action='store_true', help='a short run: fewer shapes, models and repeats')
     p.add_argument('--dry-run', action='store_true', help='run every code path on tiny shapes (for tests)')
     p.add_argument('--repeats', type=int, default=None, help='timed runs per figure (median reported)')
@@ -447,6 +524,13 @@ def main(argv=None) -> None:
             BASES, HEAD_DIM))
         targets = op_targets(rows)
         print(markdown(targets, list(targets[0]) if targets else []) + '\n')
+    if args.level in ('infer', 'all'):
+        shapes = MIXER_SHAPES[-1:] if args.dry_run else MIXER_SHAPES
+        rows = bench_infer_backends(run, shapes, kernels if args.dry_run else (7, 13), batches[0])
+        write_csv(rows, os.path.join(args.out_dir, f'infer_{tag}.csv'))
+        print('## Inference: the backends at each mixer shape of ResNet-50 (batch {}, B {}, head_dim 16; ms)\n'.format(
+            batches[0], 8))
+        print(markdown(rows, list(rows[0])) + '\n')
     if args.level in ('chunks', 'all'):
         # the dry run's stage map is dense: it adds a 16 x 16 one for the tap walk
         shapes = [(C, H, k) for C, H in stages for k in kernels if k > 3 or args.dry_run]
@@ -464,6 +548,20 @@ def main(argv=None) -> None:
                               'train_x_resnet50', 'train_img_s_channels_last', 'train_img_s_compile',
                               'infer_compile_x_eager', 'train_compile_x_eager', 'infer_peak_mib',
                               'train_peak_mib']) + '\n')
+    if args.level in ('pairs', 'all'):
+        rounds = args.rounds or (1 if args.dry_run else 2 if args.quick else 4)
+        rows = bench_pairs(run, PAIRS, batches[0], batches[1], img, rounds)
+        for r in rows:
+            infer_t, train_t = PAIR_TARGETS[r['model']]
+            r['targets'] = f'infer >= {infer_t}: {"met" if r["infer_ratio"] >= infer_t else "missed"}; ' \
+                           f'train >= {train_t}: {"met" if r["train_ratio"] >= train_t else "missed"}'
+        write_csv(rows, os.path.join(args.out_dir, f'pairs_{tag}.csv'))
+        print('## Model level: CADA against DW of the same k, in alternation ({} rounds; inference batch {}, training '
+              'batch {} with an SGD step, {} x {}; ratio = CADA img/s / DW img/s, median of the rounds)\n'.format(
+                  rounds, batches[0], batches[1], img, img))
+        print(markdown(rows, ['model', 'against', 'infer_img_s', 'infer_img_s_against', 'infer_ratio', 'infer_ratio_min',
+                              'infer_ratio_max', 'train_img_s', 'train_img_s_against', 'train_ratio', 'train_ratio_min',
+                              'train_ratio_max', 'targets']) + '\n')
     import importlib.util
     onnx_ready = importlib.util.find_spec('onnxruntime') is not None
     if args.level in ('onnx', 'all') and args.device == 'cpu' and amp is None and onnx_ready:

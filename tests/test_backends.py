@@ -118,16 +118,17 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
 
 @pytest.mark.parametrize('grad', [False, True])
 def test_auto_picks_dense_on_small_maps_only(grad):
-    """The dense backend runs where its banded matrices cost little more than the k * k window."""
-    def impl_for(C, H, k, stride=1):
+    """The dense backend runs where its banded matrices cost little more than the k * k window, the tap walk
+    elsewhere; conv-then-combine never on CPU (slower there at every stage shape, benchmarks/RESULTS.md)."""
+    def impl_for(C, H, k, stride=1, op='cada'):
         Ho = filter_output_size(H, k, stride)
-        return choose_backend('cada', Ho, Ho, k, grad, num_bases=8)[0]
+        return choose_backend(op, Ho, Ho, k, grad)[0]
 
     assert impl_for(512, 7, 7) == 'dense' and impl_for(256, 14, 13) == 'dense' and impl_for(512, 7, 3) == 'dense'
-    assert impl_for(256, 28, 7, stride=2) == 'dense'  # the output's size counts
-    assert impl_for(64, 56, 7) != 'dense' and impl_for(64, 56, 13) != 'dense' and impl_for(128, 28, 3) != 'dense'
-    # inference: conv-then-combine or the tap walk win there
-    assert (impl_for(128, 28, 7) == 'dense') == grad and (impl_for(256, 28, 13) == 'dense') == grad
+    assert impl_for(256, 28, 13) == 'dense' and impl_for(256, 28, 7, stride=2) == 'dense'  # the output's size counts
+    assert impl_for(64, 56, 7) == impl_for(64, 56, 13) == impl_for(128, 28, 3) == impl_for(64, 56, 7, op='pixel_filter') == 'taps'
+    # 28 x 28 at k = 7: the tap walk in inference, the dense backend with a gradient
+    assert impl_for(128, 28, 7) == ('dense' if grad else 'taps')
 
 
 @pytest.fixture(params=['dense', 'taps'])
@@ -277,6 +278,13 @@ def test_bench_dry_run_op_level(tmp_path, capsys):
     assert (tmp_path / 'ops_cpu_bf16.csv').read_text().count('\n') > 10
 
 
+def test_bench_dry_run_inference_backends(tmp_path, capsys):
+    load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'infer', '--out-dir', str(tmp_path)])
+    out = capsys.readouterr().out
+    assert '## Inference: the backends' in out and '| 512 | 7 | 1 | 3 | dense |' in out
+    assert (tmp_path / 'infer_cpu.csv').read_text().count('\n') == 2
+
+
 def test_bench_dry_run_chunk_study(tmp_path, capsys):
     rows = {}
     bench = load_script('benchmarks/bench.py')
@@ -298,6 +306,10 @@ def test_bench_dry_run_model_level(tmp_path, capsys):
     load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'model', '--out-dir', str(tmp_path)])
     assert 'resnet50_mixerfree' in capsys.readouterr().out
     assert (tmp_path / 'models_cpu.csv').exists()
+    load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'pairs', '--out-dir', str(tmp_path)])
+    out = capsys.readouterr().out
+    assert '| resnet50_cada_k13 | resnet50_dw_k13 |' in out and 'train >= 0.95' in out
+    assert (tmp_path / 'pairs_cpu.csv').exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -409,9 +421,9 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 def test_auto_picks_triton_on_cuda_only():
     for grad in (False, True):
         for Ho, k in ((56, 7), (7, 13)):
-            assert choose_backend('cada', Ho, Ho, k, grad, 8, device='cuda')[0] == 'triton'
+            assert choose_backend('cada', Ho, Ho, k, grad, device='cuda')[0] == 'triton'
             assert choose_backend('pixel_filter', Ho, Ho, k, grad, device='cuda')[0] == 'triton'
-            assert choose_backend('cada', Ho, Ho, k, grad, 8)[0] != 'triton'
+            assert choose_backend('cada', Ho, Ho, k, grad)[0] != 'triton'
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

@@ -52,51 +52,41 @@ def _check_shapes(x: torch.Tensor, kernels: torch.Tensor, name: str, kernel_dim:
             name, kernels.shape[1], x.shape[1]))
 
 
-def dense_pays(Ho: int, Wo: int, k: int, vs_combine: bool = False) -> bool:
-    """Whether the banded matrix product beats the other backends for an Ho x Wo output, k x k window.
+def dense_pays(Ho: int, Wo: int, k: int, grad: bool = True) -> bool:
+    """Whether the banded matrix product beats the tap walk for an Ho x Wo output, k x k window.
 
-    Measured on the benchmark CPU at ResNet-50's stage shapes, stride 1 and 2 (benchmarks/RESULTS.md):
-    against the tap walk it wins up to Ho * Wo = 16 k * k output pixels (from 28 x 28 at k = 7); where
-    conv-then-combine competes (CADA inference) only up to 4 k * k, and on maps of at most 64 pixels
-    whatever k. Beyond, the kernel maps of a single row of a chunk outgrow the chunk and the bands
-    multiply the calls.
+    Measured on the benchmark CPU at ResNet-50's stage shapes, stride 1 and 2, batch 16 (benchmarks/RESULTS.md,
+    "Inference: the backends at each stage shape"): with a gradient it wins up to Ho * Wo = 16 k * k output
+    pixels (28 x 28 at k = 7); in inference up to 12 k * k (14 x 14 at k = 7, 28 x 28 at k = 13). Beyond,
+    the kernel maps of a single row of a chunk outgrow the chunk and the bands multiply the calls.
     """
-    P = Ho * Wo
-    return (P <= 4 * k * k or P <= 64) if vs_combine else P <= 16 * k * k
+    return Ho * Wo <= (16 if grad else 12) * k * k
 
 
-def choose_backend(
-        op: str, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0, device: str = 'cpu',
-) -> Tuple[str, str]:
+def choose_backend(op: str, Ho: int, Wo: int, k: int, grad: bool, device: str = 'cpu') -> Tuple[str, str]:
     """(backend, why) that 'auto' runs for `op` ('pixel_filter' or 'cada') on an Ho x Wo output on `device`
     (a device type).
 
     On CUDA, 'triton' wherever Triton is installed: one fused kernel, where the PyTorch backends launch
-    about k*k kernels per chunk. Elsewhere the rule follows what was fastest on the benchmark CPU (benchmarks/RESULTS.md): 'dense' on small
-    output maps (`dense_pays`); beyond, 'taps' whenever a gradient is needed (its backward avoids the
-    slow depthwise-conv weight gradient) and for pixel_filter; for CADA inference, whichever streams
-    less memory: the tap walk makes about k*k passes over the output, each (Wo + k - 1) / Wo longer
-    than a row (the row pitch), conv-then-combine B passes plus B library depthwise convs, and it
-    wins once the first exceeds the second about 9 times: large kernels on small maps.
+    about k*k kernels per chunk. Elsewhere the rule follows what was fastest on the benchmark CPU
+    (benchmarks/RESULTS.md): 'dense' on small output maps (`dense_pays`), 'taps' beyond. Conv-then-combine
+    ('combine') is never faster there: its B library depthwise convs cost more than the tap walk at k = 7,
+    and at k = 13 oneDNN's depthwise conv alone is slower than the whole tap walk.
     """
     if device == 'cuda' and triton_available():
         return 'triton', 'CUDA: fused Triton kernel'
-    combine = op == 'cada' and not grad
-    if dense_pays(Ho, Wo, k, vs_combine=combine):
-        return 'dense', f'{Ho}x{Wo} output, k={k}: small map'
-    if not combine:
-        return 'taps', f'{Ho}x{Wo} output, k={k}: large map' + (', gradient' if op == 'cada' else '')
-    if k * k * (Wo + k - 1) >= 9 * num_bases * Wo:
-        return 'combine', f'{Ho}x{Wo} output, k={k}, B={num_bases}, inference: k*k pitched passes > 9 B passes'
-    return 'taps', f'{Ho}x{Wo} output, k={k}, B={num_bases}, inference: k*k pitched passes <= 9 B passes'
+    mode = 'gradient' if grad else 'inference'
+    if dense_pays(Ho, Wo, k, grad):
+        return 'dense', f'{Ho}x{Wo} output, k={k}, {mode}: small map'
+    return 'taps', f'{Ho}x{Wo} output, k={k}, {mode}: large map'
 
 
-def _auto(op: str, x: torch.Tensor, Ho: int, Wo: int, k: int, grad: bool, num_bases: int = 0) -> str:
+def _auto(op: str, x: torch.Tensor, Ho: int, Wo: int, k: int, grad: bool) -> str:
     """The rule's pick for 'auto' on x's device, logged at debug level with the reason. Under torch.export,
     'taps': the size rule on a dynamic height or width would put its comparisons into the program as guards."""
     if torch.compiler.is_exporting():
         return 'taps'
-    impl, why = choose_backend(op, Ho, Wo, k, grad, num_bases, x.device.type)
+    impl, why = choose_backend(op, Ho, Wo, k, grad, x.device.type)
     if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
         _logger.debug('%s: auto chose %r (%s)', op, impl, why)
     return impl
@@ -157,7 +147,7 @@ def cada_filter(
         if not torch.onnx.is_in_onnx_export():
             if impl == 'auto':
                 impl = _auto('cada', x, alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
-                             _needs_grad(x, alpha, bases, rel_pos), bases.shape[1])
+                             _needs_grad(x, alpha, bases, rel_pos))
             return BACKENDS[impl][1](x, alpha, bases, rel_pos, stride, dilation)
     if impl == 'reference':
         return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
