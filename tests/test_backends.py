@@ -13,9 +13,13 @@ from timm_cada.ops import dense, functional, taps, triton_fused
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
 from helpers import OP_CASES, OP_TOL, grads, load_script, op_inputs, perturbed, split_case
 
-@pytest.mark.parametrize('impl', CADA_IMPLS)
-@pytest.mark.parametrize('case', OP_CASES, ids=str)
-@pytest.mark.parametrize('with_rel_pos', [False, True])
+# Every backend on every case, with and without rel_pos; the triton backend, which runs in Triton's interpreter
+# here (seconds per case), without rel_pos on the first three cases only.
+CADA_GRAD_CASES = [pytest.param(impl, case, rel, id=f'{impl}-{case}-{rel}') for impl in CADA_IMPLS
+                   for i, case in enumerate(OP_CASES) for rel in (False, True) if rel or impl != 'triton' or i < 3]
+
+
+@pytest.mark.parametrize('impl,case,with_rel_pos', CADA_GRAD_CASES)
 def test_cada_values_and_grads_match_reference(impl, case, with_rel_pos):
     k, stride, dilation, kw = split_case(case)
     x, alpha, bases, rel_pos, _ = op_inputs(k, **kw)
@@ -364,12 +368,12 @@ def test_bench_dry_run_onnx_level(tmp_path, capsys):
 
 @pytest.mark.parametrize('dtype,channels_last', [(torch.float32, True), (torch.bfloat16, False), (torch.float16, True)],
                          ids=str)
-@pytest.mark.parametrize('case', [dict(k=7, H=9, W=10), dict(k=5, stride=2, dilation=2), dict(k=3, batch1=True)], ids=str)
+@pytest.mark.parametrize('case', [dict(k=7, H=9, W=10), dict(k=5, stride=2, dilation=2), dict(k=3, N=2, batch1=True)], ids=str)
 def test_triton_half_precision_and_layouts(dtype, channels_last, case):
     """fp32, bf16 and fp16 inputs (float32 kernels, as under autocast), NCHW and channels_last, against the
     float64 reference of the same (rounded) inputs: outputs and every gradient, in the input's dtype."""
     k, stride, dilation, kw = split_case(case)
-    x, alpha, bases, rel_pos, attn = op_inputs(k, **{**dict(C=32, H=11, W=10, G=2, B=8), **kw}, dtype=torch.float32)
+    x, alpha, bases, rel_pos, attn = op_inputs(k, **{**dict(N=1, C=32, H=11, W=10, G=2, B=8), **kw}, dtype=torch.float32)
     x = x.to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -391,6 +395,21 @@ def test_triton_half_precision_and_layouts(dtype, channels_last, case):
         assert g.dtype == t.dtype
         scale = g_ref.abs().max().item()
         torch.testing.assert_close(g.double() / scale, g_ref / scale, **tol)
+
+
+@pytest.mark.parametrize('batch1', [False, True])
+def test_triton_several_tiles_per_map(monkeypatch, batch1):
+    """Tiles of 16 pixels, so that every map spans several programs (the test maps fit one tile of the default
+    size): the per-tile partial sums of grad_bases and grad_rel_pos, and the tail tile's masks."""
+    monkeypatch.setattr(triton_fused, 'BLOCK', 16)
+    x, alpha, bases, rel_pos, attn = op_inputs(5, N=2, H=13, W=11, stride=2, batch1=batch1)
+    inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
+    assert alpha.shape[-2] * alpha.shape[-1] > 2 * 16
+    out = cada_filter(x, alpha, bases, rel_pos, 2, impl='triton') + pixel_filter(x, attn, 5, 2, impl='triton')
+    ref = cada_reference(x, alpha, bases, rel_pos, 2) + pixel_filter_reference(x, attn, 5, 2)
+    torch.testing.assert_close(out, ref, **OP_TOL)
+    for g, g_ref in zip(grads(out, inputs), grads(ref, inputs)):
+        torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
 def test_triton_mixers_match_reference_backend():

@@ -4,7 +4,8 @@ Imported on the backend's first call, not with the package: whether `triton.jit`
 or runs the kernels in Triton's interpreter (on CPU tensors, TRITON_INTERPRET=1) is decided when these
 functions are decorated.
 
-One program computes one (sample, head) on a tile of BLOCK pixels, all the head's channels at once. With
+One program computes one (sample, head) (grid axis 0, which takes any count) on a tile of BLOCK pixels (axis
+1), all the head's channels at once. With
 SYNTH (CADA) it holds the tile's CA parameters, (B, BLOCK), and builds every tap's kernel value on chip,
 sum_b alpha_b W_b[d] (+ R[d]); without, the kernel map is read directly (pixel_filter). Nothing per-pixel
 of size k*k is ever written, and every sum accumulates in ACC (float32, or float64 for float64 inputs).
@@ -39,11 +40,11 @@ def filter_fwd_kernel(
     """y[n, c, p] = sum_d kernel_d(n, g(c), p) * x[n, c, STRIDE * p + DIL * d - pad]."""
     KK: tl.constexpr = K * K
     PAD: tl.constexpr = DIL * (K // 2)
-    pid_ng = tl.program_id(1)
+    pid_ng = tl.program_id(0)
     n = (pid_ng // G).to(tl.int64)
     g = pid_ng % G
     P = Ho * Wo
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = p < P
     ho = p // Wo
     wo = p % Wo
@@ -81,11 +82,11 @@ def filter_bwd_x_kernel(
     a gather over a tile of input pixels q, so no two programs write the same element."""
     KK: tl.constexpr = K * K
     PAD: tl.constexpr = DIL * (K // 2)
-    pid_ng = tl.program_id(1)
+    pid_ng = tl.program_id(0)
     n = (pid_ng // G).to(tl.int64)
     g = pid_ng % G
     P = Ho * Wo
-    q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     qmask = q < H * W
     hq = q // W
     wq = q % W
@@ -130,12 +131,12 @@ def filter_bwd_kernels_kernel(
     (deterministic, no atomics)."""
     KK: tl.constexpr = K * K
     PAD: tl.constexpr = DIL * (K // 2)
-    pid_ng = tl.program_id(1)
+    pid_ng = tl.program_id(0)
     n = (pid_ng // G).to(tl.int64)
     g = pid_ng % G
     P = Ho * Wo
-    tile = pid_ng.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tile = pid_ng.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = p < P
     ho = p // Wo
     wo = p % Wo

@@ -86,7 +86,7 @@ class _Launch:
         return self.G, self.H, self.W, self.Ho, self.Wo, self.hd, self.nb
 
     def grid(self, pixels: int, block: int) -> Tuple[int, int]:
-        return -(-pixels // block), self.N * self.G
+        return self.N * self.G, -(-pixels // block)
 
     def block(self, pixels: int) -> int:
         return min(BLOCK, max(16, _pow2(pixels)))
@@ -138,9 +138,9 @@ def _backward(gy, x, a, w, r, k, stride, dilation, synth, need_x, need_a, need_w
                 grad_a = (ga.sum(0, keepdim=True) if a.shape[0] == 1 else ga).to(a.dtype)
             # tile t of (sample n, head g) is row (n * G + g) * tiles_per_map + t
             if need_w:
-                grad_w = pw.view(launch.N, launch.G, grid[0], launch.nb, k, k).sum((0, 2)).to(w.dtype)
+                grad_w = pw.view(launch.N, launch.G, grid[1], launch.nb, k, k).sum((0, 2)).to(w.dtype)
             if need_r:
-                grad_r = pr.view(launch.N, launch.G, grid[0], k, k).sum((0, 2)).to(r.dtype)
+                grad_r = pr.view(launch.N, launch.G, grid[1], k, k).sum((0, 2)).to(r.dtype)
     return grad_x, grad_a, grad_w, grad_r
 
 
