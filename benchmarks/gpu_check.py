@@ -94,7 +94,9 @@ def bench_ops(run: Runner, batch: int) -> List[Dict]:
             for stride in (1, 2):
                 G = C // HEAD_DIM
                 Ho = filter_output_size(H, k, stride)
-                x = torch.randn(batch, C, H, H, device=dev).contiguous(memory_format=torch.channels_last)
+                # bf16, as a mixer sees it under autocast (autocast does not cast a custom op's inputs)
+                x = torch.randn(batch, C, H, H, device=dev, dtype=torch.bfloat16).contiguous(
+                    memory_format=torch.channels_last)
                 alpha = torch.randn(batch, G, BASES, Ho, Ho, device=dev).softmax(2)
                 bases = torch.randn(G, BASES, k, k, device=dev) * 0.1
                 dw = DwConv2d(C, C, k, stride=stride).to(dev, memory_format=torch.channels_last)
@@ -166,35 +168,38 @@ def main(argv=None) -> int:
     dev = torch.device('cuda')
     torch.backends.cudnn.benchmark = True
     run = Runner(dev, 1 if args.quick else 5, 0.0 if args.quick else 0.1, torch.bfloat16)
-    lines = [f'# GPU check of the triton backend: {torch.cuda.get_device_name(dev)}', '',
-             f'torch {torch.__version__}, triton {__import__("triton").__version__}, CUDA {torch.version.cuda}, '
-             f'cuDNN {torch.backends.cudnn.version()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC', '']
+    lines: List[str] = []
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
+    def write(more: List[str]) -> None:
+        """Print and append to --out section by section, so that a run cut short keeps what it measured."""
+        lines.extend(more)
+        print('\n'.join(more), flush=True)
+        with open(args.out, 'w') as f:
+            f.write('\n'.join(lines))
+
+    write([f'# GPU check of the triton backend: {torch.cuda.get_device_name(dev)}', '',
+           f'torch {torch.__version__}, triton {__import__("triton").__version__}, CUDA {torch.version.cuda}, '
+           f'cuDNN {torch.backends.cudnn.version()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC',
+           ''])
     correct = check_correctness(dev)
     bad = [r for r in correct if not r['ok']]
-    lines += ['## Correctness against the float64 reference (largest error / largest magnitude)', '',
-              markdown(correct, list(correct[0])), '',
-              f'{len(correct) - len(bad)} of {len(correct)} cases within tolerance ({TOL[torch.float32]:g} fp32, '
-              f'{TOL[torch.bfloat16]:g} bf16, {TOL[torch.float16]:g} fp16).', '']
-    print('\n'.join(lines), flush=True)
+    write(['## Correctness against the float64 reference (largest error / largest magnitude)', '',
+           markdown(correct, list(correct[0])), '',
+           f'{len(correct) - len(bad)} of {len(correct)} cases within tolerance ({TOL[torch.float32]:g} fp32, '
+           f'{TOL[torch.bfloat16]:g} bf16, {TOL[torch.float16]:g} fp16).', ''])
     if not bad:
         ops = bench_ops(run, batch=64)
+        write(['## Operator level: fwd+bwd, batch 64, bf16 input, bf16 autocast, channels_last, '
+               f'B={BASES}, head_dim {HEAD_DIM} (target: op_x_dw <= {OP_TARGET})', '',
+               markdown(ops, list(ops[0])), '', f'op target met at {sum(r["ok"] for r in ops)} of {len(ops)} shapes.', ''])
         models = bench_models(run, batch=64, img=224)
-        more = ['## Operator level: fwd+bwd, batch 64, bf16 autocast, channels_last, '
-                f'B={BASES}, head_dim {HEAD_DIM} (target: op_x_dw <= {OP_TARGET})', '',
-                markdown(ops, list(ops[0])), '',
-                '## Model level: batch 64 at 224 px, bf16 autocast, channels_last, SGD step '
-                f'(target: resnet50_cada_k7 train_x_dw_k7 >= {MODEL_TARGET})', '',
-                markdown(models, list(models[0])), '']
         cada = next(r for r in models if r['model'] == 'resnet50_cada_k7')
-        more += [f'op target met at {sum(r["ok"] for r in ops)} of {len(ops)} shapes; model target '
-                 f'{"met" if cada["train_x_dw_k7"] >= MODEL_TARGET else "missed"} '
-                 f'({cada["train_x_dw_k7"]:.2f}x).', '']
-        print('\n'.join(more), flush=True)
-        lines += more
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        f.write('\n'.join(lines))
+        write(['## Model level: batch 64 at 224 px, bf16 autocast, channels_last, SGD step '
+               f'(target: resnet50_cada_k7 train_x_dw_k7 >= {MODEL_TARGET})', '',
+               markdown(models, list(models[0])), '',
+               f'model target {"met" if cada["train_x_dw_k7"] >= MODEL_TARGET else "missed"} '
+               f'({cada["train_x_dw_k7"]:.2f}x).', ''])
     return 1 if bad else 0
 
 

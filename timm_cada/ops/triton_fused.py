@@ -71,7 +71,8 @@ def _tl_acc(dtype: torch.dtype):
 class _Launch:
     """Grid, block sizes and the arguments every kernel shares, for one call."""
 
-    def __init__(self, x: torch.Tensor, a: torch.Tensor, num_kernels: int, k: int, stride: int, dilation: int):
+    def __init__(self, x: torch.Tensor, a: torch.Tensor, num_kernels: int, k: int, stride: int, dilation: int,
+                 synth: bool):
         N, C, H, W = x.shape
         G = a.shape[1]
         self.N, self.G, self.H, self.W = N, G, H, W
@@ -79,8 +80,8 @@ class _Launch:
         self.hd = C // G
         self.nb = num_kernels
         self.a_batch_stride = 0 if a.shape[0] == 1 else G * num_kernels * self.Ho * self.Wo
-        self.consts = dict(K=k, STRIDE=stride, DIL=dilation, HD_PAD=_pow2(self.hd), B_PAD=_pow2(num_kernels),
-                           ACC=_tl_acc(x.dtype), num_warps=NUM_WARPS)
+        self.consts = dict(K=k, STRIDE=stride, DIL=dilation, HD_PAD=_pow2(self.hd),
+                           B_PAD=_pow2(num_kernels) if synth else 1, ACC=_tl_acc(x.dtype), num_warps=NUM_WARPS)
 
     def dims(self) -> tuple:
         return self.G, self.H, self.W, self.Ho, self.Wo, self.hd, self.nb
@@ -93,7 +94,7 @@ class _Launch:
 
 
 def _forward(x, a, w, r, k, stride, dilation, synth):
-    launch = _Launch(x, a, w.shape[1] if synth else k * k, k, stride, dilation)
+    launch = _Launch(x, a, w.shape[1] if synth else k * k, k, stride, dilation, synth)
     y = out_like(x, launch.Ho, launch.Wo)
     if y.numel() == 0:
         return y
@@ -108,7 +109,7 @@ def _forward(x, a, w, r, k, stride, dilation, synth):
 
 def _backward(gy, x, a, w, r, k, stride, dilation, synth, need_x, need_a, need_w, need_r):
     """(grad_x, grad_a, grad_w, grad_r); None for each not asked for."""
-    launch = _Launch(x, a, w.shape[1] if synth else k * k, k, stride, dilation)
+    launch = _Launch(x, a, w.shape[1] if synth else k * k, k, stride, dilation, synth)
     a = a.contiguous()
     acc = acc_dtype(x.dtype)
     grad_x = grad_a = grad_w = grad_r = None
