@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import csv
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -347,15 +348,17 @@ def bench_models(run: Runner, names, compile_names, infer_batch: int, train_batc
     return rows
 
 
-def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int, rounds: int) -> List[Dict]:
-    """CADA against the depthwise-conv model of the same k, as a user runs them (eager, NCHW): `rounds` rounds,
-    each timing A then B (inference, then a training step with SGD), so both see the same machine state; the
-    ratio of each round, and their median, min and max."""
+def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int, rounds: int,
+                channels_last: bool = False) -> List[Dict]:
+    """CADA against the depthwise-conv model of the same k, as a user runs them (eager; NCHW unless
+    `channels_last`): `rounds` rounds, each timing A then B (inference, then a training step with SGD), so both
+    see the same machine state; the ratio of each round, and their median, min and max."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     rows = []
     for a_name, b_name in pairs:
-        models = {n: create(n).to(run.device) for n in (a_name, b_name)}
-        xi = torch.randn(infer_batch, 3, img, img, device=run.device)
-        xt = torch.randn(train_batch, 3, img, img, device=run.device)
+        models = {n: create(n).to(run.device, memory_format=fmt) for n in (a_name, b_name)}
+        xi = torch.randn(infer_batch, 3, img, img, device=run.device).contiguous(memory_format=fmt)
+        xt = torch.randn(train_batch, 3, img, img, device=run.device).contiguous(memory_format=fmt)
         target = torch.randint(0, 1000, (train_batch,), device=run.device)
         opts = {n: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for n, m in models.items()}
 
@@ -376,8 +379,8 @@ def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int
             for _ in range(rounds):
                 for n, m in models.items():
                     m.train(mode == 'train')
-                    fn = (lambda m=m: infer(m)) if mode == 'infer' else (lambda m=m, n=n: train(m, opts[n]))
-                    speeds[n].append(batch / run.time(fn))
+                    step = functools.partial(infer, m) if mode == 'infer' else functools.partial(train, m, opts[n])
+                    speeds[n].append(batch / run.time(step))
             ratios = [a / b for a, b in zip(speeds[a_name], speeds[b_name])]
             row.update({f'{mode}_img_s': statistics.median(speeds[a_name]),
                         f'{mode}_img_s_against': statistics.median(speeds[b_name]),

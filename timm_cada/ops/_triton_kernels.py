@@ -15,6 +15,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _program(G, HD, NB, HD_PAD: tl.constexpr, B_PAD: tl.constexpr):
+    """This program's sample n (int64, for the batch offsets) and head g (grid axis 0), the head's channels ch
+    with their mask, and the kernel indices b with theirs."""
+    pid_ng = tl.program_id(0)
+    c = tl.arange(0, HD_PAD)
+    b = tl.arange(0, B_PAD)
+    g = pid_ng % G
+    return (pid_ng // G).to(tl.int64), g, g * HD + c, c < HD, b, b < NB
+
+
+@triton.jit
 def _tap_kernel(a_base, w_ptr, r_ptr, b, bmask, alpha, pix, m, g, d, P, NB,
                 KK: tl.constexpr, SYNTH: tl.constexpr, HAS_REL: tl.constexpr, ACC: tl.constexpr):
     """Tap d's kernel value at pixels `pix` (masked by m): synthesised from `alpha` (the CA parameters
@@ -40,21 +51,14 @@ def filter_fwd_kernel(
     """y[n, c, p] = sum_d kernel_d(n, g(c), p) * x[n, c, STRIDE * p + DIL * d - pad]."""
     KK: tl.constexpr = K * K
     PAD: tl.constexpr = DIL * (K // 2)
-    pid_ng = tl.program_id(0)
-    n = (pid_ng // G).to(tl.int64)
-    g = pid_ng % G
+    n, g, ch, cmask, b, bmask = _program(G, HD, NB, HD_PAD, B_PAD)
     P = Ho * Wo
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = p < P
     ho = p // Wo
     wo = p % Wo
-    c = tl.arange(0, HD_PAD)
-    cmask = c < HD
-    ch = g * HD + c
     x_base = x_ptr + n * sxn + ch[:, None] * sxc
     a_base = a_ptr + n * san + g * NB * P
-    b = tl.arange(0, B_PAD)
-    bmask = b < NB
     alpha = tl.zeros((B_PAD, BLOCK), ACC)
     if SYNTH:
         alpha = tl.load(a_base + b[:, None] * P + p[None, :], mask=bmask[:, None] & pmask[None, :], other=0.0).to(ACC)
@@ -82,21 +86,14 @@ def filter_bwd_x_kernel(
     a gather over a tile of input pixels q, so no two programs write the same element."""
     KK: tl.constexpr = K * K
     PAD: tl.constexpr = DIL * (K // 2)
-    pid_ng = tl.program_id(0)
-    n = (pid_ng // G).to(tl.int64)
-    g = pid_ng % G
+    n, g, ch, cmask, b, bmask = _program(G, HD, NB, HD_PAD, B_PAD)
     P = Ho * Wo
     q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     qmask = q < H * W
     hq = q // W
     wq = q % W
-    c = tl.arange(0, HD_PAD)
-    cmask = c < HD
-    ch = g * HD + c
     gy_base = gy_ptr + n * sgn + ch[:, None] * sgc
     a_base = a_ptr + n * san + g * NB * P
-    b = tl.arange(0, B_PAD)
-    bmask = b < NB
     acc = tl.zeros((HD_PAD, BLOCK), ACC)
     for d in range(KK):
         th = hq + PAD - (d // K) * DIL  # STRIDE * ho, when tap d of output (ho, wo) reads q
@@ -131,25 +128,18 @@ def filter_bwd_kernels_kernel(
     (deterministic, no atomics)."""
     KK: tl.constexpr = K * K
     PAD: tl.constexpr = DIL * (K // 2)
-    pid_ng = tl.program_id(0)
-    n = (pid_ng // G).to(tl.int64)
-    g = pid_ng % G
+    n, g, ch, cmask, b, bmask = _program(G, HD, NB, HD_PAD, B_PAD)
     P = Ho * Wo
-    tile = pid_ng.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    tile = tl.program_id(0).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     pmask = p < P
     ho = p // Wo
     wo = p % Wo
-    c = tl.arange(0, HD_PAD)
-    cmask = c < HD
-    ch = g * HD + c
     x_base = x_ptr + n * sxn + ch[:, None] * sxc
     gmask = cmask[:, None] & pmask[None, :]
     gv = tl.load(gy_ptr + n * sgn + ch[:, None] * sgc + ho[None, :] * sgh + wo[None, :] * sgw, mask=gmask,
                  other=0.0).to(ACC)
     ga_base = ga_ptr + (n * G + g) * NB * P  # ga is per sample, (N, G, NB, Ho, Wo)
-    b = tl.arange(0, B_PAD)
-    bmask = b < NB
     amask = bmask[:, None] & pmask[None, :]
     alpha = tl.zeros((B_PAD, BLOCK), ACC)
     if SYNTH and NEED_W:

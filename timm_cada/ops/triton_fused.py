@@ -20,7 +20,6 @@ from typing import Optional, Tuple
 import torch
 
 from .custom_ops import acc_dtype, out_like, register_cada, register_pixel_filter
-from .reference import filter_output_size
 
 # pixels per program: with the default head_dim of 16, a 16 x 128 float32 accumulator
 BLOCK = 128
@@ -69,47 +68,44 @@ def _tl_acc(dtype: torch.dtype):
 
 
 class _Launch:
-    """Grid, block sizes and the arguments every kernel shares, for one call."""
+    """Grid, block sizes and the arguments every kernel shares, for one call. `a` is the CA parameters
+    (N or 1, G, B, Ho, Wo) with `synth` (CADA), else the kernel map (N or 1, G, k*k, Ho, Wo): its third
+    dimension is the kernels' count either way."""
 
-    def __init__(self, x: torch.Tensor, a: torch.Tensor, num_kernels: int, k: int, stride: int, dilation: int,
-                 synth: bool):
+    def __init__(self, x: torch.Tensor, a: torch.Tensor, k: int, stride: int, dilation: int, synth: bool):
         N, C, H, W = x.shape
-        G = a.shape[1]
-        self.N, self.G, self.H, self.W = N, G, H, W
-        self.Ho, self.Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
-        self.hd = C // G
-        self.nb = num_kernels
-        self.a_batch_stride = 0 if a.shape[0] == 1 else G * num_kernels * self.Ho * self.Wo
-        self.consts = dict(K=k, STRIDE=stride, DIL=dilation, HD_PAD=_pow2(self.hd),
-                           B_PAD=_pow2(num_kernels) if synth else 1, ACC=_tl_acc(x.dtype), num_warps=NUM_WARPS)
+        _, G, nb, Ho, Wo = a.shape
+        self.N, self.G, self.H, self.W, self.Ho, self.Wo, self.hd, self.nb = N, G, H, W, Ho, Wo, C // G, nb
+        self.a_batch_stride = 0 if a.shape[0] == 1 else G * nb * Ho * Wo
+        self.consts = dict(K=k, STRIDE=stride, DIL=dilation, SYNTH=synth, HD_PAD=_pow2(self.hd),
+                           B_PAD=_pow2(nb) if synth else 1, ACC=_tl_acc(x.dtype), num_warps=NUM_WARPS)
 
     def dims(self) -> tuple:
         return self.G, self.H, self.W, self.Ho, self.Wo, self.hd, self.nb
 
-    def grid(self, pixels: int, block: int) -> Tuple[int, int]:
-        return self.N * self.G, -(-pixels // block)
+    def grid(self, pixels: int) -> Tuple[Tuple[int, int], int]:
+        """The grid ((sample, head) pairs, tiles) over `pixels` per map, and the tile's size."""
+        block = min(BLOCK, max(16, _pow2(pixels)))
+        return (self.N * self.G, -(-pixels // block)), block
 
-    def block(self, pixels: int) -> int:
-        return min(BLOCK, max(16, _pow2(pixels)))
 
-
-def _forward(x, a, w, r, k, stride, dilation, synth):
-    launch = _Launch(x, a, w.shape[1] if synth else k * k, k, stride, dilation, synth)
+def _forward(x, a, k, stride, dilation, w=None, r=None):
+    """pixel_filter (a: the kernel map), or CADA with the bases w (a: alpha) and rel_pos r."""
+    launch = _Launch(x, a, k, stride, dilation, synth=w is not None)
     y = out_like(x, launch.Ho, launch.Wo)
     if y.numel() == 0:
         return y
-    a = a.contiguous()
-    blk = launch.block(launch.Ho * launch.Wo)
+    grid, blk = launch.grid(launch.Ho * launch.Wo)
     with _launch_context(x):
-        _kernels().filter_fwd_kernel[launch.grid(launch.Ho * launch.Wo, blk)](
-            x, a, w, r, y, *launch.dims(), *x.stride(), *y.stride(), launch.a_batch_stride,
-            SYNTH=synth, HAS_REL=r is not None and synth, BLOCK=blk, **launch.consts)
+        _kernels().filter_fwd_kernel[grid](
+            x, a.contiguous(), w, r, y, *launch.dims(), *x.stride(), *y.stride(), launch.a_batch_stride,
+            HAS_REL=r is not None, BLOCK=blk, **launch.consts)
     return y
 
 
-def _backward(gy, x, a, w, r, k, stride, dilation, synth, need_x, need_a, need_w, need_r):
-    """(grad_x, grad_a, grad_w, grad_r); None for each not asked for."""
-    launch = _Launch(x, a, w.shape[1] if synth else k * k, k, stride, dilation, synth)
+def _backward(gy, x, a, k, stride, dilation, w, r, need_x, need_a, need_w, need_r):
+    """(grad_x, grad_a, grad_w, grad_r), None for each not asked for; w and r as in `_forward`."""
+    launch = _Launch(x, a, k, stride, dilation, synth=w is not None)
     a = a.contiguous()
     acc = acc_dtype(x.dtype)
     grad_x = grad_a = grad_w = grad_r = None
@@ -117,16 +113,14 @@ def _backward(gy, x, a, w, r, k, stride, dilation, synth, need_x, need_a, need_w
         kernels = _kernels()
         if need_x:
             grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
-            blk = launch.block(launch.H * launch.W)
-            kernels.filter_bwd_x_kernel[launch.grid(launch.H * launch.W, blk)](
+            grid, blk = launch.grid(launch.H * launch.W)
+            kernels.filter_bwd_x_kernel[grid](
                 gy, a, w, r, grad_x, *launch.dims(), *gy.stride(), *grad_x.stride(), launch.a_batch_stride,
-                SYNTH=synth, HAS_REL=r is not None and synth, BLOCK=blk, **launch.consts)
-        need_w = need_w and synth
-        need_r = need_r and synth and r is not None
+                HAS_REL=r is not None, BLOCK=blk, **launch.consts)
+        need_w = need_w and w is not None
+        need_r = need_r and r is not None
         if need_a or need_w or need_r:
-            P = launch.Ho * launch.Wo
-            blk = launch.block(P)
-            grid = launch.grid(P, blk)
+            grid, blk = launch.grid(launch.Ho * launch.Wo)
             tiles = grid[0] * grid[1]
             # per sample (a batch-1 map's gradient is summed over the batch below)
             ga = x.new_empty((launch.N, launch.G, launch.nb, launch.Ho, launch.Wo) if need_a else (1,), dtype=acc)
@@ -134,7 +128,7 @@ def _backward(gy, x, a, w, r, k, stride, dilation, synth, need_x, need_a, need_w
             pr = x.new_empty((tiles, k * k) if need_r else (1,), dtype=acc)
             kernels.filter_bwd_kernels_kernel[grid](
                 x, gy, a, w, ga, pw, pr, *launch.dims(), *x.stride(), *gy.stride(), launch.a_batch_stride,
-                SYNTH=synth, NEED_A=need_a, NEED_W=need_w, NEED_R=need_r, BLOCK=blk, **launch.consts)
+                NEED_A=need_a, NEED_W=need_w, NEED_R=need_r, BLOCK=blk, **launch.consts)
             if need_a:
                 grad_a = (ga.sum(0, keepdim=True) if a.shape[0] == 1 else ga).to(a.dtype)
             # tile t of (sample n, head g) is row (n * G + g) * tiles_per_map + t
@@ -146,24 +140,25 @@ def _backward(gy, x, a, w, r, k, stride, dilation, synth, need_x, need_a, need_w
 
 
 def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
-    return _forward(x, attn, x, None, k, stride, dilation, synth=False)
+    return _forward(x, attn, k, stride, dilation)
 
 
 def _pixel_filter_bwd(gy, x, attn, k, stride, dilation, need_x, need_attn):
-    gx, ga, _, _ = _backward(gy, x, attn, x, None, k, stride, dilation, False, need_x, need_attn, False, False)
+    gx, ga, _, _ = _backward(gy, x, attn, k, stride, dilation, None, None, need_x, need_attn, False, False)
     return gx, ga
 
 
+def _contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return t.contiguous() if t is not None else None
+
+
 def _cada_fwd(x, alpha, bases, rel_pos, stride, dilation):
-    k = bases.shape[-1]
-    return _forward(x, alpha, bases.contiguous(), rel_pos.contiguous() if rel_pos is not None else None,
-                    k, stride, dilation, synth=True)
+    return _forward(x, alpha, bases.shape[-1], stride, dilation, bases.contiguous(), _contiguous(rel_pos))
 
 
 def _cada_bwd(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel):
-    k = bases.shape[-1]
-    return _backward(gy, x, alpha, bases.contiguous(), rel_pos.contiguous() if rel_pos is not None else None,
-                     k, stride, dilation, True, need_x, need_alpha, need_bases, need_rel)
+    return _backward(gy, x, alpha, bases.shape[-1], stride, dilation, bases.contiguous(), _contiguous(rel_pos),
+                     need_x, need_alpha, need_bases, need_rel)
 
 
 _pixel_filter_op = register_pixel_filter('pixel_filter_triton', _pixel_filter_fwd, _pixel_filter_bwd)
