@@ -227,12 +227,11 @@ def bench_infer_backends(run: Runner, shapes, kernels, batch: int) -> List[Dict]
             cases = {'dw_conv': lambda: dw(x), 'ca_generator': lambda: mixer.ca_params(x)}
             for impl in ('taps', 'dense', 'combine'):
                 cases[impl] = lambda impl=impl: cada_filter(x, alpha, mixer.bases, None, stride, 1, impl)
-            row = dict(C=C, H=H, stride=stride, k=k, auto=choose_backend('cada', Ho, Ho, k, grad=False)[0])
+            row = dict(C=C, H=H, stride=stride, k=k, auto=choose_backend(Ho, Ho, k, grad=False)[0])
             with torch.no_grad(), run.autocast():
                 for name, fn in cases.items():
                     row[f'{name}_ms'] = run.time(fn) * 1e3
-            best = min(('taps', 'dense', 'combine'), key=lambda n: row[f'{n}_ms'])
-            row['fastest'] = best
+            row['fastest'] = min(('taps', 'dense', 'combine'), key=lambda n: row[f'{n}_ms'])
             row['auto_x_dw'] = row[f"{row['auto']}_ms"] / row['dw_conv_ms']
             rows.append(row)
             print('  infer {C}@{H}/{stride} k{k}: auto {auto}, fastest {fastest}'.format(**row), file=sys.stderr, flush=True)
@@ -247,7 +246,7 @@ def bench_chunks(run: Runner, shapes) -> List[Dict]:
     for C, H, k in shapes:
         dw_mod = DwConv2d(C, C, k).to(run.device)
         x, alpha, bases = (t.requires_grad_() for t in _op_inputs(C, H, k, run.device))
-        backend = 'dense' if choose_backend('cada', H, H, k, grad=True)[0] == 'dense' else 'taps'
+        backend = 'dense' if choose_backend(H, H, k, grad=True)[0] == 'dense' else 'taps'
         module, name, values = CHUNK_SETTINGS[backend]
         default = getattr(module, name)
         gy = torch.randn_like(x)
@@ -527,7 +526,7 @@ def main(argv=None) -> None:
             BASES, HEAD_DIM))
         targets = op_targets(rows)
         print(markdown(targets, list(targets[0]) if targets else []) + '\n')
-    if args.level in ('infer', 'all'):
+    if args.level in ('infer', 'all') and args.device == 'cpu':  # the CPU backends' rule
         shapes = MIXER_SHAPES[-1:] if args.dry_run else MIXER_SHAPES
         rows = bench_infer_backends(run, shapes, kernels if args.dry_run else (7, 13), batches[0])
         write_csv(rows, os.path.join(args.out_dir, f'infer_{tag}.csv'))

@@ -124,13 +124,13 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
 def test_auto_picks_dense_on_small_maps_only(grad):
     """The dense backend runs where its banded matrices cost little more than the k * k window, the tap walk
     elsewhere; conv-then-combine never on CPU (slower there at every stage shape, benchmarks/RESULTS.md)."""
-    def impl_for(C, H, k, stride=1, op='cada'):
+    def impl_for(C, H, k, stride=1):
         Ho = filter_output_size(H, k, stride)
-        return choose_backend(op, Ho, Ho, k, grad)[0]
+        return choose_backend(Ho, Ho, k, grad)[0]
 
     assert impl_for(512, 7, 7) == 'dense' and impl_for(256, 14, 13) == 'dense' and impl_for(512, 7, 3) == 'dense'
     assert impl_for(256, 28, 13) == 'dense' and impl_for(256, 28, 7, stride=2) == 'dense'  # the output's size counts
-    assert impl_for(64, 56, 7) == impl_for(64, 56, 13) == impl_for(128, 28, 3) == impl_for(64, 56, 7, op='pixel_filter') == 'taps'
+    assert impl_for(64, 56, 7) == impl_for(64, 56, 13) == impl_for(128, 28, 3) == 'taps'  # both operators
     # 28 x 28 at k = 7: the tap walk in inference, the dense backend with a gradient
     assert impl_for(128, 28, 7) == ('dense' if grad else 'taps')
 
@@ -440,9 +440,8 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 def test_auto_picks_triton_on_cuda_only():
     for grad in (False, True):
         for Ho, k in ((56, 7), (7, 13)):
-            assert choose_backend('cada', Ho, Ho, k, grad, device='cuda')[0] == 'triton'
-            assert choose_backend('pixel_filter', Ho, Ho, k, grad, device='cuda')[0] == 'triton'
-            assert choose_backend('cada', Ho, Ho, k, grad)[0] != 'triton'
+            assert choose_backend(Ho, Ho, k, grad, device='cuda')[0] == 'triton'
+            assert choose_backend(Ho, Ho, k, grad)[0] != 'triton'
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

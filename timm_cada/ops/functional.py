@@ -56,16 +56,15 @@ def dense_pays(Ho: int, Wo: int, k: int, grad: bool = True) -> bool:
     """Whether the banded matrix product beats the tap walk for an Ho x Wo output, k x k window.
 
     Measured on the benchmark CPU at ResNet-50's stage shapes, stride 1 and 2, batch 16 (benchmarks/RESULTS.md,
-    "Inference: the backends at each stage shape"): with a gradient it wins up to Ho * Wo = 16 k * k output
+    "Model level: CADA against DW of the same k"): with a gradient it wins up to Ho * Wo = 16 k * k output
     pixels (28 x 28 at k = 7); in inference up to 12 k * k (14 x 14 at k = 7, 28 x 28 at k = 13). Beyond,
     the kernel maps of a single row of a chunk outgrow the chunk and the bands multiply the calls.
     """
     return Ho * Wo <= (16 if grad else 12) * k * k
 
 
-def choose_backend(op: str, Ho: int, Wo: int, k: int, grad: bool, device: str = 'cpu') -> Tuple[str, str]:
-    """(backend, why) that 'auto' runs for `op` ('pixel_filter' or 'cada') on an Ho x Wo output on `device`
-    (a device type).
+def choose_backend(Ho: int, Wo: int, k: int, grad: bool, device: str = 'cpu') -> Tuple[str, str]:
+    """(backend, why) that 'auto' runs, for both operators, on an Ho x Wo output on `device` (a device type).
 
     On CUDA, 'triton' wherever Triton is installed: one fused kernel, where the PyTorch backends launch
     about k*k kernels per chunk. Elsewhere the rule follows what was fastest on the benchmark CPU
@@ -86,7 +85,7 @@ def _auto(op: str, x: torch.Tensor, Ho: int, Wo: int, k: int, grad: bool) -> str
     'taps': the size rule on a dynamic height or width would put its comparisons into the program as guards."""
     if torch.compiler.is_exporting():
         return 'taps'
-    impl, why = choose_backend(op, Ho, Wo, k, grad, x.device.type)
+    impl, why = choose_backend(Ho, Wo, k, grad, x.device.type)
     if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
         _logger.debug('%s: auto chose %r (%s)', op, impl, why)
     return impl
