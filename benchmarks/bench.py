@@ -55,6 +55,8 @@ REFERENCE_MAX_K = 7  # the Python-loop reference with autograd takes seconds per
 # the environment that changes timings on CPU (see the Makefile's bench target), printed with the results
 ENV_VARS = ('OMP_WAIT_POLICY', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')
 # the setting that bounds each backend's batch chunks, and the values the chunk study tries (default first)
+# the backends that run CPU tensors for real (triton there only in its interpreter, for tests)
+CPU_BACKENDS = tuple(b for b in CADA_IMPLS if b not in ('auto', 'reference', 'triton'))
 CHUNK_SETTINGS = {
     'taps': (taps, 'MAX_CHUNK_FRACTION', (0.5, 0.4, 0.25)),
     'dense': (dense, 'NUMEL_FACTOR', (1.5, 1.0, 2.0)),
@@ -214,7 +216,7 @@ MIXER_SHAPES = ((64, 56, 1), (128, 56, 2), (128, 28, 1), (256, 28, 2), (256, 14,
 
 def bench_infer_backends(run: Runner, shapes, kernels, batch: int) -> List[Dict]:
     """Inference of every CPU backend of the CADA op at each of ResNet-50's mixer shapes, beside the depthwise
-    conv and the CA generator of a Cada2d (what `choose_backend`'s inference rule is set from)."""
+    conv and the CA generator of a Cada2d (what `choose_backend`'s CPU rule is set from)."""
     rows = []
     for C, H, stride in shapes:
         for k in kernels:
@@ -225,13 +227,13 @@ def bench_infer_backends(run: Runner, shapes, kernels, batch: int) -> List[Dict]
                 alpha = mixer.ca_params(x)
             Ho = alpha.shape[-1]
             cases = {'dw_conv': lambda: dw(x), 'ca_generator': lambda: mixer.ca_params(x)}
-            for impl in ('taps', 'dense', 'combine'):
+            for impl in CPU_BACKENDS:
                 cases[impl] = lambda impl=impl: cada_filter(x, alpha, mixer.bases, None, stride, 1, impl)
             row = dict(C=C, H=H, stride=stride, k=k, auto=choose_backend(Ho, Ho, k, grad=False)[0])
             with torch.no_grad(), run.autocast():
                 for name, fn in cases.items():
                     row[f'{name}_ms'] = run.time(fn) * 1e3
-            row['fastest'] = min(('taps', 'dense', 'combine'), key=lambda n: row[f'{n}_ms'])
+            row['fastest'] = min(CPU_BACKENDS, key=lambda n: row[f'{n}_ms'])
             row['auto_x_dw'] = row[f"{row['auto']}_ms"] / row['dw_conv_ms']
             rows.append(row)
             print('  infer {C}@{H}/{stride} k{k}: auto {auto}, fastest {fastest}'.format(**row), file=sys.stderr, flush=True)
@@ -239,14 +241,15 @@ def bench_infer_backends(run: Runner, shapes, kernels, batch: int) -> List[Dict]
 
 
 def bench_chunks(run: Runner, shapes) -> List[Dict]:
-    """Memory against time of the batch chunks: CADA fwd+bwd ('auto') with each value of the setting that
-    bounds the chunks of the backend 'auto' runs at the shape (CHUNK_SETTINGS), against the depthwise
+    """Memory against time of the batch chunks of the PyTorch backends: CADA fwd+bwd with each value of the
+    setting that bounds the chunks (CHUNK_SETTINGS) of the backend that 'auto' runs at the shape without the
+    native kernels (which hold one head of one sample at a time, and have no chunks), against the depthwise
     conv, side by side."""
     rows = []
     for C, H, k in shapes:
         dw_mod = DwConv2d(C, C, k).to(run.device)
         x, alpha, bases = (t.requires_grad_() for t in _op_inputs(C, H, k, run.device))
-        backend = 'dense' if choose_backend(H, H, k, grad=True)[0] == 'dense' else 'taps'
+        backend = 'dense' if dense_pays(H, H, k) else 'taps'
         module, name, values = CHUNK_SETTINGS[backend]
         default = getattr(module, name)
         gy = torch.randn_like(x)
@@ -255,7 +258,7 @@ def bench_chunks(run: Runner, shapes) -> List[Dict]:
             dw_mod(x).backward(gy)
 
         def op():
-            cada_filter(x, alpha, bases).backward(gy)
+            cada_filter(x, alpha, bases, impl=backend).backward(gy)
 
         dw_ms, dw_mib = run.time(dw) * 1e3, run.peak_mem(dw)
         for value in values:

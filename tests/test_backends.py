@@ -2,14 +2,14 @@
 stride / dilation / rel_pos / broadcast case, gradcheck, batch chunking, channels_last, bf16
 autocast, TorchScript, FX, torch.compile, CUDA (skipped without a GPU) and the benchmark script's
 dry run. The 'triton' backend runs in Triton's interpreter here (tests/conftest.py sets TRITON_INTERPRET=1
-without a GPU). Speed is measured by benchmarks/bench.py, never here. """
+without a GPU); the 'native' backend's C kernels are built with this machine's compiler. Speed is measured by benchmarks/bench.py, never here. """
 import pytest
 import timm
 import torch
 
 from timm_cada.layers import Cada2d, Local2d, Position2d
 from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, choose_backend, filter_output_size, pixel_filter
-from timm_cada.ops import dense, functional, taps, triton_fused
+from timm_cada.ops import dense, functional, native, taps, triton_fused
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
 from helpers import OP_CASES, OP_TOL, grads, load_script, op_inputs, perturbed, split_case
 
@@ -84,7 +84,8 @@ def test_gradcheck(case):
     # mode (Jacobian-vector products instead of one forward per input element), on the first case (its
     # gradients meet the reference's on every case above)
     backends = [(taps, taps.cada_taps, taps.pixel_filter_taps, False),
-                (dense, dense.cada_dense, dense.pixel_filter_dense, False)]
+                (dense, dense.cada_dense, dense.pixel_filter_dense, False),
+                (native, native.cada_native, native.pixel_filter_native, False)]
     if case == dict(k=3):
         backends.append((triton_fused, triton_fused.cada_triton, triton_fused.pixel_filter_triton, True))
     for backend, cada, pf, fast in backends:
@@ -121,9 +122,18 @@ def test_batch_chunks_match_one_chunk(monkeypatch, batch1):
 
 
 @pytest.mark.parametrize('grad', [False, True])
-def test_auto_picks_dense_on_small_maps_only(grad):
-    """The dense backend runs where its banded matrices cost little more than the k * k window, the tap walk
-    elsewhere; conv-then-combine never on CPU (slower there at every stage shape, benchmarks/RESULTS.md)."""
+def test_auto_picks_native_on_cpu(grad):
+    for Ho, k in ((56, 7), (7, 7), (28, 13)):
+        assert choose_backend(Ho, Ho, k, grad) == ('native', 'CPU: fused C kernel')
+
+
+@pytest.mark.parametrize('grad', [False, True])
+def test_auto_without_a_compiler_picks_dense_on_small_maps_only(monkeypatch, grad):
+    """Without the native kernels, the dense backend runs where its banded matrices cost little more than the
+    k * k window, the tap walk elsewhere; conv-then-combine never on CPU (slower there at every stage shape,
+    benchmarks/RESULTS.md)."""
+    monkeypatch.setattr(functional, 'native_available', lambda: False)
+
     def impl_for(C, H, k, stride=1):
         Ho = filter_output_size(H, k, stride)
         return choose_backend(Ho, Ho, k, grad)[0]
@@ -135,9 +145,12 @@ def test_auto_picks_dense_on_small_maps_only(grad):
     assert impl_for(128, 28, 7) == ('dense' if grad else 'taps')
 
 
-@pytest.fixture(params=['dense', 'taps'])
+@pytest.fixture(params=['native', 'dense', 'taps'])
 def small_map_backend(request, monkeypatch):
-    """The tests' small maps make 'auto' pick the dense backend; run them with the tap walk too."""
+    """'auto' picks the native backend on CPU, and without it the dense backend on the tests' small maps: run
+    the test with each backend 'auto' may pick there."""
+    if request.param != 'native':
+        monkeypatch.setattr(functional, 'native_available', lambda: False)
     if request.param == 'taps':
         monkeypatch.setattr(functional, 'dense_pays', lambda *args, **kwargs: False)
     return request.param
@@ -169,7 +182,7 @@ def test_combine_keeps_channels_last(fn):
     torch.testing.assert_close(out, ref, **OP_TOL)
 
 
-@pytest.mark.parametrize('impl', ['taps', 'dense', 'triton'])
+@pytest.mark.parametrize('impl', ['taps', 'dense', 'triton', 'native'])
 @pytest.mark.parametrize('batch1', [False, True])
 def test_kernel_grads_without_input_grad(monkeypatch, impl, batch1):
     """Only the kernels need a gradient (x is data): the backwards skip grad_x, and the dense one then
@@ -285,7 +298,7 @@ def test_bench_dry_run_op_level(tmp_path, capsys):
 def test_bench_dry_run_inference_backends(tmp_path, capsys):
     load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'infer', '--out-dir', str(tmp_path)])
     out = capsys.readouterr().out
-    assert '## Inference: the backends' in out and '| 512 | 7 | 1 | 3 | dense |' in out
+    assert '## Inference: the backends' in out and '| 512 | 7 | 1 | 3 | native |' in out and 'native_ms' in out
     assert (tmp_path / 'infer_cpu.csv').read_text().count('\n') == 2
 
 
@@ -322,7 +335,7 @@ def test_bench_cuda_dry_run(tmp_path, capsys):
     assert (tmp_path / 'ops_cuda_fp16_cl.csv').exists() and (tmp_path / 'models_cuda_fp16_cl.csv').exists()
 
 
-@pytest.mark.parametrize('backend', ['taps', 'dense', 'triton'])
+@pytest.mark.parametrize('backend', ['taps', 'dense', 'triton', 'native'])
 def test_fake_backward_matches_real_dtypes(backend):
     """What torch.compile traces (the fake kernels) must match what runs, including the empty tensors
     that stand for gradients not asked for, under bf16 autocast (x bf16, kernels float32)."""
@@ -351,7 +364,7 @@ def test_custom_ops_pass_opcheck(channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     for t in (x, alpha, bases, rel_pos, attn):
         t.requires_grad_()
-    for backend in ('taps', 'dense', 'triton'):
+    for backend in ('taps', 'dense', 'triton', 'native'):
         torch.library.opcheck(getattr(torch.ops.timm_cada, f'cada_{backend}').default, (x, alpha, bases, rel_pos, 2, 1))
         torch.library.opcheck(getattr(torch.ops.timm_cada, f'pixel_filter_{backend}').default, (x, attn, 3, 2, 1))
 
@@ -364,12 +377,13 @@ def test_bench_dry_run_onnx_level(tmp_path, capsys):
     assert (tmp_path / 'onnx_cpu.csv').is_file() and not list(tmp_path.glob('*.onnx'))
 
 
-# ------------------------------------------------------------------------------------ the triton backend
+# ------------------------------------------------------------------------------- the fused backends
 
+@pytest.mark.parametrize('impl', ['triton', 'native'])
 @pytest.mark.parametrize('dtype,channels_last', [(torch.float32, True), (torch.bfloat16, False), (torch.float16, True)],
                          ids=str)
 @pytest.mark.parametrize('case', [dict(k=7, H=9, W=10), dict(k=5, stride=2, dilation=2), dict(k=3, N=2, batch1=True)], ids=str)
-def test_triton_half_precision_and_layouts(dtype, channels_last, case):
+def test_fused_half_precision_and_layouts(impl, dtype, channels_last, case):
     """fp32, bf16 and fp16 inputs (float32 kernels, as under autocast), NCHW and channels_last, against the
     float64 reference of the same (rounded) inputs: outputs and every gradient, in the input's dtype."""
     k, stride, dilation, kw = split_case(case)
@@ -378,8 +392,8 @@ def test_triton_half_precision_and_layouts(dtype, channels_last, case):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
-    out_c = cada_filter(x, alpha, bases, rel_pos, stride, dilation, impl='triton')
-    out_p = pixel_filter(x, attn, k, stride, dilation, impl='triton')
+    out_c = cada_filter(x, alpha, bases, rel_pos, stride, dilation, impl=impl)
+    out_p = pixel_filter(x, attn, k, stride, dilation, impl=impl)
     assert out_c.dtype == out_p.dtype == dtype
     assert out_c.is_contiguous(memory_format=torch.channels_last) == channels_last
     d64 = [t.detach().double().requires_grad_() for t in inputs]
@@ -412,8 +426,9 @@ def test_triton_several_tiles_per_map(monkeypatch, batch1):
         torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
-def test_triton_mixers_match_reference_backend():
-    """The modules with impl='triton' (CADA with rel_pos at stride 2, identity bases, position) against the
+@pytest.mark.parametrize('impl', ['triton', 'native'])
+def test_fused_mixers_match_reference_backend(impl):
+    """The modules with a fused backend (CADA with rel_pos at stride 2, identity bases, position) against the
     reference backend, forward and backward."""
     mixers = [Cada2d(32, 32, 5, stride=2, rel_pos=True), Cada2d(32, 32, 3, identity_bases=True, num_bases=None),
               Position2d(32, 32, 5, feat_size=8)]
@@ -421,13 +436,69 @@ def test_triton_mixers_match_reference_backend():
     for m in mixers:
         m = perturbed(m).train()
         outs = []
-        for impl in ('reference', 'triton'):
-            m.impl = impl
+        for backend in ('reference', impl):
+            m.impl = backend
             xi = x.clone().requires_grad_()
             y = m(xi)
             outs.append([y] + list(torch.autograd.grad(y.square().sum(), [xi] + [p for p in m.parameters()])))
         for a, b in zip(*outs):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('threads', [2, 3])
+def test_native_splits_heads_over_threads(threads):
+    """The (sample, head) tasks in one range per torch thread, uneven where the threads do not divide them."""
+    x, alpha, bases, rel_pos, attn = op_inputs(5, N=5, C=12, G=3, stride=2, dtype=torch.float32)
+    inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = cada_filter(x, alpha, bases, rel_pos, 2, impl='native') + pixel_filter(x, attn, 5, 2, impl='native')
+        got = grads(out, inputs)
+    finally:
+        torch.set_num_threads(before)
+    ref = cada_reference(x, alpha, bases, rel_pos, 2) + pixel_filter_reference(x, attn, 5, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(got, grads(ref, inputs)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """An empty kernel cache for the native backend; the default one again afterwards."""
+    monkeypatch.setenv('TIMM_CADA_CACHE', str(tmp_path))
+    native._load.cache_clear()
+    yield tmp_path
+    native._load.cache_clear()
+
+
+def test_native_builds_once_into_its_cache(fresh_native):
+    assert native.native_available()
+    built = list((fresh_native / 'native').glob('cada_cpu_*.so'))
+    assert len(built) == 1
+    native._load.cache_clear()
+    mtime = built[0].stat().st_mtime_ns
+    x, alpha, bases, _, _ = op_inputs(3, dtype=torch.float32)
+    torch.testing.assert_close(cada_filter(x, alpha, bases, impl='native'), cada_reference(x, alpha, bases))
+    assert list((fresh_native / 'native').glob('cada_cpu_*.so')) == built and built[0].stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize('cc,why', [('no-such-cc', "no C compiler: 'no-such-cc' is not on PATH"),
+                                    ('false', 'the C compiler failed')])
+def test_native_without_a_compiler_falls_back(monkeypatch, fresh_native, caplog, cc, why):
+    """No compiler, or one that fails: 'auto' runs the PyTorch backends (and says why, once); impl='native' is
+    a clear error."""
+    monkeypatch.setenv('CC', cc)
+    native._warn_once.cache_clear()
+    x, alpha, bases, _, _ = op_inputs(3, dtype=torch.float32)
+    with caplog.at_level('WARNING', logger='timm_cada.ops.native'):
+        out = cada_filter(x, alpha, bases)
+    assert why in caplog.text and "'auto' runs the PyTorch backends" in caplog.text
+    torch.testing.assert_close(out, cada_reference(x, alpha, bases))
+    assert choose_backend(56, 56, 7, True)[0] == 'taps'
+    with pytest.raises(RuntimeError, match=f"impl='native' needs its C kernels built: {why}"):
+        cada_filter(x, alpha, bases, impl='native')
+    assert not list(fresh_native.rglob('*.so'))
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):

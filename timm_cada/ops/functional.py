@@ -18,6 +18,7 @@ import torch
 
 from .combine import cada_combine, pixel_filter_combine
 from .dense import cada_dense, pixel_filter_dense
+from .native import cada_native, native_available, pixel_filter_native
 from .reference import cada_reference, pixel_filter_reference
 from .taps import cada_taps, pixel_filter_taps
 from .triton_fused import cada_triton, pixel_filter_triton, triton_available
@@ -34,6 +35,7 @@ BACKENDS = {
     'dense': (pixel_filter_dense, cada_dense),  # banded dense matrices per head applied by GEMM: small maps
     'combine': (pixel_filter_combine, cada_combine),  # conv-then-combine: library convs, autograd
     'triton': (pixel_filter_triton, cada_triton),  # fused GPU kernels, kernels built on chip; CPU: interpreter
+    'native': (pixel_filter_native, cada_native),  # fused CPU kernels in C, compiled on first use
 }
 PIXEL_FILTER_IMPLS = ('auto',) + tuple(n for n, (pf, _) in BACKENDS.items() if pf is not None)
 CADA_IMPLS = ('auto',) + tuple(BACKENDS)
@@ -67,13 +69,17 @@ def choose_backend(Ho: int, Wo: int, k: int, grad: bool, device: str = 'cpu') ->
     """(backend, why) that 'auto' runs, for both operators, on an Ho x Wo output on `device` (a device type).
 
     On CUDA, 'triton' wherever Triton is installed: one fused kernel, where the PyTorch backends launch
-    about k*k kernels per chunk. Elsewhere the rule follows what was fastest on the benchmark CPU
-    (benchmarks/RESULTS.md): 'dense' on small output maps (`dense_pays`), 'taps' beyond. Conv-then-combine
-    ('combine') is never faster there: its B library depthwise convs cost more than the tap walk at k = 7,
-    and at k = 13 oneDNN's depthwise conv alone is slower than the whole tap walk.
+    about k*k kernels per chunk. On CPU, 'native' wherever its C kernels build (`native_available`): on the
+    benchmark CPU the fastest at every mixer shape of ResNet-50 at k = 7 and 13, with and without a gradient
+    (benchmarks/RESULTS.md). Without a C compiler, the PyTorch backends that were fastest before it:
+    'dense' on small output maps (`dense_pays`), 'taps' beyond. Conv-then-combine ('combine') is never
+    faster: its B library depthwise convs cost more than the tap walk at k = 7, and at k = 13 oneDNN's
+    depthwise conv alone is slower than the whole tap walk.
     """
     if device == 'cuda' and triton_available():
         return 'triton', 'CUDA: fused Triton kernel'
+    if device == 'cpu' and native_available():
+        return 'native', 'CPU: fused C kernel'
     mode = 'gradient' if grad else 'inference'
     if dense_pays(Ho, Wo, k, grad):
         return 'dense', f'{Ho}x{Wo} output, k={k}, {mode}: small map'
@@ -108,8 +114,8 @@ def pixel_filter(
     impl: one of PIXEL_FILTER_IMPLS ('auto': see `choose_backend`).
     """
     _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
-    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine', 'triton'):  # literal: TorchScript reads no globals
-        raise ValueError('impl must be one of auto, reference, taps, dense, combine, triton; got {}'.format(impl))
+    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine', 'triton', 'native'):  # literal: TorchScript reads no globals
+        raise ValueError('impl must be one of auto, reference, taps, dense, combine, triton, native; got {}'.format(impl))
     if not torch.jit.is_scripting():
         if not torch.onnx.is_in_onnx_export():
             if impl == 'auto':
@@ -140,8 +146,8 @@ def cada_filter(
         impl: one of CADA_IMPLS ('auto': see `choose_backend`).
     """
     _check_shapes(x, alpha, 'alpha', bases.shape[1])
-    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine', 'triton'):
-        raise ValueError('impl must be one of auto, reference, taps, dense, combine, triton; got {}'.format(impl))
+    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine', 'triton', 'native'):
+        raise ValueError('impl must be one of auto, reference, taps, dense, combine, triton, native; got {}'.format(impl))
     if not torch.jit.is_scripting():
         if not torch.onnx.is_in_onnx_export():
             if impl == 'auto':

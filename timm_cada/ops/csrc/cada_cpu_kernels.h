@@ -1,0 +1,292 @@
+/* The kernels for one element type: CADA_T, CADA_L lanes per vector, CADA_NAME(f) the exported name.
+Included by cada_cpu.c once per type. Tensors are contiguous: x, y, gy (N, C, H or Ho, W or Wo); alpha / attn
+(N or 1, G, nk, Ho, Wo); bases (G, nk, k, k); rel_pos (G, k, k). */
+#define T CADA_T
+#define L CADA_L
+#define V CADA_NAME(vec)
+#define F(f) CADA_NAME(f)
+
+typedef T V __attribute__((vector_size(sizeof(T) * L)));
+
+static inline V F(ld)(const T *p) { V v; memcpy(&v, p, sizeof v); return v; }
+static inline void F(st)(T *p, V v) { memcpy(p, &v, sizeof v); }
+
+/* channels per register block of the filter, and taps per block of the kernels' gradient */
+#define CB 8
+#define TB 8
+/* bases per register block of the kernels' synthesis */
+#define NB 8
+
+/* sample n's head gi as zero-padded stride phases, (hd, s * s, Hph, Wph): phase (pi, pj) holds the padded
+input's rows pi, pi + s, ... and columns pj, pj + s, ... */
+static void F(phases)(const geo_t *g, const T *x, long n, long gi, T *buf) {
+    memset(buf, 0, sizeof(T) * g->hd * g->phsz);
+    for (long c = 0; c < g->hd; c++) {
+        const T *src = x + ((n * g->C) + gi * g->hd + c) * g->H * g->W;
+        for (long pi = 0; pi < g->s; pi++) {
+            for (long pj = 0; pj < g->s; pj++) {
+                T *dst = buf + c * g->phsz + (pi * g->s + pj) * g->Hph * g->Wph;
+                /* the phase's first column and row inside the image, and the image's first column there */
+                long q0 = (g->pad - pj + g->s - 1) / g->s, iw0 = q0 * g->s + pj - g->pad;
+                for (long r = (g->pad - pi + g->s - 1) / g->s; r < g->Hph; r++) {
+                    long ih = r * g->s + pi - g->pad;
+                    if (ih >= g->H) break;
+                    const T *sr = src + ih * g->W;
+                    T *dr = dst + r * g->Wph;
+                    if (g->s == 1) {
+                        memcpy(dr + q0, sr + iw0, sizeof(T) * g->W);
+                        continue;
+                    }
+                    for (long q = q0, iw = iw0; iw < g->W; q++, iw += g->s) dr[q] = sr[iw];
+                }
+            }
+        }
+    }
+}
+
+/* the inverse of phases, dropping the padding: buf (hd, s * s, Hph, Wph) -> sample n's head gi of gx */
+static void F(unphase)(const geo_t *g, const T *buf, long n, long gi, T *gx) {
+    for (long c = 0; c < g->hd; c++) {
+        T *dst = gx + ((n * g->C) + gi * g->hd + c) * g->H * g->W;
+        for (long pi = 0; pi < g->s; pi++) {
+            for (long pj = 0; pj < g->s; pj++) {
+                const T *src = buf + c * g->phsz + (pi * g->s + pj) * g->Hph * g->Wph;
+                long q0 = (g->pad - pj + g->s - 1) / g->s, iw0 = q0 * g->s + pj - g->pad;
+                for (long r = (g->pad - pi + g->s - 1) / g->s; r < g->Hph; r++) {
+                    long ih = r * g->s + pi - g->pad;
+                    if (ih >= g->H) break;
+                    const T *sr = src + r * g->Wph;
+                    T *dr = dst + ih * g->W;
+                    if (g->s == 1) {
+                        memcpy(dr + iw0, sr + q0, sizeof(T) * g->W);
+                        continue;
+                    }
+                    for (long q = q0, iw = iw0; iw < g->W; q++, iw += g->s) dr[iw] = sr[q];
+                }
+            }
+        }
+    }
+}
+
+/* sample n's alpha / attn row oh of head gi, kernel 0 (the next kernel's row is Ho * Wo further on) */
+static inline const T *F(map_row)(const geo_t *g, const T *a, long n, long gi, long oh) {
+    return a + ((g->abatch ? n : 0) * g->G + gi) * g->nk * g->Ho * g->Wo + oh * g->Wo;
+}
+
+/* alpha's row oh of sample n's head gi, ab (nk, Wop), zero beyond Wo */
+static void F(alpha_row)(const geo_t *g, const T *a, long n, long gi, long oh, T *ab) {
+    const T *ap = F(map_row)(g, a, n, gi, oh);
+    for (long b = 0; b < g->nk; b++) {
+        memcpy(ab + b * g->Wop, ap + b * g->Ho * g->Wo, sizeof(T) * g->Wo);
+        for (long ow = g->Wo; ow < g->Wop; ow++) ab[b * g->Wop + ow] = 0;
+    }
+}
+
+/* the kernels of output row oh, K (kk, Wop): sum_b alpha_b W_b[d] + R[d], or attn[d]; zero beyond Wo. ab is
+a (nk, Wop) scratch row for CADA's alpha. */
+static void F(kernel_row)(const geo_t *g, const T *a, const T *bases, const T *rel, long n, long gi, long oh,
+                          T *K, T *ab) {
+    const T *ap = F(map_row)(g, a, n, gi, oh);
+    long plane = g->Ho * g->Wo;
+    if (!g->synth) {
+        for (long d = 0; d < g->kk; d++) {
+            memcpy(K + d * g->Wop, ap + d * plane, sizeof(T) * g->Wo);
+            for (long ow = g->Wo; ow < g->Wop; ow++) K[d * g->Wop + ow] = 0;
+        }
+        return;
+    }
+    F(alpha_row)(g, a, n, gi, oh, ab);  /* zero beyond Wo: so are the kernels */
+    const T *wg = bases + gi * g->nk * g->kk;
+    for (long ow = 0; ow < g->Wop; ow += L) {
+        /* the bases in blocks of NB, each block's alpha vectors held in registers across the taps */
+        for (long b0 = 0; b0 < g->nk; b0 += NB) {
+            int nb = g->nk - b0 < NB ? (int)(g->nk - b0) : NB;
+            V av[NB];
+            for (int b = 0; b < nb; b++) av[b] = F(ld)(ab + (b0 + b) * g->Wop + ow);
+            for (long d = 0; d < g->kk; d++) {
+                T *kp = K + d * g->Wop + ow;
+                V acc = b0 ? F(ld)(kp) : (V){0} + (T)(rel ? rel[gi * g->kk + d] : 0);
+                for (int b = 0; b < nb; b++) acc += wg[(b0 + b) * g->kk + d] * av[b];
+                F(st)(kp, acc);
+            }
+        }
+    }
+}
+
+/* out rows (cb, Wop) = the filter of output row oh on channels c0 .. c0 + cb of the phases xb */
+static inline __attribute__((always_inline)) void F(filter_block)(
+        const geo_t *g, const T *K, const T *xb, long oh, long c0, int cb, T *out) {
+    for (long ow = 0; ow < g->Wop; ow += L) {
+        V acc[CB];
+        for (int c = 0; c < cb; c++) acc[c] = (V){0};
+        const T *xo = xb + c0 * g->phsz + oh * g->Wph + ow;
+        for (long d = 0; d < g->kk; d++) {
+            V kv = F(ld)(K + d * g->Wop + ow);
+            const T *xp = xo + g->tapoff[d];
+            for (int c = 0; c < cb; c++) acc[c] += kv * F(ld)(xp + c * g->phsz);
+        }
+        for (int c = 0; c < cb; c++) F(st)(out + c * g->Wop + ow, acc[c]);
+    }
+}
+
+int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bases, const T *rel, T *y,
+                        int64_t t0, int64_t t1) {
+    geo_t g;
+    if (geo_init(&g, prm)) return -1;
+    T *xb = malloc(sizeof(T) * g.hd * g.phsz), *K = malloc(sizeof(T) * g.kk * g.Wop);
+    T *yb = malloc(sizeof(T) * CB * g.Wop), *ab = malloc(sizeof(T) * g.nk * g.Wop);
+    int rc = (xb && K && yb && ab) ? 0 : -1;
+    for (long t = t0; t < t1 && !rc; t++) {
+        long n = t / g.G, gi = t % g.G;
+        F(phases)(&g, x, n, gi, xb);
+        for (long oh = 0; oh < g.Ho; oh++) {
+            F(kernel_row)(&g, a, bases, rel, n, gi, oh, K, ab);
+            for (long c0 = 0; c0 < g.hd; ) {
+                int cb = g.hd - c0 >= CB ? CB : 1;
+                if (cb == CB) F(filter_block)(&g, K, xb, oh, c0, CB, yb);
+                else F(filter_block)(&g, K, xb, oh, c0, 1, yb);
+                for (int c = 0; c < cb; c++)
+                    memcpy(y + ((n * g.C + gi * g.hd + c0 + c) * g.Ho + oh) * g.Wo, yb + c * g.Wop, sizeof(T) * g.Wo);
+                c0 += cb;
+            }
+        }
+    }
+    free(xb); free(K); free(yb); free(ab); free(g.tapoff);
+    return rc;
+}
+
+/* this task's gy rows oh of every channel of the head, (hd, Wop), zero beyond Wo */
+static void F(gy_rows)(const geo_t *g, const T *gy, long n, long gi, long oh, T *gyb) {
+    for (long c = 0; c < g->hd; c++) {
+        T *dst = gyb + c * g->Wop;
+        memcpy(dst, gy + ((n * g->C + gi * g->hd + c) * g->Ho + oh) * g->Wo, sizeof(T) * g->Wo);
+        for (long ow = g->Wo; ow < g->Wop; ow++) dst[ow] = 0;
+    }
+}
+
+/* grad_x: each tap's kernel times gy, scattered into the padded phases of the gradient */
+int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T *bases, const T *rel, T *gx,
+                           int64_t t0, int64_t t1) {
+    geo_t g;
+    if (geo_init(&g, prm)) return -1;
+    T *gxb = malloc(sizeof(T) * g.hd * g.phsz), *K = malloc(sizeof(T) * g.kk * g.Wop);
+    T *gyb = malloc(sizeof(T) * g.hd * g.Wop), *ab = malloc(sizeof(T) * g.nk * g.Wop);
+    int rc = (gxb && K && gyb && ab) ? 0 : -1;
+    for (long t = t0; t < t1 && !rc; t++) {
+        long n = t / g.G, gi = t % g.G;
+        memset(gxb, 0, sizeof(T) * g.hd * g.phsz);
+        for (long oh = 0; oh < g.Ho; oh++) {
+            F(kernel_row)(&g, a, bases, rel, n, gi, oh, K, ab);
+            F(gy_rows)(&g, gy, n, gi, oh, gyb);
+            /* the taps column by column: consecutive taps then write different rows, where taps of one
+               window row would each reload the vectors the previous one stored, shifted by a column */
+            for (long e = 0; e < g.kk; e++) {
+                long d = (e % g.k) * g.k + e / g.k;
+                const T *kd = K + d * g.Wop;
+                T *go = gxb + g.tapoff[d] + oh * g.Wph;
+                for (long ow = 0; ow < g.Wop; ow += L) {
+                    V kv = F(ld)(kd + ow);
+                    for (long c = 0; c < g.hd; c++) {
+                        T *p = go + c * g.phsz + ow;
+                        F(st)(p, F(ld)(p) + kv * F(ld)(gyb + c * g.Wop + ow));
+                    }
+                }
+            }
+        }
+        F(unphase)(&g, gxb, n, gi, gx);
+    }
+    free(gxb); free(K); free(gyb); free(ab); free(g.tapoff);
+    return rc;
+}
+
+/* gK rows (tb, Wop) of taps d0 .. d0 + tb: sum over the head's channels of gy * the tap's input */
+static inline __attribute__((always_inline)) void F(kgrad_block)(
+        const geo_t *g, const T *gyb, const T *xb, long oh, long d0, int tb, T *gK) {
+    for (long ow = 0; ow < g->Wop; ow += L) {
+        V acc[TB];
+        for (int t = 0; t < tb; t++) acc[t] = (V){0};
+        for (long c = 0; c < g->hd; c++) {
+            V gv = F(ld)(gyb + c * g->Wop + ow);
+            const T *xo = xb + c * g->phsz + oh * g->Wph + ow;
+            for (int t = 0; t < tb; t++) acc[t] += gv * F(ld)(xo + g->tapoff[d0 + t]);
+        }
+        for (int t = 0; t < tb; t++) F(st)(gK + (d0 + t) * g->Wop + ow, acc[t]);
+    }
+}
+
+/* The kernels' gradient gK (kk, Wop) row by row, folded at once into what the caller asks for (NULL: not asked):
+ga, the gradient of alpha / attn with one map per sample, (N, G, nk, Ho, Wo), whether or not alpha is shared by
+the batch (the caller sums it then); gw, the bases' gradient per task, (N * G, nk, kk); gr, rel_pos's per task,
+(N * G, kk). */
+int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T *a, const T *bases,
+                           T *ga, T *gw, T *gr, int64_t t0, int64_t t1) {
+    geo_t g;
+    if (geo_init(&g, prm)) return -1;
+    long plane = g.Ho * g.Wo;
+    T *xb = malloc(sizeof(T) * g.hd * g.phsz), *gK = malloc(sizeof(T) * g.kk * g.Wop);
+    T *gyb = malloc(sizeof(T) * g.hd * g.Wop), *ab = malloc(sizeof(T) * g.nk * g.Wop);
+    T *gab = malloc(sizeof(T) * g.nk * g.Wop);
+    /* vector partial sums of the bases' and rel_pos' gradients, lanes summed at the task's end */
+    T *gwv = malloc(sizeof(T) * g.nk * g.kk * L), *grv = malloc(sizeof(T) * g.kk * L);
+    int rc = (xb && gK && gyb && ab && gab && gwv && grv) ? 0 : -1;
+    for (long t = t0; t < t1 && !rc; t++) {
+        long n = t / g.G, gi = t % g.G;
+        F(phases)(&g, x, n, gi, xb);
+        memset(gwv, 0, sizeof(T) * g.nk * g.kk * L);
+        memset(grv, 0, sizeof(T) * g.kk * L);
+        for (long oh = 0; oh < g.Ho; oh++) {
+            F(gy_rows)(&g, gy, n, gi, oh, gyb);
+            long d0 = 0;
+            for (; d0 + TB <= g.kk; d0 += TB) F(kgrad_block)(&g, gyb, xb, oh, d0, TB, gK);
+            for (; d0 < g.kk; d0++) F(kgrad_block)(&g, gyb, xb, oh, d0, 1, gK);
+            T *gap = ga ? ga + (n * g.G + gi) * g.nk * plane + oh * g.Wo : NULL;
+            if (!g.synth) {
+                for (long d = 0; gap && d < g.kk; d++) memcpy(gap + d * plane, gK + d * g.Wop, sizeof(T) * g.Wo);
+                continue;
+            }
+            const T *wg = bases + gi * g.nk * g.kk;
+            F(alpha_row)(&g, a, n, gi, oh, ab);
+            for (long ow = 0; ow < g.Wop; ow += L) {
+                for (long b0 = 0; b0 < g.nk; b0 += NB) {
+                    int nb = g.nk - b0 < NB ? (int)(g.nk - b0) : NB;
+                    V acc[NB], av[NB];
+                    for (int b = 0; b < nb; b++) {
+                        acc[b] = (V){0};
+                        av[b] = F(ld)(ab + (b0 + b) * g.Wop + ow);
+                    }
+                    for (long d = 0; d < g.kk; d++) {
+                        V gk = F(ld)(gK + d * g.Wop + ow);
+                        for (int b = 0; b < nb; b++) {
+                            acc[b] += wg[(b0 + b) * g.kk + d] * gk;  /* alpha's gradient */
+                            T *p = gwv + ((b0 + b) * g.kk + d) * L;  /* the bases' */
+                            F(st)(p, F(ld)(p) + av[b] * gk);
+                        }
+                    }
+                    for (int b = 0; b < nb; b++) F(st)(gab + (b0 + b) * g.Wop + ow, acc[b]);
+                }
+                for (long d = 0; d < g.kk; d++) F(st)(grv + d * L, F(ld)(grv + d * L) + F(ld)(gK + d * g.Wop + ow));
+            }
+            for (long b = 0; gap && b < g.nk; b++) memcpy(gap + b * plane, gab + b * g.Wop, sizeof(T) * g.Wo);
+        }
+        for (long i = 0; gw && i < g.nk * g.kk; i++) {
+            T s = 0;
+            for (int l = 0; l < L; l++) s += gwv[i * L + l];
+            gw[t * g.nk * g.kk + i] = s;
+        }
+        for (long d = 0; gr && d < g.kk; d++) {
+            T s = 0;
+            for (int l = 0; l < L; l++) s += grv[d * L + l];
+            gr[t * g.kk + d] = s;
+        }
+    }
+    free(xb); free(gK); free(gyb); free(ab); free(gab); free(gwv); free(grv); free(g.tapoff);
+    return rc;
+}
+
+#undef CB
+#undef TB
+#undef NB
+#undef T
+#undef L
+#undef V
+#undef F

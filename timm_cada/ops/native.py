@@ -1,0 +1,265 @@
+""" The 'native' backend: fused C kernels for CPUs (the source is in `csrc/`), compiled on first use.
+
+The tap-walking backends spend one PyTorch op per window offset, each a pass over a batch chunk in memory.
+These kernels do a whole head of one sample at a time in cache: they copy the head's channels into
+zero-padded stride phases, build each output row's per-pixel kernels from the CA parameters and the bases
+(or take the given per-pixel kernels), and accumulate every tap in vector registers, several channels at
+once; the backward is two such kernels (the input's gradient scattered into padded phases, the kernels'
+gradient summed over a head's channels and folded into alpha's, the bases' and rel_pos' gradients row by
+row). float32 and float64 run as they are, float16 and bfloat16 in float32; any stride and dilation.
+
+The source is plain C with GCC / Clang vector extensions and no PyTorch headers: the first call builds it
+with the system C compiler ($CC, else cc) in about a second, with -march=native, into a cache directory
+($TIMM_CADA_CACHE, else ~/.cache/timm_cada) keyed by the source, the compiler, its flags and the CPU, and
+loads it with ctypes. The heads of a batch are split into one range per torch thread
+(`torch.get_num_threads()`), each run on a thread of its own (the calls release the GIL). Without a
+compiler `native_available()` is False and 'auto' picks another backend; impl='native' raises.
+Both operators are torch.library custom ops (`custom_ops.py`).
+"""
+import concurrent.futures
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+
+from .custom_ops import out_like, register_cada, register_pixel_filter
+from .reference import filter_output_size
+
+__all__ = ['native_available', 'pixel_filter_native', 'cada_native']
+
+_logger = logging.getLogger(__name__)
+
+_SOURCES = ('cada_cpu.c', 'cada_cpu_kernels.h')
+_FLAGS = ('-O3', '-std=gnu11', '-shared', '-fPIC')  # gnu11: ISO modes turn off fused multiply-add
+_ARCH_FLAG = '-march=native'
+# element type -> (suffix of the C functions, lanes per vector as in cada_cpu.c)
+_TYPES = {torch.float32: ('f32', 8), torch.float64: ('f64', 4)}
+_FUNCTIONS = {'cada_cpu_forward': 8, 'cada_cpu_backward_x': 8, 'cada_cpu_backward_k': 10}  # name -> arguments
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get('TIMM_CADA_CACHE') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'timm_cada')
+    return Path(root) / 'native'
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the machine and, on Linux, the CPU's model and feature flags."""
+    ident = platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            ident += ''.join(sorted({ln for ln in f if ln.startswith(('model name', 'flags', 'Features'))}))
+    except OSError:
+        pass
+    return ident
+
+
+def _compile(cc: str, src_dir: Path, flags: List[str], out: Path) -> Optional[str]:
+    """Build the library into out (atomically); the compiler's complaint on failure, else None."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *flags, '-o', tmp, str(src_dir / _SOURCES[0])], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return proc.stderr.strip()[-2000:] or f'{cc} exited with {proc.returncode}'
+        os.replace(tmp, out)
+        return None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> Tuple[Optional[ctypes.CDLL], str]:
+    """(the loaded library, '') or (None, why not); built once per source, compiler and CPU."""
+    cc = os.environ.get('CC', 'cc')
+    if shutil.which(cc) is None:
+        return None, f'no C compiler: {cc!r} is not on PATH (set CC to one)'
+    src_dir = Path(__file__).with_name('csrc')
+    text = b''.join((src_dir / name).read_bytes() for name in _SOURCES)
+    errors = []
+    for flags in ([*_FLAGS, _ARCH_FLAG], list(_FLAGS)):  # without -march=native where the compiler lacks it
+        key = hashlib.sha256(b'\0'.join([text, cc.encode(), ' '.join(flags).encode(), _cpu_identity().encode()]))
+        path = _cache_dir() / f'cada_cpu_{key.hexdigest()[:16]}.so'
+        if not path.exists():
+            _logger.info('building the native CADA kernels: %s', path)
+            try:
+                err = _compile(cc, src_dir, flags, path)
+            except OSError as e:
+                err = str(e)
+            if err is not None:
+                errors.append(f'{cc} {" ".join(flags)}: {err}')
+                continue
+        lib = ctypes.CDLL(str(path))
+        for name, nargs in _FUNCTIONS.items():
+            for suffix, _ in _TYPES.values():
+                fn = getattr(lib, f'{name}_{suffix}')
+                fn.argtypes = [ctypes.c_void_p] * (nargs - 2) + [ctypes.c_int64] * 2
+                fn.restype = ctypes.c_int
+        return lib, ''
+    return None, 'the C compiler failed: ' + '\n'.join(errors)
+
+
+@torch.compiler.assume_constant_result  # torch.compile runs it while tracing, never traces its file system calls
+def native_available() -> bool:
+    """Whether the kernels are built (building them on the first call) and loaded; the reason is logged if not."""
+    lib, why = _load()
+    if lib is None:
+        _warn_once(why)
+    return lib is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(why: str) -> None:
+    _logger.warning("the 'native' CADA backend is unavailable (%s); 'auto' runs the PyTorch backends", why)
+
+
+def _library() -> ctypes.CDLL:
+    lib, why = _load()
+    if lib is None:
+        raise RuntimeError(f"impl='native' needs its C kernels built: {why}; or use impl='auto'")
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix='timm_cada_native')
+
+
+def _run(name: str, dtype: torch.dtype, prm: torch.Tensor, tensors: List[Optional[torch.Tensor]], tasks: int) -> None:
+    """C function `name` over tasks (sample, head) 0 .. tasks, one contiguous range per torch thread."""
+    fn = getattr(_library(), f'{name}_{_TYPES[dtype][0]}')
+    args = [prm.data_ptr()] + [t.data_ptr() if t is not None else None for t in tensors]
+    threads = max(1, min(torch.get_num_threads(), tasks))
+    bounds = [tasks * i // threads for i in range(threads + 1)]
+    futures = [_pool(threads - 1).submit(fn, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    codes = [fn(*args, bounds[0], bounds[1])] + [f.result() for f in futures]
+    if any(codes):
+        raise MemoryError(f'timm_cada native {name}: a work buffer could not be allocated')
+
+
+def _dtype(x: torch.Tensor) -> torch.dtype:
+    if x.device.type != 'cpu':
+        raise RuntimeError(f"impl='native' runs on CPU tensors, got a {x.device.type} tensor; use impl='auto'")
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _params(x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation: int, nk: int, synth: bool,
+            dtype: torch.dtype) -> Tuple[torch.Tensor, int, int]:
+    """The int64 parameter vector of cada_cpu.c (its P_* order), Ho and Wo."""
+    N, C, H, W = x.shape
+    Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
+    prm = torch.tensor([N, C, H, W, maps.shape[1], k, stride, dilation, Ho, Wo, nk, int(synth),
+                        int(maps.shape[0] == N), _TYPES[dtype][1]], dtype=torch.int64)
+    return prm, Ho, Wo
+
+
+def _c(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return t.to(dtype).contiguous() if t is not None else None
+
+
+def _as_input(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """y (contiguous, compute dtype) in like's dtype and memory format."""
+    if y.dtype == like.dtype and not (like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()):
+        return y
+    return out_like(like, y.shape[-2], y.shape[-1]).copy_(y)
+
+
+def _map_grad(ga: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """The per-sample gradient of alpha / attn, summed over the batch for a map the batch shares."""
+    return (ga if maps.shape[0] == ga.shape[0] else ga.sum(0, keepdim=True)).to(maps.dtype)
+
+
+def _forward(x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation: int, nk: int,
+             bases: Optional[torch.Tensor] = None, rel_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    dt = _dtype(x)
+    prm, Ho, Wo = _params(x, maps, k, stride, dilation, nk, bases is not None, dt)
+    xc, mc, bc, rc = _c(x, dt), _c(maps, dt), _c(bases, dt), _c(rel_pos, dt)
+    y = torch.empty(x.shape[0], x.shape[1], Ho, Wo, dtype=dt)
+    _run('cada_cpu_forward', dt, prm, [xc, mc, bc, rc, y], x.shape[0] * maps.shape[1])
+    return _as_input(y, x)
+
+
+def _backward(gy: torch.Tensor, x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation: int, nk: int,
+              bases: Optional[torch.Tensor], rel_pos: Optional[torch.Tensor], need_x: bool, need_maps: bool,
+              need_bases: bool, need_rel: bool) -> Tuple[torch.Tensor, ...]:
+    """(grad_x, grad of alpha / attn, grad_bases, grad_rel_pos); an empty tensor for one not asked for."""
+    N, C, H, W = x.shape
+    G = maps.shape[1]
+    dt = _dtype(x)
+    prm, Ho, Wo = _params(x, maps, k, stride, dilation, nk, bases is not None, dt)
+    gyc, mc, bc, rc = _c(gy, dt), _c(maps, dt), _c(bases, dt), _c(rel_pos, dt)
+    empty = x.new_empty(0)
+    grad_x = grad_maps = grad_bases = grad_rel = empty
+    if need_x:
+        gx = torch.empty(N, C, H, W, dtype=dt)
+        _run('cada_cpu_backward_x', dt, prm, [gyc, mc, bc, rc, gx], N * G)
+        grad_x = gx.to(x.dtype)
+    need_bases = need_bases and bases is not None
+    need_rel = need_rel and rel_pos is not None
+    if need_maps or need_bases or need_rel:
+        ga = torch.empty(N, G, nk, Ho, Wo, dtype=dt) if need_maps else None
+        gw = torch.empty(N, G, nk, k, k, dtype=dt) if need_bases else None
+        gr = torch.empty(N, G, k, k, dtype=dt) if need_rel else None
+        _run('cada_cpu_backward_k', dt, prm, [gyc, _c(x, dt), mc, bc, ga, gw, gr], N * G)
+        if ga is not None:
+            grad_maps = _map_grad(ga, maps)
+        if gw is not None and bases is not None:
+            grad_bases = gw.sum(0).to(bases.dtype)
+        if gr is not None and rel_pos is not None:
+            grad_rel = gr.sum(0).to(rel_pos.dtype)
+    return grad_x, grad_maps, grad_bases, grad_rel
+
+
+def _pixel_filter_fwd(x: torch.Tensor, attn: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tensor:
+    return _forward(x, attn, k, stride, dilation, k * k)
+
+
+def _pixel_filter_bwd(gy, x, attn, k, stride, dilation, need_x, need_attn):
+    return _backward(gy, x, attn, k, stride, dilation, k * k, None, None, need_x, need_attn, False, False)[:2]
+
+
+def _cada_fwd(x, alpha, bases, rel_pos, stride, dilation):
+    return _forward(x, alpha, bases.shape[-1], stride, dilation, bases.shape[1], bases, rel_pos)
+
+
+def _cada_bwd(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha, need_bases, need_rel):
+    return _backward(gy, x, alpha, bases.shape[-1], stride, dilation, bases.shape[1], bases, rel_pos,
+                     need_x, need_alpha, need_bases, need_rel)
+
+
+_pixel_filter_op = register_pixel_filter('pixel_filter_native', _pixel_filter_fwd, _pixel_filter_bwd)
+_cada_op = register_cada('cada_native', _cada_fwd, _cada_bwd)
+
+
+def pixel_filter_native(
+        x: torch.Tensor,
+        attn: torch.Tensor,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+) -> torch.Tensor:
+    """`pixel_filter_reference` by the compiled CPU kernels. First-order gradients only."""
+    return _pixel_filter_op(x, attn, kernel_size, stride, dilation)
+
+
+def cada_native(
+        x: torch.Tensor,
+        alpha: torch.Tensor,
+        bases: torch.Tensor,
+        rel_pos: Optional[torch.Tensor] = None,
+        stride: int = 1,
+        dilation: int = 1,
+) -> torch.Tensor:
+    """`cada_reference` by the compiled CPU kernels, kernels built row by row. First-order gradients only."""
+    return _cada_op(x, alpha, bases, rel_pos, stride, dilation)
