@@ -8,15 +8,16 @@ once; the backward is two such kernels (the input's gradient scattered into padd
 gradient summed over a head's channels and folded into alpha's, the bases' and rel_pos' gradients row by
 row). float32 and float64 run as they are, float16 and bfloat16 in float32; any stride and dilation.
 
-The source is plain C with GCC / Clang vector extensions and no PyTorch headers: the first call builds it
-with the system C compiler ($CC, else cc) in about a second, with -march=native, into a cache directory
-($TIMM_CADA_CACHE, else ~/.cache/timm_cada) keyed by the source, the compiler, its flags and the CPU, and
-loads it with ctypes. The heads of a batch are split into one range per torch thread
-(`torch.get_num_threads()`), each run on a thread of its own (the calls release the GIL). Without a
-compiler `native_available()` is False and 'auto' picks another backend; impl='native' raises.
+The source is plain C with GCC / Clang vector extensions and OpenMP, and no PyTorch headers: the first call
+builds it with the system C compiler ($CC, else cc) in about a second, with -march=native, into a cache
+directory ($TIMM_CADA_CACHE, else ~/.cache/timm_cada) keyed by the source, the compiler, its flags and the
+CPU, and loads it with ctypes (the calls release the GIL). The (sample, head) tasks of a call run on
+`torch.get_num_threads()` OpenMP threads; where PyTorch ships its own libgomp (Linux wheels) the library
+binds to that one, already loaded, so the kernels run on PyTorch's intra-op threads (a pool of our own would
+compete with PyTorch's spin-waiting threads for the cores after every op). Without a compiler (with
+OpenMP) `native_available()` is False and 'auto' picks another backend; impl='native' raises.
 Both operators are torch.library custom ops (`custom_ops.py`).
 """
-import concurrent.futures
 import ctypes
 import functools
 import hashlib
@@ -39,11 +40,11 @@ __all__ = ['native_available', 'pixel_filter_native', 'cada_native']
 _logger = logging.getLogger(__name__)
 
 _SOURCES = ('cada_cpu.c', 'cada_cpu_kernels.h')
-_FLAGS = ('-O3', '-std=gnu11', '-shared', '-fPIC')  # gnu11: ISO modes turn off fused multiply-add
+_FLAGS = ('-O3', '-std=gnu11', '-fopenmp', '-shared', '-fPIC')  # gnu11: ISO modes turn off fused multiply-add
 _ARCH_FLAG = '-march=native'
 # element type -> (suffix of the C functions, lanes per vector as in cada_cpu.c)
 _TYPES = {torch.float32: ('f32', 8), torch.float64: ('f64', 4)}
-_FUNCTIONS = {'cada_cpu_forward': 8, 'cada_cpu_backward_x': 8, 'cada_cpu_backward_k': 10}  # name -> arguments
+_FUNCTIONS = {'cada_cpu_forward': 7, 'cada_cpu_backward_x': 7, 'cada_cpu_backward_k': 9}  # name -> arguments
 
 
 def _cache_dir() -> Path:
@@ -104,7 +105,7 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
         for name, nargs in _FUNCTIONS.items():
             for suffix, _ in _TYPES.values():
                 fn = getattr(lib, f'{name}_{suffix}')
-                fn.argtypes = [ctypes.c_void_p] * (nargs - 2) + [ctypes.c_int64] * 2
+                fn.argtypes = [ctypes.c_void_p] * (nargs - 1) + [ctypes.c_int64]  # pointers, then threads
                 fn.restype = ctypes.c_int
         return lib, ''
     return None, 'the C compiler failed: ' + '\n'.join(errors)
@@ -131,20 +132,11 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
-@functools.lru_cache(maxsize=None)
-def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix='timm_cada_native')
-
-
-def _run(name: str, dtype: torch.dtype, prm: torch.Tensor, tensors: List[Optional[torch.Tensor]], tasks: int) -> None:
-    """C function `name` over tasks (sample, head) 0 .. tasks, one contiguous range per torch thread."""
+def _run(name: str, dtype: torch.dtype, prm: torch.Tensor, tensors: List[Optional[torch.Tensor]]) -> None:
+    """C function `name` over all (sample, head) tasks, on torch's number of threads."""
     fn = getattr(_library(), f'{name}_{_TYPES[dtype][0]}')
     args = [prm.data_ptr()] + [t.data_ptr() if t is not None else None for t in tensors]
-    threads = max(1, min(torch.get_num_threads(), tasks))
-    bounds = [tasks * i // threads for i in range(threads + 1)]
-    futures = [_pool(threads - 1).submit(fn, *args, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    codes = [fn(*args, bounds[0], bounds[1])] + [f.result() for f in futures]
-    if any(codes):
+    if fn(*args, torch.get_num_threads()):
         raise MemoryError(f'timm_cada native {name}: a work buffer could not be allocated')
 
 
@@ -186,7 +178,7 @@ def _forward(x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation:
     prm, Ho, Wo = _params(x, maps, k, stride, dilation, nk, bases is not None, dt)
     xc, mc, bc, rc = _c(x, dt), _c(maps, dt), _c(bases, dt), _c(rel_pos, dt)
     y = torch.empty(x.shape[0], x.shape[1], Ho, Wo, dtype=dt)
-    _run('cada_cpu_forward', dt, prm, [xc, mc, bc, rc, y], x.shape[0] * maps.shape[1])
+    _run('cada_cpu_forward', dt, prm, [xc, mc, bc, rc, y])
     return _as_input(y, x)
 
 
@@ -203,7 +195,7 @@ def _backward(gy: torch.Tensor, x: torch.Tensor, maps: torch.Tensor, k: int, str
     grad_x = grad_maps = grad_bases = grad_rel = empty
     if need_x:
         gx = torch.empty(N, C, H, W, dtype=dt)
-        _run('cada_cpu_backward_x', dt, prm, [gyc, mc, bc, rc, gx], N * G)
+        _run('cada_cpu_backward_x', dt, prm, [gyc, mc, bc, rc, gx])
         grad_x = gx.to(x.dtype)
     need_bases = need_bases and bases is not None
     need_rel = need_rel and rel_pos is not None
@@ -211,7 +203,7 @@ def _backward(gy: torch.Tensor, x: torch.Tensor, maps: torch.Tensor, k: int, str
         ga = torch.empty(N, G, nk, Ho, Wo, dtype=dt) if need_maps else None
         gw = torch.empty(N, G, nk, k, k, dtype=dt) if need_bases else None
         gr = torch.empty(N, G, k, k, dtype=dt) if need_rel else None
-        _run('cada_cpu_backward_k', dt, prm, [gyc, _c(x, dt), mc, bc, ga, gw, gr], N * G)
+        _run('cada_cpu_backward_k', dt, prm, [gyc, _c(x, dt), mc, bc, ga, gw, gr])
         if ga is not None:
             grad_maps = _map_grad(ga, maps)
         if gw is not None and bases is not None:

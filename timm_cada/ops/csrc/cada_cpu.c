@@ -1,13 +1,14 @@
 /* Fused CPU kernels of timm-cada's 'native' backend (timm_cada/ops/native.py compiles and calls them).
 
-Plain C11 with GCC/Clang vector extensions, no PyTorch headers: the library builds in about a second with the
-system compiler on first use. One call works through a range of tasks, one task = one head of one sample; the
-caller runs ranges on its threads. Each task copies its head's channels into zero-padded stride phases, so that
+Plain C with GCC/Clang vector extensions and OpenMP, no PyTorch headers: the library builds in about a second
+with the system compiler on first use. One call works through all its tasks, one task = one head of one sample,
+on `threads` OpenMP threads: loaded into a process that runs PyTorch's own libgomp (its Linux wheels), these are
+PyTorch's intra-op threads, so no second pool competes with them for the cores. Each task copies its head's channels into zero-padded stride phases, so that
 every tap of the window reads a contiguous run, and builds each output row's kernels (k*k of them, one per
 window offset, for every pixel of the row) on the fly: from the CA parameters and the bases for CADA, or
 copied from the per-pixel kernels. No per-pixel kernel map of the whole image is ever stored.
 
-Every function returns 0, or -1 where a work buffer could not be allocated. The float and double versions
+Every function returns 0, or -1 where a work buffer could not be allocated (its tasks are then skipped). The float and double versions
 are the same code (cada_cpu_kernels.h, included once for each type).
 */
 #include <stdint.h>

@@ -33,11 +33,10 @@ static void F(phases)(const geo_t *g, const T *x, long n, long gi, T *buf) {
                     if (ih >= g->H) break;
                     const T *sr = src + ih * g->W;
                     T *dr = dst + r * g->Wph;
-                    if (g->s == 1) {
-                        memcpy(dr + q0, sr + iw0, sizeof(T) * g->W);
-                        continue;
-                    }
-                    for (long q = q0, iw = iw0; iw < g->W; q++, iw += g->s) dr[q] = sr[iw];
+                    long cols = (g->W - iw0 + g->s - 1) / g->s;
+                    if (g->s == 1) memcpy(dr + q0, sr + iw0, sizeof(T) * g->W);
+                    else if (g->s == 2) for (long j = 0; j < cols; j++) dr[q0 + j] = sr[iw0 + 2 * j];  /* vectorised */
+                    else for (long j = 0; j < cols; j++) dr[q0 + j] = sr[iw0 + g->s * j];
                 }
             }
         }
@@ -82,6 +81,19 @@ static void F(alpha_row)(const geo_t *g, const T *a, long n, long gi, long oh, T
     }
 }
 
+/* K[:, ow:ow + L] (+)= bases b0 .. b0 + nb of wg weighted by their alpha vectors (+ rel_pos on the first block) */
+static inline __attribute__((always_inline)) void F(synth_block)(
+        const geo_t *g, const T *wg, const T *rel, const T *ab, long ow, long b0, int nb, T *K) {
+    V av[NB];
+    for (int b = 0; b < nb; b++) av[b] = F(ld)(ab + (b0 + b) * g->Wop + ow);
+    for (long d = 0; d < g->kk; d++) {
+        T *kp = K + d * g->Wop + ow;
+        V acc = b0 ? F(ld)(kp) : (V){0} + (T)(rel ? rel[d] : 0);
+        for (int b = 0; b < nb; b++) acc += wg[(b0 + b) * g->kk + d] * av[b];
+        F(st)(kp, acc);
+    }
+}
+
 /* the kernels of output row oh, K (kk, Wop): sum_b alpha_b W_b[d] + R[d], or attn[d]; zero beyond Wo. ab is
 a (nk, Wop) scratch row for CADA's alpha. */
 static void F(kernel_row)(const geo_t *g, const T *a, const T *bases, const T *rel, long n, long gi, long oh,
@@ -99,23 +111,18 @@ static void F(kernel_row)(const geo_t *g, const T *a, const T *bases, const T *r
     const T *wg = bases + gi * g->nk * g->kk;
     for (long ow = 0; ow < g->Wop; ow += L) {
         /* the bases in blocks of NB, each block's alpha vectors held in registers across the taps */
-        for (long b0 = 0; b0 < g->nk; b0 += NB) {
-            int nb = g->nk - b0 < NB ? (int)(g->nk - b0) : NB;
-            V av[NB];
-            for (int b = 0; b < nb; b++) av[b] = F(ld)(ab + (b0 + b) * g->Wop + ow);
-            for (long d = 0; d < g->kk; d++) {
-                T *kp = K + d * g->Wop + ow;
-                V acc = b0 ? F(ld)(kp) : (V){0} + (T)(rel ? rel[gi * g->kk + d] : 0);
-                for (int b = 0; b < nb; b++) acc += wg[(b0 + b) * g->kk + d] * av[b];
-                F(st)(kp, acc);
-            }
+        for (long b0 = 0; b0 < g->nk; ) {
+            if (g->nk - b0 >= NB) F(synth_block)(g, wg, rel ? rel + gi * g->kk : NULL, ab, ow, b0, NB, K);
+            else F(synth_block)(g, wg, rel ? rel + gi * g->kk : NULL, ab, ow, b0, (int)(g->nk - b0), K);
+            b0 += g->nk - b0 >= NB ? NB : g->nk - b0;
         }
     }
 }
 
-/* out rows (cb, Wop) = the filter of output row oh on channels c0 .. c0 + cb of the phases xb */
+/* y rows oh of channels c0 .. c0 + cb (rows Ho * Wo apart) = the filter of output row oh on those channels of
+the phases xb; the last vector of a row, where it reaches past Wo, goes through tail */
 static inline __attribute__((always_inline)) void F(filter_block)(
-        const geo_t *g, const T *K, const T *xb, long oh, long c0, int cb, T *out) {
+        const geo_t *g, const T *K, const T *xb, long oh, long c0, int cb, T *y, T *tail) {
     for (long ow = 0; ow < g->Wop; ow += L) {
         V acc[CB];
         for (int c = 0; c < cb; c++) acc[c] = (V){0};
@@ -125,34 +132,48 @@ static inline __attribute__((always_inline)) void F(filter_block)(
             const T *xp = xo + g->tapoff[d];
             for (int c = 0; c < cb; c++) acc[c] += kv * F(ld)(xp + c * g->phsz);
         }
-        for (int c = 0; c < cb; c++) F(st)(out + c * g->Wop + ow, acc[c]);
+        long plane = g->Ho * g->Wo;
+        if (ow + L <= g->Wo) {
+            for (int c = 0; c < cb; c++) F(st)(y + c * plane + ow, acc[c]);
+            continue;
+        }
+        for (int c = 0; c < cb; c++) {
+            F(st)(tail, acc[c]);
+            memcpy(y + c * plane + ow, tail, sizeof(T) * (g->Wo - ow));
+        }
     }
 }
 
 int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bases, const T *rel, T *y,
-                        int64_t t0, int64_t t1) {
+                        int64_t threads) {
     geo_t g;
     if (geo_init(&g, prm)) return -1;
+    int rc = 0;
+#pragma omp parallel num_threads((int)threads) reduction(|:rc)
+    {
     T *xb = malloc(sizeof(T) * g.hd * g.phsz), *K = malloc(sizeof(T) * g.kk * g.Wop);
-    T *yb = malloc(sizeof(T) * CB * g.Wop), *ab = malloc(sizeof(T) * g.nk * g.Wop);
-    int rc = (xb && K && yb && ab) ? 0 : -1;
-    for (long t = t0; t < t1 && !rc; t++) {
+    T *yb = malloc(sizeof(T) * L), *ab = malloc(sizeof(T) * g.nk * g.Wop);
+    int ok = xb && K && yb && ab;
+    rc |= !ok;
+#pragma omp for schedule(static)
+    for (long t = 0; t < g.N * g.G; t++) {
+        if (!ok) continue;
         long n = t / g.G, gi = t % g.G;
         F(phases)(&g, x, n, gi, xb);
         for (long oh = 0; oh < g.Ho; oh++) {
             F(kernel_row)(&g, a, bases, rel, n, gi, oh, K, ab);
             for (long c0 = 0; c0 < g.hd; ) {
-                int cb = g.hd - c0 >= CB ? CB : 1;
-                if (cb == CB) F(filter_block)(&g, K, xb, oh, c0, CB, yb);
-                else F(filter_block)(&g, K, xb, oh, c0, 1, yb);
-                for (int c = 0; c < cb; c++)
-                    memcpy(y + ((n * g.C + gi * g.hd + c0 + c) * g.Ho + oh) * g.Wo, yb + c * g.Wop, sizeof(T) * g.Wo);
-                c0 += cb;
+                T *yo = y + ((n * g.C + gi * g.hd + c0) * g.Ho + oh) * g.Wo;
+                if (g.hd - c0 >= CB) F(filter_block)(&g, K, xb, oh, c0, CB, yo, yb);
+                else F(filter_block)(&g, K, xb, oh, c0, 1, yo, yb);
+                c0 += g.hd - c0 >= CB ? CB : 1;
             }
         }
     }
-    free(xb); free(K); free(yb); free(ab); free(g.tapoff);
-    return rc;
+    free(xb); free(K); free(yb); free(ab);
+    }
+    free(g.tapoff);
+    return rc ? -1 : 0;
 }
 
 /* this task's gy rows oh of every channel of the head, (hd, Wop), zero beyond Wo */
@@ -166,13 +187,19 @@ static void F(gy_rows)(const geo_t *g, const T *gy, long n, long gi, long oh, T 
 
 /* grad_x: each tap's kernel times gy, scattered into the padded phases of the gradient */
 int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T *bases, const T *rel, T *gx,
-                           int64_t t0, int64_t t1) {
+                           int64_t threads) {
     geo_t g;
     if (geo_init(&g, prm)) return -1;
+    int rc = 0;
+#pragma omp parallel num_threads((int)threads) reduction(|:rc)
+    {
     T *gxb = malloc(sizeof(T) * g.hd * g.phsz), *K = malloc(sizeof(T) * g.kk * g.Wop);
     T *gyb = malloc(sizeof(T) * g.hd * g.Wop), *ab = malloc(sizeof(T) * g.nk * g.Wop);
-    int rc = (gxb && K && gyb && ab) ? 0 : -1;
-    for (long t = t0; t < t1 && !rc; t++) {
+    int ok = gxb && K && gyb && ab;
+    rc |= !ok;
+#pragma omp for schedule(static)
+    for (long t = 0; t < g.N * g.G; t++) {
+        if (!ok) continue;
         long n = t / g.G, gi = t % g.G;
         memset(gxb, 0, sizeof(T) * g.hd * g.phsz);
         for (long oh = 0; oh < g.Ho; oh++) {
@@ -195,8 +222,10 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
         }
         F(unphase)(&g, gxb, n, gi, gx);
     }
-    free(gxb); free(K); free(gyb); free(ab); free(g.tapoff);
-    return rc;
+    free(gxb); free(K); free(gyb); free(ab);
+    }
+    free(g.tapoff);
+    return rc ? -1 : 0;
 }
 
 /* gK rows (tb, Wop) of taps d0 .. d0 + tb: sum over the head's channels of gy * the tap's input */
@@ -219,17 +248,23 @@ ga, the gradient of alpha / attn with one map per sample, (N, G, nk, Ho, Wo), wh
 the batch (the caller sums it then); gw, the bases' gradient per task, (N * G, nk, kk); gr, rel_pos's per task,
 (N * G, kk). */
 int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T *a, const T *bases,
-                           T *ga, T *gw, T *gr, int64_t t0, int64_t t1) {
+                           T *ga, T *gw, T *gr, int64_t threads) {
     geo_t g;
     if (geo_init(&g, prm)) return -1;
     long plane = g.Ho * g.Wo;
+    int rc = 0;
+#pragma omp parallel num_threads((int)threads) reduction(|:rc)
+    {
     T *xb = malloc(sizeof(T) * g.hd * g.phsz), *gK = malloc(sizeof(T) * g.kk * g.Wop);
     T *gyb = malloc(sizeof(T) * g.hd * g.Wop), *ab = malloc(sizeof(T) * g.nk * g.Wop);
     T *gab = malloc(sizeof(T) * g.nk * g.Wop);
     /* vector partial sums of the bases' and rel_pos' gradients, lanes summed at the task's end */
     T *gwv = malloc(sizeof(T) * g.nk * g.kk * L), *grv = malloc(sizeof(T) * g.kk * L);
-    int rc = (xb && gK && gyb && ab && gab && gwv && grv) ? 0 : -1;
-    for (long t = t0; t < t1 && !rc; t++) {
+    int ok = xb && gK && gyb && ab && gab && gwv && grv;
+    rc |= !ok;
+#pragma omp for schedule(static)
+    for (long t = 0; t < g.N * g.G; t++) {
+        if (!ok) continue;
         long n = t / g.G, gi = t % g.G;
         F(phases)(&g, x, n, gi, xb);
         memset(gwv, 0, sizeof(T) * g.nk * g.kk * L);
@@ -279,8 +314,10 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
             gr[t * g.kk + d] = s;
         }
     }
-    free(xb); free(gK); free(gyb); free(ab); free(gab); free(gwv); free(grv); free(g.tapoff);
-    return rc;
+    free(xb); free(gK); free(gyb); free(ab); free(gab); free(gwv); free(grv);
+    }
+    free(g.tapoff);
+    return rc ? -1 : 0;
 }
 
 #undef CB
