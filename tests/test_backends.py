@@ -446,8 +446,9 @@ def test_fused_mixers_match_reference_backend(impl):
 
 
 @pytest.mark.parametrize('threads', [2, 3])
-def test_native_splits_heads_over_threads(threads):
-    """The (sample, head) tasks in one range per torch thread, uneven where the threads do not divide them."""
+def test_native_runs_heads_on_torch_threads(threads):
+    """The (sample, head) tasks shared by torch's OpenMP threads (the suite runs on one), unevenly where the
+    threads do not divide them; the kernels' gradient in per-task partial sums."""
     x, alpha, bases, rel_pos, attn = op_inputs(5, N=5, C=12, G=3, stride=2, dtype=torch.float32)
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
     before = torch.get_num_threads()

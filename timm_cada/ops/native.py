@@ -99,16 +99,20 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
             except OSError as e:
                 err = str(e)
             if err is not None:
-                errors.append(f'{cc} {" ".join(flags)}: {err}')
+                errors.append(f'the C compiler failed ({cc} {" ".join(flags)}): {err}')
                 continue
-        lib = ctypes.CDLL(str(path))
-        for name, nargs in _FUNCTIONS.items():
-            for suffix, _ in _TYPES.values():
-                fn = getattr(lib, f'{name}_{suffix}')
-                fn.argtypes = [ctypes.c_void_p] * (nargs - 1) + [ctypes.c_int64]  # pointers, then threads
-                fn.restype = ctypes.c_int
+        try:
+            lib = ctypes.CDLL(str(path))
+            for name, nargs in _FUNCTIONS.items():
+                for suffix, _ in _TYPES.values():
+                    fn = getattr(lib, f'{name}_{suffix}')
+                    fn.argtypes = [ctypes.c_void_p] * (nargs - 1) + [ctypes.c_int64]  # pointers, then threads
+                    fn.restype = ctypes.c_int
+        except (OSError, AttributeError) as e:  # an unloadable build: say so rather than fail every call
+            errors.append(f'the build {path} failed to load: {e}')
+            continue
         return lib, ''
-    return None, 'the C compiler failed: ' + '\n'.join(errors)
+    return None, '; '.join(errors)
 
 
 @torch.compiler.assume_constant_result  # torch.compile runs it while tracing, never traces its file system calls
