@@ -17,6 +17,29 @@ static inline void F(st)(T *p, V v) { memcpy(p, &v, sizeof v); }
 /* bases per register block of the kernels' synthesis */
 #define NB 8
 
+/* one thread's scratch, for whichever kernel: a head's padded phases (of x or of grad_x), one row of the kernels
+or of their gradient, gy's rows of the head, alpha's row, alpha's gradient row, the vector partial sums of the
+bases' and rel_pos' gradients, one vector */
+typedef struct {
+    T *xb, *K, *gyb, *ab, *gab, *gwv, *grv, *tail;
+} F(work_t);
+
+static int F(work_init)(F(work_t) *w, const geo_t *g) {
+    w->xb = malloc(sizeof(T) * g->hd * g->phsz);
+    w->K = malloc(sizeof(T) * g->kk * g->Wop);
+    w->gyb = malloc(sizeof(T) * g->hd * g->Wop);
+    w->ab = malloc(sizeof(T) * g->nk * g->Wop);
+    w->gab = malloc(sizeof(T) * g->nk * g->Wop);
+    w->gwv = malloc(sizeof(T) * g->nk * g->kk * L);
+    w->grv = malloc(sizeof(T) * g->kk * L);
+    w->tail = malloc(sizeof(T) * L);
+    return w->xb && w->K && w->gyb && w->ab && w->gab && w->gwv && w->grv && w->tail;
+}
+
+static void F(work_free)(F(work_t) *w) {
+    free(w->xb); free(w->K); free(w->gyb); free(w->ab); free(w->gab); free(w->gwv); free(w->grv); free(w->tail);
+}
+
 /* sample n's head gi as zero-padded stride phases, (hd, s * s, Hph, Wph): phase (pi, pj) holds the padded
 input's rows pi, pi + s, ... and columns pj, pj + s, ... */
 static void F(phases)(const geo_t *g, const T *x, long n, long gi, T *buf) {
@@ -151,26 +174,25 @@ int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bas
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
-    T *xb = malloc(sizeof(T) * g.hd * g.phsz), *K = malloc(sizeof(T) * g.kk * g.Wop);
-    T *yb = malloc(sizeof(T) * L), *ab = malloc(sizeof(T) * g.nk * g.Wop);
-    int ok = xb && K && yb && ab;
+    F(work_t) w;
+    int ok = F(work_init)(&w, &g);
     rc |= !ok;
 #pragma omp for schedule(static)
     for (long t = 0; t < g.N * g.G; t++) {
         if (!ok) continue;
         long n = t / g.G, gi = t % g.G;
-        F(phases)(&g, x, n, gi, xb);
+        F(phases)(&g, x, n, gi, w.xb);
         for (long oh = 0; oh < g.Ho; oh++) {
-            F(kernel_row)(&g, a, bases, rel, n, gi, oh, K, ab);
+            F(kernel_row)(&g, a, bases, rel, n, gi, oh, w.K, w.ab);
             for (long c0 = 0; c0 < g.hd; ) {
                 T *yo = y + ((n * g.C + gi * g.hd + c0) * g.Ho + oh) * g.Wo;
-                if (g.hd - c0 >= CB) F(filter_block)(&g, K, xb, oh, c0, CB, yo, yb);
-                else F(filter_block)(&g, K, xb, oh, c0, 1, yo, yb);
+                if (g.hd - c0 >= CB) F(filter_block)(&g, w.K, w.xb, oh, c0, CB, yo, w.tail);
+                else F(filter_block)(&g, w.K, w.xb, oh, c0, 1, yo, w.tail);
                 c0 += g.hd - c0 >= CB ? CB : 1;
             }
         }
     }
-    free(xb); free(K); free(yb); free(ab);
+    F(work_free)(&w);
     }
     free(g.tapoff);
     return rc ? -1 : 0;
@@ -193,10 +215,10 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
-    T *gxb = malloc(sizeof(T) * g.hd * g.phsz), *K = malloc(sizeof(T) * g.kk * g.Wop);
-    T *gyb = malloc(sizeof(T) * g.hd * g.Wop), *ab = malloc(sizeof(T) * g.nk * g.Wop);
-    int ok = gxb && K && gyb && ab;
+    F(work_t) w;
+    int ok = F(work_init)(&w, &g);
     rc |= !ok;
+    T *gxb = w.xb, *K = w.K, *gyb = w.gyb, *ab = w.ab;  /* the phases hold grad_x here */
 #pragma omp for schedule(static)
     for (long t = 0; t < g.N * g.G; t++) {
         if (!ok) continue;
@@ -222,7 +244,7 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
         }
         F(unphase)(&g, gxb, n, gi, gx);
     }
-    free(gxb); free(K); free(gyb); free(ab);
+    F(work_free)(&w);
     }
     free(g.tapoff);
     return rc ? -1 : 0;
@@ -255,13 +277,12 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
-    T *xb = malloc(sizeof(T) * g.hd * g.phsz), *gK = malloc(sizeof(T) * g.kk * g.Wop);
-    T *gyb = malloc(sizeof(T) * g.hd * g.Wop), *ab = malloc(sizeof(T) * g.nk * g.Wop);
-    T *gab = malloc(sizeof(T) * g.nk * g.Wop);
-    /* vector partial sums of the bases' and rel_pos' gradients, lanes summed at the task's end */
-    T *gwv = malloc(sizeof(T) * g.nk * g.kk * L), *grv = malloc(sizeof(T) * g.kk * L);
-    int ok = xb && gK && gyb && ab && gab && gwv && grv;
+    F(work_t) w;
+    int ok = F(work_init)(&w, &g);
     rc |= !ok;
+    /* the kernels' gradient row, and the vector partial sums of the bases' and rel_pos' gradients (lanes
+       summed at the task's end) */
+    T *xb = w.xb, *gK = w.K, *gyb = w.gyb, *ab = w.ab, *gab = w.gab, *gwv = w.gwv, *grv = w.grv;
 #pragma omp for schedule(static)
     for (long t = 0; t < g.N * g.G; t++) {
         if (!ok) continue;
@@ -314,7 +335,7 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
             gr[t * g.kk + d] = s;
         }
     }
-    free(xb); free(gK); free(gyb); free(ab); free(gab); free(gwv); free(grv);
+    F(work_free)(&w);
     }
     free(g.tapoff);
     return rc ? -1 : 0;
