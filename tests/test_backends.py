@@ -464,6 +464,21 @@ def test_native_runs_heads_on_torch_threads(threads):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
+def test_native_rejects_what_its_kernels_would_read_past():
+    """The C kernels index without bounds checks: every shape they rely on is checked first, by name."""
+    x, alpha, bases, rel_pos, attn = op_inputs(3, N=2, C=4, H=8, W=8, G=2, B=3, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r'bases must be \(2, B >= 1, 3, 3\)'):
+        cada_filter(x, alpha, bases[:1], impl='native')  # the reference would broadcast it
+    with pytest.raises(ValueError, match=r'alpha must be \(N or 1, G, 3, 8, 8\)'):
+        cada_filter(x, alpha[..., :1, :1], bases, impl='native')
+    with pytest.raises(ValueError, match=r'rel_pos must be \(2, 3, 3\)'):
+        cada_filter(x, alpha, bases, rel_pos[:, :2, :2], impl='native')
+    with pytest.raises(ValueError, match='G dividing the 4 channels'):
+        native.pixel_filter_native(x, attn[:, :1].expand(-1, 3, -1, -1, -1), 3)
+    with pytest.raises(ValueError, match='stride and dilation must be >= 1'):
+        native.cada_native(x, alpha, bases, None, 1, 0)
+
+
 @pytest.fixture
 def fresh_native(monkeypatch, tmp_path):
     """An empty kernel cache for the native backend; the default one again afterwards."""
@@ -500,6 +515,15 @@ def test_native_without_a_compiler_falls_back(monkeypatch, fresh_native, caplog,
     with pytest.raises(RuntimeError, match=f"impl='native' needs its C kernels built: {why}"):
         cada_filter(x, alpha, bases, impl='native')
     assert not list(fresh_native.rglob('*.so'))
+
+
+def test_native_with_an_unwritable_cache_says_so(monkeypatch, fresh_native):
+    blocker = fresh_native / 'a_file'
+    blocker.write_text('')
+    monkeypatch.setenv('TIMM_CADA_CACHE', str(blocker))  # its native/ subdirectory cannot be made
+    x, alpha, bases, _, _ = op_inputs(3, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match='cannot build into .*set TIMM_CADA_CACHE to a writable directory'):
+        cada_filter(x, alpha, bases, impl='native')
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):

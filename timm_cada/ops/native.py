@@ -6,7 +6,9 @@ zero-padded stride phases, build each output row's per-pixel kernels from the CA
 (or take the given per-pixel kernels), and accumulate every tap in vector registers, several channels at
 once; the backward is two such kernels (the input's gradient scattered into padded phases, the kernels'
 gradient summed over a head's channels and folded into alpha's, the bases' and rel_pos' gradients row by
-row). float32 and float64 run as they are, float16 and bfloat16 in float32; any stride and dilation.
+row). The compute dtype follows x: float64 for float64, float32 for float32, float16 and bfloat16 (the output
+in x's dtype, each gradient in its input's); any stride and dilation. Shapes and devices are checked before
+any C runs (`_check`): the kernels index without bounds checks.
 
 The source is plain C with GCC / Clang vector extensions and OpenMP, and no PyTorch headers: the first call
 builds it with the system C compiler ($CC, else cc) in about a second, with -march=native, into a cache
@@ -65,14 +67,19 @@ def _cpu_identity() -> str:
 
 
 def _compile(cc: str, src_dir: Path, flags: List[str], out: Path) -> Optional[str]:
-    """Build the library into out (atomically); the compiler's complaint on failure, else None."""
+    """Build the library into out (atomically); the compiler's complaint on failure, else None. OSError: the cache
+    directory cannot be made or written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, '-o', tmp, str(src_dir / _SOURCES[0])], capture_output=True, text=True)
+        try:
+            proc = subprocess.run([cc, *flags, '-o', tmp, str(src_dir / _SOURCES[0])], capture_output=True, text=True)
+        except OSError as e:
+            return str(e)
         if proc.returncode != 0:
             return proc.stderr.strip()[-2000:] or f'{cc} exited with {proc.returncode}'
+        os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache from loading it
         os.replace(tmp, out)
         return None
     finally:
@@ -97,7 +104,8 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
             try:
                 err = _compile(cc, src_dir, flags, path)
             except OSError as e:
-                err = str(e)
+                errors.append(f'cannot build into {path.parent} ({e}); set TIMM_CADA_CACHE to a writable directory')
+                break
             if err is not None:
                 errors.append(f'the C compiler failed ({cc} {" ".join(flags)}): {err}')
                 continue
@@ -145,9 +153,32 @@ def _run(name: str, dtype: torch.dtype, prm: torch.Tensor, tensors: List[Optiona
 
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
-    if x.device.type != 'cpu':
-        raise RuntimeError(f"impl='native' runs on CPU tensors, got a {x.device.type} tensor; use impl='auto'")
+    """The compute dtype, which follows x: float64 for float64 inputs, float32 for every other one."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check(x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation: int, nk: int,
+           bases: Optional[torch.Tensor], rel_pos: Optional[torch.Tensor]) -> None:
+    """What the C kernels index by without looking: every shape, the device, stride and dilation. The PyTorch
+    backends fail on a mismatch inside their ops; C would read past the end of a buffer."""
+    maps_name = 'attn' if bases is None else 'alpha'
+    for name, t in (('x', x), (maps_name, maps), ('bases', bases), ('rel_pos', rel_pos)):
+        if t is not None and t.device.type != 'cpu':
+            raise RuntimeError(f"impl='native' runs on CPU tensors, got {name} on {t.device}; use impl='auto'")
+    if stride < 1 or dilation < 1:
+        raise ValueError(f'stride and dilation must be >= 1, got {stride} and {dilation}')
+    if x.dim() != 4:
+        raise ValueError(f'x must be (N, C, H, W), got shape {tuple(x.shape)}')
+    N, C, H, W = x.shape
+    G = maps.shape[1] if maps.dim() > 1 else 0
+    Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
+    if maps.dim() != 5 or maps.shape[0] not in (1, N) or tuple(maps.shape[2:]) != (nk, Ho, Wo) or G < 1 or C % G:
+        raise ValueError(f'{maps_name} must be (N or 1, G, {nk}, {Ho}, {Wo}) with G dividing the {C} channels of x, '
+                         f'got {tuple(maps.shape)}')
+    if bases is not None and (tuple(bases.shape) != (G, nk, k, k) or nk < 1):
+        raise ValueError(f'bases must be ({G}, B >= 1, {k}, {k}) for alpha {tuple(maps.shape)}, got {tuple(bases.shape)}')
+    if rel_pos is not None and tuple(rel_pos.shape) != (G, k, k):
+        raise ValueError(f'rel_pos must be ({G}, {k}, {k}), got {tuple(rel_pos.shape)}')
 
 
 def _params(x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation: int, nk: int, synth: bool,
@@ -178,6 +209,7 @@ def _map_grad(ga: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
 
 def _forward(x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation: int, nk: int,
              bases: Optional[torch.Tensor] = None, rel_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    _check(x, maps, k, stride, dilation, nk, bases, rel_pos)
     dt = _dtype(x)
     prm, Ho, Wo = _params(x, maps, k, stride, dilation, nk, bases is not None, dt)
     xc, mc, bc, rc = _c(x, dt), _c(maps, dt), _c(bases, dt), _c(rel_pos, dt)
