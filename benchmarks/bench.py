@@ -54,9 +54,9 @@ ONNX_MODELS = ('resnet50_dw_k7', 'resnet50_cada_k7')
 REFERENCE_MAX_K = 7  # the Python-loop reference with autograd takes seconds per call beyond this
 # the environment that changes timings on CPU (see the Makefile's bench target), printed with the results
 ENV_VARS = ('OMP_WAIT_POLICY', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')
-# the setting that bounds each backend's batch chunks, and the values the chunk study tries (default first)
 # the backends that run CPU tensors for real (triton there only in its interpreter, for tests)
 CPU_BACKENDS = tuple(b for b in CADA_IMPLS if b not in ('auto', 'reference', 'triton'))
+# the setting that bounds each backend's batch chunks, and the values the chunk study tries (default first)
 CHUNK_SETTINGS = {
     'taps': (taps, 'MAX_CHUNK_FRACTION', (0.5, 0.4, 0.25)),
     'dense': (dense, 'NUMEL_FACTOR', (1.5, 1.0, 2.0)),

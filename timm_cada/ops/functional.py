@@ -70,8 +70,8 @@ def choose_backend(Ho: int, Wo: int, k: int, grad: bool, device: str = 'cpu') ->
 
     On CUDA, 'triton' wherever Triton is installed: one fused kernel, where the PyTorch backends launch
     about k*k kernels per chunk. On CPU, 'native' wherever its C kernels build (`native_available`): on the
-    benchmark CPU the fastest at every mixer shape of ResNet-50 at k = 7 and 13, with and without a gradient
-    (benchmarks/RESULTS.md). Without a C compiler, the PyTorch backends that were fastest before it:
+    benchmark CPU the fastest backend, or within 10 % of it, in every cell measured at k = 7 and 13 (inference
+    at each mixer shape of ResNet-50, fwd+bwd at each stage shape; benchmarks/RESULTS.md). Without a C compiler, the PyTorch backends that were fastest before it:
     'dense' on small output maps (`dense_pays`), 'taps' beyond. Conv-then-combine ('combine') is never
     faster: its B library depthwise convs cost more than the tap walk at k = 7, and at k = 13 oneDNN's
     depthwise conv alone is slower than the whole tap walk.
