@@ -53,9 +53,18 @@ def _fake_grad(t: torch.Tensor, need: bool) -> torch.Tensor:
     return torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty(0)
 
 
-def register_pixel_filter(name: str, fwd: Callable, bwd: Callable) -> Callable:
+def _public(fn: Callable, name: str, doc: str, like: Callable) -> Callable:
+    """fn as the backend's public function: its name, docstring and module (the forward's)."""
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    fn.__module__ = like.__module__
+    return fn
+
+
+def register_pixel_filter(name: str, fwd: Callable, bwd: Callable, doc: str) -> Callable:
     """timm_cada::{name}(x, attn, k, stride, dilation); bwd(gy, x, attn, k, stride, dilation, need_x,
-    need_attn) returns (grad_x, grad_attn), an empty tensor for a gradient not asked for."""
+    need_attn) returns (grad_x, grad_attn), an empty tensor for a gradient not asked for. Returns the
+    backend's `pixel_filter` function, `name`(x, attn, kernel_size, stride=1, dilation=1), documented by doc."""
     fwd, bwd = _no_autocast(fwd), _no_autocast(bwd)
 
     @torch.library.custom_op(f'timm_cada::{name}', mutates_args=())
@@ -90,13 +99,18 @@ def register_pixel_filter(name: str, fwd: Callable, bwd: Callable) -> Callable:
         return gx if need[0] else None, ga if need[1] else None, None, None, None
 
     op.register_autograd(backward, setup_context=setup_context)
-    return op
+
+    def pixel_filter(x: torch.Tensor, attn: torch.Tensor, kernel_size: int, stride: int = 1,
+                     dilation: int = 1) -> torch.Tensor:
+        return op(x, attn, kernel_size, stride, dilation)
+    return _public(pixel_filter, name, doc, fwd)
 
 
-def register_cada(name: str, fwd: Callable, bwd: Callable) -> Callable:
+def register_cada(name: str, fwd: Callable, bwd: Callable, doc: str) -> Callable:
     """timm_cada::{name}(x, alpha, bases, rel_pos, stride, dilation); bwd(gy, x, alpha, bases, rel_pos,
     stride, dilation, need_x, need_alpha, need_bases, need_rel) returns the four gradients, an empty
-    tensor for each not asked for."""
+    tensor for each not asked for. Returns the backend's `cada_filter` function, `name`(x, alpha, bases,
+    rel_pos=None, stride=1, dilation=1), documented by doc."""
     fwd, bwd = _no_autocast(fwd), _no_autocast(bwd)
 
     @torch.library.custom_op(f'timm_cada::{name}', mutates_args=())
@@ -138,4 +152,8 @@ def register_cada(name: str, fwd: Callable, bwd: Callable) -> Callable:
         return tuple(g if n else None for g, n in zip(grads, need[:4])) + (None, None)
 
     op.register_autograd(backward, setup_context=setup_context)
-    return op
+
+    def cada(x: torch.Tensor, alpha: torch.Tensor, bases: torch.Tensor, rel_pos: Optional[torch.Tensor] = None,
+             stride: int = 1, dilation: int = 1) -> torch.Tensor:
+        return op(x, alpha, bases, rel_pos, stride, dilation)
+    return _public(cada, name, doc, fwd)

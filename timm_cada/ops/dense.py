@@ -387,28 +387,9 @@ def _cada_bwd(
     )
 
 
-_pixel_filter_op = register_pixel_filter('pixel_filter_dense', _pixel_filter_fwd, _pixel_filter_bwd)
-_cada_op = register_cada('cada_dense', _cada_fwd, _cada_bwd)
-
-
-def pixel_filter_dense(
-        x: torch.Tensor,
-        attn: torch.Tensor,
-        kernel_size: int,
-        stride: int = 1,
-        dilation: int = 1,
-) -> torch.Tensor:
-    """`pixel_filter_reference` as a dense matrix product per head, hand-written backward."""
-    return _pixel_filter_op(x, attn, kernel_size, stride, dilation)
-
-
-def cada_dense(
-        x: torch.Tensor,
-        alpha: torch.Tensor,
-        bases: torch.Tensor,
-        rel_pos: Optional[torch.Tensor] = None,
-        stride: int = 1,
-        dilation: int = 1,
-) -> torch.Tensor:
-    """`cada_reference` as a dense matrix product per head, hand-written backward."""
-    return _cada_op(x, alpha, bases, rel_pos, stride, dilation)
+pixel_filter_dense = register_pixel_filter(
+    'pixel_filter_dense', _pixel_filter_fwd, _pixel_filter_bwd,
+    """`pixel_filter_reference` as a dense matrix product per head, hand-written backward.""")
+cada_dense = register_cada(
+    'cada_dense', _cada_fwd, _cada_bwd,
+    """`cada_reference` as a dense matrix product per head, hand-written backward.""")

@@ -266,28 +266,9 @@ def _cada_bwd(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha
                      need_x, need_alpha, need_bases, need_rel)
 
 
-_pixel_filter_op = register_pixel_filter('pixel_filter_native', _pixel_filter_fwd, _pixel_filter_bwd)
-_cada_op = register_cada('cada_native', _cada_fwd, _cada_bwd)
-
-
-def pixel_filter_native(
-        x: torch.Tensor,
-        attn: torch.Tensor,
-        kernel_size: int,
-        stride: int = 1,
-        dilation: int = 1,
-) -> torch.Tensor:
-    """`pixel_filter_reference` by the compiled CPU kernels. First-order gradients only."""
-    return _pixel_filter_op(x, attn, kernel_size, stride, dilation)
-
-
-def cada_native(
-        x: torch.Tensor,
-        alpha: torch.Tensor,
-        bases: torch.Tensor,
-        rel_pos: Optional[torch.Tensor] = None,
-        stride: int = 1,
-        dilation: int = 1,
-) -> torch.Tensor:
-    """`cada_reference` by the compiled CPU kernels, kernels built row by row. First-order gradients only."""
-    return _cada_op(x, alpha, bases, rel_pos, stride, dilation)
+pixel_filter_native = register_pixel_filter(
+    'pixel_filter_native', _pixel_filter_fwd, _pixel_filter_bwd,
+    """`pixel_filter_reference` by the compiled CPU kernels. First-order gradients only.""")
+cada_native = register_cada(
+    'cada_native', _cada_fwd, _cada_bwd,
+    """`cada_reference` by the compiled CPU kernels, kernels built row by row. First-order gradients only.""")

@@ -309,34 +309,13 @@ def _synth_row(
     return a_row
 
 
-_pixel_filter_op = register_pixel_filter('pixel_filter_taps', _pixel_filter_fwd, _pixel_filter_bwd)
-_cada_op = register_cada('cada_taps', _cada_fwd, _cada_bwd)
-
-
-def pixel_filter_taps(
-        x: torch.Tensor,
-        attn: torch.Tensor,
-        kernel_size: int,
-        stride: int = 1,
-        dilation: int = 1,
-) -> torch.Tensor:
+pixel_filter_taps = register_pixel_filter(
+    'pixel_filter_taps', _pixel_filter_fwd, _pixel_filter_bwd,
     """`pixel_filter_reference` as in-place tap accumulation with a hand-written backward.
 
-    First-order gradients only (the backward is itself an opaque op).
-    """
-    return _pixel_filter_op(x, attn, kernel_size, stride, dilation)
-
-
-def cada_taps(
-        x: torch.Tensor,
-        alpha: torch.Tensor,
-        bases: torch.Tensor,
-        rel_pos: Optional[torch.Tensor] = None,
-        stride: int = 1,
-        dilation: int = 1,
-) -> torch.Tensor:
+    First-order gradients only (the backward is itself an opaque op).""")
+cada_taps = register_cada(
+    'cada_taps', _cada_fwd, _cada_bwd,
     """`cada_reference` with row-wise synthesis and in-place tap accumulation, hand-written backward.
 
-    First-order gradients only (the backward is itself an opaque op).
-    """
-    return _cada_op(x, alpha, bases, rel_pos, stride, dilation)
+    First-order gradients only (the backward is itself an opaque op).""")

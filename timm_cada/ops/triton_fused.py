@@ -161,29 +161,10 @@ def _cada_bwd(gy, x, alpha, bases, rel_pos, stride, dilation, need_x, need_alpha
                      need_x, need_alpha, need_bases, need_rel)
 
 
-_pixel_filter_op = register_pixel_filter('pixel_filter_triton', _pixel_filter_fwd, _pixel_filter_bwd)
-_cada_op = register_cada('cada_triton', _cada_fwd, _cada_bwd)
-
-
-def pixel_filter_triton(
-        x: torch.Tensor,
-        attn: torch.Tensor,
-        kernel_size: int,
-        stride: int = 1,
-        dilation: int = 1,
-) -> torch.Tensor:
-    """`pixel_filter_reference` as one fused Triton kernel, with a fused backward (first order)."""
-    return _pixel_filter_op(x, attn, kernel_size, stride, dilation)
-
-
-def cada_triton(
-        x: torch.Tensor,
-        alpha: torch.Tensor,
-        bases: torch.Tensor,
-        rel_pos: Optional[torch.Tensor] = None,
-        stride: int = 1,
-        dilation: int = 1,
-) -> torch.Tensor:
+pixel_filter_triton = register_pixel_filter(
+    'pixel_filter_triton', _pixel_filter_fwd, _pixel_filter_bwd,
+    """`pixel_filter_reference` as one fused Triton kernel, with a fused backward (first order).""")
+cada_triton = register_cada(
+    'cada_triton', _cada_fwd, _cada_bwd,
     """`cada_reference` as one fused Triton kernel that builds each pixel's kernel on chip, with a fused
-    backward (first order)."""
-    return _cada_op(x, alpha, bases, rel_pos, stride, dilation)
+    backward (first order).""")
