@@ -14,12 +14,30 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[test,train,export]'
 	touch $(STAMP)
 
-# The default run deselects tests marked slow; test-all runs everything.
-test: $(STAMP)
-	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+# The oldest timm that pyproject.toml admits, in a second environment of its own timm that shares every other
+# package with $(VENV) (a .pth file names $(VENV)'s site-packages): `make test` runs the core tests there too.
+TIMM_OLDEST := $(shell sed -n 's/.*"timm>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+VENV_OLDEST ?= .venv-timm-oldest
+PYTHON_OLDEST := $(VENV_OLDEST)/bin/python
+STAMP_OLDEST := $(VENV_OLDEST)/.installed-timm-$(TIMM_OLDEST)
 
-test-all: $(STAMP)
+$(STAMP_OLDEST): $(STAMP)
+	test -x $(PYTHON_OLDEST) || $(PY) -m venv $(VENV_OLDEST)
+	$(PYTHON) -c "import sysconfig; print(sysconfig.get_path('purelib'))" \
+		> "$$($(PYTHON_OLDEST) -c "import sysconfig; print(sysconfig.get_path('purelib'))")/timm_cada_shared.pth"
+	$(PYTHON_OLDEST) -m pip install -q -e . 'timm==$(TIMM_OLDEST)'
+	rm -f $(VENV_OLDEST)/.installed-timm-*
+	touch $@
+
+# The default run deselects tests marked slow; test-all runs everything. Both then run the core tests (marked
+# core) against the oldest supported timm.
+test: $(STAMP) $(STAMP_OLDEST)
+	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+	TIMM_CADA_EXPECT_TIMM=$(TIMM_OLDEST) $(PYTHON_OLDEST) -m pytest -m "core and not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) $(STAMP_OLDEST)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	TIMM_CADA_EXPECT_TIMM=$(TIMM_OLDEST) $(PYTHON_OLDEST) -m pytest -m core $(PYTEST_ARGS)
 
 # The main job on an embedded default: scikit-learn's digits as an ImageFolder, a DW and a CADA resnet26
 # trained by train/ablate.py, the comparison table printed. Finished runs in DEMO_OUT are reused, and
@@ -64,4 +82,4 @@ study: $(STAMP)
 	$(PYTHON) train/study.py $(STUDY_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .cache build *.egg-info
+	rm -rf $(VENV) $(VENV_OLDEST) .pytest_cache .cache build *.egg-info

@@ -18,6 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 # threads slow everything down when the test machine's cores are shared.
 SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS='1')
 
+# One model per mixer family: dw, cada (stride 1 and 2), free (identity bases), rel_pos, position,
+# local (fixed size), conv (the dense downsampling mixer).
+FAMILIES = ['resnet26_dw_k7', 'resnet26_cada_k7', 'resnet26_cada_k7_free', 'resnet26_cada_k7_rpe',
+            'resnet26_position_k7', 'resnet26_local_k7', 'resnet26_cada_k7_dsconv3']
+
 # A small and quick train/train.py run: 3 classes told apart by colour, 32 x 32 images, narrow resnet26.
 TINY_MODEL = 'resnet26_dw_k3'
 TINY = ['--model', TINY_MODEL, '--img-size', '32', '-b', '8', '-j', '0', '--opt', 'adamw', '--lr', '2e-3',

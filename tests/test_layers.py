@@ -9,6 +9,7 @@ from timm_cada.ops import cada_filter, pixel_filter
 from helpers import perturbed
 
 DT = torch.float64
+pytestmark = pytest.mark.core  # also run against the oldest supported timm
 
 # every mixer, and the variants of cada that take other code paths
 MIXER_CASES = {

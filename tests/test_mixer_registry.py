@@ -19,6 +19,8 @@ from timm_cada.profile import count_macs
 from helpers import REPO, SUBPROCESS_ENV, TINY, make_image_folder
 from user_mixers import BoxMixer, TimmInitBoxMixer
 
+pytestmark = pytest.mark.core  # also run against the oldest supported timm
+
 
 def bottleneck_mixers(model):
     return [m.conv2 for m in model.modules() if isinstance(m, CadaBottleneck)]

@@ -8,6 +8,7 @@ import torch
 
 import timm_cada
 from timm_cada.models import NoPretrainedWeightsError
+from helpers import FAMILIES
 
 SIZE = 32
 
@@ -32,6 +33,9 @@ CASES = [(name, {}, [64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32]) for name in M
     (name, SMALL_STEM, [64, 64, 128, 256, 512], [1, 1, 2, 4, 8])
     for name in ('resnet26_cada_k7', 'resnet26_dw_k13', 'resnet26_position_k7', 'resnet26_local_k7',
                  'resnet26_cada_k7_dsconv3')]
+# The core tests (`-m core`, also run against the oldest supported timm) take one model per mixer family.
+CORE = pytest.mark.core
+PARAMS = [pytest.param(case, marks=CORE if case[0] in FAMILIES else ()) for case in CASES]
 
 
 def create(name, **kwargs):
@@ -44,6 +48,7 @@ def images(n=2, size=SIZE, seed=0):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@CORE
 def test_registry():
     assert set(MODELS) == expected_names()
     assert len(timm.list_models('resnet50_cada*')) == 1 + 6 + 9
@@ -54,7 +59,7 @@ def test_registry():
 # One test per capability, each over every model (as timm's own tests/test_models.py does). The module-scoped
 # fixture builds each model once (pytest groups the tests by model), and every test takes a fresh copy of it.
 
-@pytest.fixture(scope='module', params=CASES, ids=lambda c: c[0] + ('-small_stem' if c[1] else ''))
+@pytest.fixture(scope='module', params=PARAMS, ids=lambda c: c[0] + ('-small_stem' if c[1] else ''))
 def built(request):
     """(name, the model with every parameter that starts at zero moved off it, so the mixers and the
     zero-initialised last norms of the blocks count in every output; its features_only twin; the case)."""
@@ -171,12 +176,14 @@ def test_model_reset_classifier(eval_model):
 
 # ------------------------------------------------------------------------------------------ the family
 
+@CORE
 @pytest.mark.parametrize('name', ['resnet50_cada_k7', 'resnet26_dw_k3', 'resnet50_local_k7'])
 def test_pretrained_without_weights_fails(name):
     with pytest.raises(NoPretrainedWeightsError, match=name):
         timm.create_model(name, pretrained=True)
 
 
+@CORE
 @pytest.mark.parametrize('name', ['resnet50_cada_k7', 'resnet50_dw_k13', 'resnet50_cada_k7_dsconv3', 'resnet50_local_k7'])
 def test_non_mixer_weights_match_timm_resnet50(name):
     """Every parameter outside the mixers has resnet50's name and shape, so resnet50 weights load into it."""
@@ -190,6 +197,7 @@ def test_non_mixer_weights_match_timm_resnet50(name):
         assert {'layer2.0.conv2.weight', 'layer3.0.conv2.weight', 'layer4.0.conv2.weight'} <= shared
 
 
+@CORE
 def test_variant_args_and_kwargs():
     m = timm.create_model('resnet26_cada_k7_rpe', mixer_args=dict(num_bases=4), num_classes=3, drop_path_rate=0.1)
     conv2 = m.layer1[0].conv2
@@ -206,6 +214,7 @@ def test_variant_args_and_kwargs():
     assert [pos.layer1[0].conv2.feat_size, pos.layer4[0].conv2.feat_size] == [(56, 56), (7, 7)]
 
 
+@CORE
 def test_small_stem_keeps_the_imagenet_geometry_at_28px():
     """28 px through the small stem gives the stages 28/14/7/4 maps (224 px through timm's stem: 56/28/14/7),
     the mixers are sized for them, and the pretrained cfg (input and pool size) says so."""
@@ -223,11 +232,13 @@ def test_small_stem_keeps_the_imagenet_geometry_at_28px():
     assert abs(std / (2 / (64 * 9)) ** 0.5 - 1) < 0.1, std
 
 
+@CORE
 def test_in_chans_and_pooling():
     m = timm.create_model('resnet26_cada_k5', in_chans=1, global_pool='max', num_classes=2).eval()
     assert m(torch.randn(1, 1, 48, 40)).shape == (1, 2)
 
 
+@CORE
 def test_local_model_names_the_expected_size():
     m = timm.create_model('resnet26_local_k7')
     assert m.pretrained_cfg['fixed_input_size']
@@ -235,6 +246,7 @@ def test_local_model_names_the_expected_size():
         m(torch.randn(1, 3, 64, 64))
 
 
+@CORE
 @pytest.mark.parametrize('kwargs,match', [
     (dict(kernel_size=4), 'kernel_size'),
     (dict(mixer='attention'), 'mixer must be one of'),
@@ -264,6 +276,7 @@ def test_readme_zoo_table_is_current():
         assert rows[name] == f'{count_params(timm.create_model(name)) / 1e6:.2f}', name
 
 
+@CORE
 def test_img_size_sets_the_data_config():
     """A model built for another resolution says so in its pretrained cfg, which data configs come from."""
     m = timm.create_model('resnet26_local_k7', img_size=(64, 48))
@@ -273,6 +286,7 @@ def test_img_size_sets_the_data_config():
     assert [m.layer1[0].conv2.feat_size, m.layer4[0].conv2.feat_size] == [(16, 12), (2, 2)]
 
 
+@CORE
 @pytest.mark.parametrize('name', ['resnet26_local_k7', 'resnet26_position_k7', 'resnet26_cada_k5'])
 def test_output_stride_and_anti_aliasing(name):
     """Dilated stages (output_stride 16 / 8) and anti-aliased downsampling size every mixer correctly."""
@@ -284,6 +298,7 @@ def test_output_stride_and_anti_aliasing(name):
             assert m.forward_features(x).shape[-1] == final, kwargs
 
 
+@CORE
 def test_mixer_kernels_start_at_one_scale():
     """DW, CADA, position and local kernels share one init (He-normal over the k*k taps)."""
     torch.manual_seed(0)

@@ -62,6 +62,7 @@ def test_pixel_filter_matches_unfold(impl, case):
     torch.testing.assert_close(out, unfold_pixel_filter(x, attn, k, stride, dilation), **OP_TOL)
 
 
+@pytest.mark.core
 @pytest.mark.parametrize('impl', CADA_IMPLS)
 def test_one_base_fixed_alpha_is_dw_conv(impl):
     x, _, bases, _, _ = op_inputs(5, B=1)
@@ -97,6 +98,7 @@ def test_strided_equals_subsampled_stride_one(impl, k, dilation):
     torch.testing.assert_close(strided, full[..., ::2, ::2], **OP_TOL)
 
 
+@pytest.mark.core
 @pytest.mark.parametrize('impl', CADA_IMPLS)
 def test_identity_bases_express_any_per_pixel_kernel(impl):
     """With the k*k one-hot bases, alpha *is* the per-pixel kernel: any kernel map can be expressed."""
@@ -109,6 +111,7 @@ def test_identity_bases_express_any_per_pixel_kernel(impl):
     torch.testing.assert_close(pixel_filter(x, kernels, k), out, **OP_TOL)
 
 
+@pytest.mark.core
 def test_shape_errors():
     x, alpha, bases, _, _ = op_inputs(3)
     with pytest.raises(ValueError, match='alpha'):

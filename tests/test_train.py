@@ -70,6 +70,7 @@ def resumed(data, first_epoch, tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.core  # also run against the oldest supported timm
 def test_short_run_loss_falls_and_checkpoints_load(resumed):
     out, _ = resumed
     rows = read_summary(out)

@@ -374,6 +374,16 @@ def test_publish_checks_the_manifest_rules_before_writing(trained, tmp_path, kwa
     assert not out.exists()
 
 
+def test_publish_names_the_timm_it_needs(trained, tmp_path, monkeypatch):
+    """On a timm older than publishing needs, the command says which timm to install, before writing anything."""
+    monkeypatch.setattr(timm, '__version__', '1.0.21')
+    out = tmp_path / 'out'
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"needs timm>={publish.SAVE_FOR_HF_TIMM}, but timm 1.0.21 is installed; upgrade it with: pip install")):
+        publish.export(trained['checkpoint'], MODEL, REPO, out, dataset='tiny-10')
+    assert not out.exists()
+
+
 def test_manifest_duplicates_and_unregistered_models(tmp_path):
     path = tmp_path / 'm.json'
     path.write_text(json.dumps({'weights': [_GOOD, _GOOD]}))

@@ -28,12 +28,17 @@ from timm.models._hub import generate_readme, save_for_hf
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint
+from timm_cada.compat import require_timm
 from timm_cada.layers import get_mixer
 from timm_cada.models import VARIANTS, get_variant
 from timm_cada.pretrained import check_field, file_sha256
 from timm_cada.profile import count_macs, count_params
 
 OUTPUT_FILES = ('model.safetensors', 'config.json', 'README.md')
+
+# The oldest timm whose save_for_hf takes the run's preprocessing (data_config) for config.json; the rest of
+# timm-cada runs on older releases (pyproject.toml's lower bound).
+SAVE_FOR_HF_TIMM = '1.0.31'
 
 # Model args that a manifest entry (a registered name + pretrained cfg) can express: the rest need hf-hub:.
 _CFG_ARGS = {'num_classes', 'img_size', 'in_chans', 'global_pool'}
@@ -236,6 +241,7 @@ def export(
     The result has 'sha256' and 'manifest_entry' (the weights manifest entry, revision None until upload;
     None when the checkpoint is not a plain variant of `model_name` or has no dataset / top-1).
     """
+    require_timm(SAVE_FOR_HF_TIMM, "weights/publish.py (save_for_hf's data_config argument)")
     # The manifest's own rules, checked before anything is written (the printed entry must load).
     for option, key, value in (('--repo-id', 'hf_hub_id', repo_id), ('--tag', 'tag', tag), ('--top1', 'top1', top1),
                                ('--top5', 'top5', top5), ('--dataset', 'dataset', dataset),
