@@ -4,6 +4,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# One worker a core, a test file a worker (module fixtures built once); most tests run one thread.
+PYTEST_XDIST ?= -n auto --dist loadfile
 
 .PHONY: install test test-all demo zoo bench study clean
 
@@ -32,12 +34,12 @@ $(STAMP_OLDEST): $(STAMP)
 # The default run deselects tests marked slow; test-all runs everything. Both then run the core tests (marked
 # core) against the oldest supported timm.
 test: $(STAMP) $(STAMP_OLDEST)
-	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
-	TIMM_CADA_EXPECT_TIMM=$(TIMM_OLDEST) $(PYTHON_OLDEST) -m pytest -m "core and not slow" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
+	TIMM_CADA_EXPECT_TIMM=$(TIMM_OLDEST) $(PYTHON_OLDEST) -m pytest -m "core and not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-all: $(STAMP) $(STAMP_OLDEST)
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
-	TIMM_CADA_EXPECT_TIMM=$(TIMM_OLDEST) $(PYTHON_OLDEST) -m pytest -m core $(PYTEST_ARGS)
+	$(PYTHON) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
+	TIMM_CADA_EXPECT_TIMM=$(TIMM_OLDEST) $(PYTHON_OLDEST) -m pytest -m core $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The main job on an embedded default: scikit-learn's digits as an ImageFolder, a DW and a CADA resnet26
 # trained by train/ablate.py, the comparison table printed. Finished runs in DEMO_OUT are reused, and
