@@ -20,10 +20,8 @@ last.pth.tar is the run's record: summary.csv and model_best.pth.tar are written
 when a kill came between.
 """
 import argparse
-import csv
-import difflib
 import dataclasses
-import json
+import difflib
 import logging
 import math
 import os
@@ -34,7 +32,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 import timm
@@ -47,12 +44,13 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.models import VARIANTS, NoPretrainedWeightsError, uses_mixer_trait
 from timm_cada.checkpoint import (
-    CHECKPOINT_VERSION, TMP_SUFFIX, atomic_file, atomic_files, checkpoint_state_dict, copy_checkpoint, link_or_copy,
-    plain, read_checkpoint, rng_state, set_rng_state)
-from timm_cada.train_utils import (
-    BadImageError, ParseKwargs, StrictImageDataset, check_data_dir, check_model_name, image_mode, import_modules,
-    load_recipe, per_channel)
+    CHECKPOINT_VERSION, checkpoint_state_dict, plain, read_checkpoint, rng_state, set_rng_state)
+from timm_cada.load import check_model_name, import_modules, per_channel
 from timm_cada.warm_start import warm_start
+
+from image_data import BadImageError, StrictImageDataset, check_data_dir, image_mode  # train/image_data.py
+from recipes import ParseKwargs, load_recipe  # train/recipes.py
+from run_folder import LAST, RunError, RunFolder, held_run_files  # train/run_folder.py
 
 _logger = logging.getLogger('train')
 
@@ -61,9 +59,6 @@ OURS_ONLY = ('warm_start', 'stop_after', 'skip_bad_images', 'test_split')
 # Options that belong on the command line, never in a shared recipe.
 NOT_IN_RECIPE = ('config', 'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'warm_start', 'local_rank')
 
-LAST, BEST, SUMMARY, RESULTS, ARGS = 'last.pth.tar', 'model_best.pth.tar', 'summary.csv', 'results.json', 'args.yaml'
-# The files that make a folder hold a run (args.yaml alone is written before the first epoch).
-RUN_FILES = (LAST, BEST, SUMMARY, RESULTS)
 EVAL_METRICS = ('top1', 'top5', 'loss')
 # The values timm accepts for options with a fixed set of them.
 SCHEDULERS = ('cosine', 'tanh', 'step', 'constant', 'multistep', 'plateau', 'poly', 'rsqrt')
@@ -257,10 +252,6 @@ class InputError(ValueError):
     """Bad user input found before anything is written."""
 
 
-class RunError(RuntimeError):
-    """A run that cannot go on (e.g. a full disk); the run folder still holds its last finished epoch."""
-
-
 def input_chans(args: argparse.Namespace) -> int:
     """The model's input channels: --in-chans, else --input-size's first value, else 3."""
     return args.in_chans or (args.input_size[0] if args.input_size else 3)
@@ -426,12 +417,23 @@ def _make_loss(args: argparse.Namespace, mixup_active: bool) -> Tuple[nn.Module,
     return train_loss, nn.CrossEntropyLoss()
 
 
-def train_one_epoch(
-        epoch: int, model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-        args: argparse.Namespace, device: torch.device, lr_scheduler: Any, autocast: Any,
-        loss_scaler: Optional[utils.NativeScaler], model_ema: Optional[utils.ModelEmaV3],
-        mixup_fn: Optional[Mixup]) -> Dict[str, float]:
+@dataclasses.dataclass
+class Learner:
+    """The model and what updates it (optimizer, scheduler, fp16 loss scaler, EMA), with the device and the
+    autocast context its steps run in."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    autocast: Callable[[], Any]
+    loss_scaler: Optional[utils.NativeScaler] = None
+    model_ema: Optional[utils.ModelEmaV3] = None
+    lr_scheduler: Any = None
+
+
+def train_one_epoch(learner: Learner, epoch: int, loader: Any, loss_fn: nn.Module, args: argparse.Namespace,
+                    mixup_fn: Optional[Mixup] = None) -> Dict[str, float]:
     """One pass over the training loader; logs loss, lr and throughput every --log-interval steps."""
+    model, optimizer, loss_scaler = learner.model, learner.optimizer, learner.loss_scaler
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         if args.prefetcher and loader.mixup_enabled:
             loader.mixup_enabled = False
@@ -447,14 +449,14 @@ def train_one_epoch(
         last_batch = batch_idx == num_batches - 1
         need_update = last_batch or (batch_idx + 1) % accum == 0
         if not args.prefetcher:
-            input, target = input.to(device), target.to(device)
+            input, target = input.to(learner.device), target.to(learner.device)
             if mixup_fn is not None:
                 input, target = mixup_fn(input, target)
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         sync = nullcontext() if need_update or not args.distributed else model.no_sync()
         with sync:
-            with autocast():
+            with learner.autocast():
                 loss = loss_fn(model(input), target)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f'loss is {loss.item()} at epoch {epoch} step {batch_idx}; lower --lr.')
@@ -473,10 +475,10 @@ def train_one_epoch(
             continue
         optimizer.zero_grad()
         num_updates += 1
-        if model_ema is not None:
-            model_ema.update(model, step=num_updates)
-        if lr_scheduler is not None:
-            lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+        if learner.model_ema is not None:
+            learner.model_ema.update(model, step=num_updates)
+        if learner.lr_scheduler is not None:
+            learner.lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
         if args.rank == 0 and (last_batch or (batch_idx // accum) % args.log_interval == 0):
             rate = seen * args.world_size / max(time.time() - tic, 1e-9)
             lr = optimizer.param_groups[0]['lr']
@@ -516,62 +518,38 @@ def validate(model: nn.Module, loader: Any, loss_fn: nn.Module, args: argparse.N
     return metrics
 
 
-def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema,
-                eval_metrics: Dict[str, float], selected: str) -> Dict:
+def _checkpoint(args: argparse.Namespace, learner: Learner, kwargs: Dict[str, Any], epoch: int,
+                eval_metrics: Dict[str, float], selected: str) -> Dict[str, Any]:
     """The checkpoint of `epoch`: training state, top-1 of each set of weights, and the selection metric by name
-    (the run's record, 'history', 'best', 'rng_state' and 'classes', is added by `_save_epoch`)."""
+    (the run's record, 'history' and 'best', is added by `RunFolder.commit_epoch`)."""
     state = {
         'arch': args.model,
         'model_kwargs': kwargs,
         'epoch': epoch,
-        'state_dict': utils.unwrap_model(model).state_dict(),
-        'optimizer': optimizer.state_dict(),
-        'scheduler': plain(lr_scheduler.state_dict()) if lr_scheduler is not None else None,
+        'state_dict': utils.unwrap_model(learner.model).state_dict(),
+        'optimizer': learner.optimizer.state_dict(),
+        'scheduler': plain(learner.lr_scheduler.state_dict()) if learner.lr_scheduler is not None else None,
         'top1': eval_metrics['top1'],
         'eval_metric': selected,
         'metric': eval_metrics[selected],
         'args': plain(vars(args)),
         'version': CHECKPOINT_VERSION,
     }
-    if model_ema is not None:
-        state['state_dict_ema'] = utils.unwrap_model(model_ema).state_dict()
+    if learner.model_ema is not None:
+        state['state_dict_ema'] = utils.unwrap_model(learner.model_ema).state_dict()
         state['ema_top1'] = eval_metrics['ema_top1']
-    if loss_scaler is not None:
-        state['scaler'] = loss_scaler.state_dict()
+    if learner.loss_scaler is not None:
+        state['scaler'] = learner.loss_scaler.state_dict()
     return state
 
 
-@dataclasses.dataclass
-class TrainingRun:
-    """What the steps of `run` build and share: the model and its training state, the data, the output."""
-    args: argparse.Namespace
-    device: torch.device
-    autocast: Callable[[], Any]
-    kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    resume_state: Optional[Dict[str, Any]] = None
-    model: Optional[nn.Module] = None
-    model_ema: Optional[utils.ModelEmaV3] = None
-    optimizer: Optional[torch.optim.Optimizer] = None
-    loss_scaler: Optional[utils.NativeScaler] = None
-    lr_scheduler: Any = None
-    start_epoch: int = 0
-    num_epochs: int = 0
-    selected: str = 'top1'
-    output_dir: str = ''
-    best_metric: Optional[float] = None
-    best_epoch: Optional[int] = None
-    history: list = dataclasses.field(default_factory=list)  # summary.csv's rows, one per finished epoch
-    classes: Optional[list] = None
-    skipped_images: int = 0  # unreadable images skipped (--skip-bad-images), over the whole run
-    train_seconds: float = 0.0  # wall time of the finished epochs (train + validate), over every sitting
-
-
-def _setup(args: argparse.Namespace) -> TrainingRun:
-    """Plugins, the device and process group, the seed, and the checks of the options alone."""
+def _setup(args: argparse.Namespace) -> Tuple[torch.device, Callable[[], Any]]:
+    """Plugins, the device and process group, the seed, and the checks of the options alone; returns the
+    device and the autocast context of the run."""
     try:
         import_modules(args.device_modules)
     except ValueError as e:
-        raise InputError(str(e)) from None
+        raise InputError(f'--device-modules: {e}') from None
     check_args(args)
     args.prefetcher = not args.no_prefetcher
     device = utils.init_distributed_device(args)
@@ -579,39 +557,56 @@ def _setup(args: argparse.Namespace) -> TrainingRun:
         _logger.info(f'Process {args.rank} of {args.world_size} on {device} '
                      f'(backend {torch.distributed.get_backend()}).')
     utils.random_seed(args.seed, args.rank)
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
-    training = TrainingRun(args, device, autocast)
-    if args.amp and amp_dtype == torch.float16:
-        training.loss_scaler = utils.NativeScaler(device=device.type)
-    return training
+    autocast = (lambda: torch.autocast(device.type, dtype=_amp_dtype(args))) if args.amp else nullcontext
+    return device, autocast
 
 
-def _read_inputs(training: TrainingRun) -> Tuple[Any, Any, Optional[Any]]:
+def _amp_dtype(args: argparse.Namespace) -> torch.dtype:
+    return torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What `_read_inputs` checked: the train, eval and test (None without --test-split) datasets, the train
+    split's classes, the model kwargs, the checkpoint to resume (None for a new run) and the run folder."""
+    datasets: Tuple[Any, Any, Optional[Any]]
+    classes: Optional[list]
+    kwargs: Dict[str, Any]
+    resume_state: Optional[Dict[str, Any]]
+    folder: RunFolder
+
+    @property
+    def start_epoch(self) -> int:
+        return 0 if self.resume_state is None else self.resume_state['epoch'] + 1
+
+
+def _read_inputs(args: argparse.Namespace) -> Inputs:
     """Everything the user can get wrong, checked before the model is built or a file is written: the model
-    name, the checkpoint to resume, the run folder, the datasets and the model kwargs. Returns the train,
-    eval and test (None without --test-split) datasets."""
-    args = training.args
+    name, the checkpoint to resume, the run folder, the datasets and the model kwargs."""
+    state = None
     try:
-        check_model_name(args.model)
+        try:
+            check_model_name(args.model)
+        except ValueError as e:
+            raise InputError(f'--model: {e}') from None
         if args.resume:
             try:
-                training.resume_state = read_checkpoint(args.resume)
+                state = read_checkpoint(args.resume)
             except ValueError as e:
                 raise InputError(f'--resume: {e}') from e
-            _check_resume(args, training.resume_state)
-        training.output_dir = _output_dir(args)
-        dataset_train, dataset_eval, dataset_test = create_datasets(args)
-        check_classes(args, dataset_train, dataset_eval)
-        if dataset_test is not None:
-            check_classes(args, dataset_train, dataset_test, args.test_split)
-        training.classes = class_names(dataset_train)
-        training.kwargs = model_kwargs(args, _num_classes(args, dataset_train))
-        if training.resume_state is not None:
-            training.kwargs = _resumed_kwargs(args, training.resume_state, training.kwargs, training.classes)
+            _check_resume(args, state)
+        folder = RunFolder(_output_dir(args), training_selected(args), lower_is_better=args.eval_metric == 'loss')
+        datasets = create_datasets(args)
+        check_classes(args, datasets[0], datasets[1])
+        if datasets[2] is not None:
+            check_classes(args, datasets[0], datasets[2], args.test_split)
+        classes = class_names(datasets[0])
+        kwargs = model_kwargs(args, _num_classes(args, datasets[0]))
+        if state is not None:
+            kwargs = _resumed_kwargs(args, state, kwargs, classes)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e
-    return dataset_train, dataset_eval, dataset_test
+    return Inputs(datasets, classes, kwargs, state, folder)
 
 
 def _output_dir(args: argparse.Namespace) -> str:
@@ -625,10 +620,10 @@ def _output_dir(args: argparse.Namespace) -> str:
     else:
         base = out = os.path.join('output', 'train', args.model)
         suffix = 0
-        while _run_files(out):
+        while held_run_files(out):
             suffix += 1
             out = f'{base}-{suffix}'
-    held = _run_files(out)
+    held = held_run_files(out)
     if held and not args.resume:
         raise InputError(
             f'--output: {out} already holds a run ({", ".join(held)}). Continue it with --resume '
@@ -650,10 +645,6 @@ def _parents(path: str) -> list:
         path = os.path.dirname(path)
         parents.append(path)
     return parents
-
-
-def _run_files(folder: str) -> list:
-    return [f for f in RUN_FILES if os.path.exists(os.path.join(folder, f))]
 
 
 def _check_resume(args: argparse.Namespace, state: Dict[str, Any]) -> None:
@@ -704,16 +695,15 @@ def _resumed_kwargs(args: argparse.Namespace, state: Dict[str, Any], kwargs: Dic
     return recorded
 
 
-def _create_model(training: TrainingRun) -> None:
+def _create_model(args: argparse.Namespace, inputs: Inputs, device: torch.device) -> nn.Module:
     """The model with its first weights: pretrained, --initial-checkpoint or --warm-start (not on resume)."""
-    args = training.args
     try:
-        model = timm.create_model(args.model, pretrained=args.pretrained, **training.kwargs)
+        model = timm.create_model(args.model, pretrained=args.pretrained, **inputs.kwargs)
     except NoPretrainedWeightsError as e:
         raise InputError(f'--pretrained: {e}') from e
     except (TypeError, ValueError, KeyError) as e:
-        raise InputError(f'--model-kwargs / model options: {args.model} cannot be built with {training.kwargs}: {e}') from e
-    if training.resume_state is not None:
+        raise InputError(f'--model-kwargs / model options: {args.model} cannot be built with {inputs.kwargs}: {e}') from e
+    if inputs.resume_state is not None:
         if (args.initial_checkpoint or args.warm_start) and args.rank == 0:
             _logger.info('--resume: the run continues from its checkpoint; --initial-checkpoint / --warm-start ignored.')
     elif args.initial_checkpoint:
@@ -728,15 +718,15 @@ def _create_model(training: TrainingRun) -> None:
             raise InputError(f'--warm-start: {e}') from e
     if args.rank == 0:
         _logger.info(f'Model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), '
-                     f'kwargs {training.kwargs}')
+                     f'kwargs {inputs.kwargs}')
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
-    model.to(training.device)
+    model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    training.model = model
+    return model
 
 
 def training_selected(args: argparse.Namespace) -> str:
@@ -744,52 +734,47 @@ def training_selected(args: argparse.Namespace) -> str:
     return f'ema_{args.eval_metric}' if args.model_ema else args.eval_metric
 
 
-def _create_training_state(training: TrainingRun) -> None:
-    """Optimizer, EMA and the epoch to start from, restored from the checkpoint on resume; then the model is
+def _create_learner(args: argparse.Namespace, model: nn.Module, state: Optional[Dict[str, Any]],
+                    device: torch.device, autocast: Callable[[], Any]) -> Learner:
+    """Optimizer, loss scaler and EMA, restored from the checkpoint `state` on resume; then the model is
     wrapped for DDP and torch.compile."""
-    args, state = training.args, training.resume_state
     _setup_lr(args)
     try:
-        training.optimizer = create_optimizer_v2(training.model, **optimizer_kwargs(cfg=args))
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
     except (TypeError, ValueError) as e:
         raise InputError(f'--opt {args.opt} / --opt-kwargs {args.opt_kwargs}: {e}') from e
+    loss_scaler = utils.NativeScaler(device=device.type) if args.amp and _amp_dtype(args) == torch.float16 else None
     if state is not None:
         try:
-            training.model.load_state_dict(state['state_dict'])
+            model.load_state_dict(state['state_dict'])
             if not args.no_resume_opt:
-                training.optimizer.load_state_dict(state['optimizer'])
-                if training.loss_scaler is not None and state.get('scaler') is not None:
-                    training.loss_scaler.load_state_dict(state['scaler'])
+                optimizer.load_state_dict(state['optimizer'])
+                if loss_scaler is not None and state.get('scaler') is not None:
+                    loss_scaler.load_state_dict(state['scaler'])
         except (RuntimeError, ValueError, KeyError) as e:
             raise InputError(f'--resume: {args.resume} does not fit this run ({e}); resume with the run\'s '
                              f'--opt and model options.') from e
-        training.start_epoch = state['epoch'] + 1
-        training.history = list(state.get('history') or [])
-        training.train_seconds = float(state.get('train_seconds', 0.0))
-        best = state.get('best') or {}
-        if state.get('eval_metric') == training_selected(args):
-            training.best_metric, training.best_epoch = best.get('metric'), best.get('epoch')
+    model_ema = None
     if args.model_ema:
-        training.model_ema = utils.ModelEmaV3(
-            training.model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+        model_ema = utils.ModelEmaV3(
+            model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
             device='cpu' if args.model_ema_force_cpu else None)
         if state is not None and state.get('state_dict_ema') is not None:
-            training.model_ema.module.load_state_dict(state['state_dict_ema'])
-    training.selected = training_selected(args)
+            model_ema.module.load_state_dict(state['state_dict_ema'])
     if args.distributed:
-        training.model = DistributedDataParallel(
-            training.model, device_ids=[training.device.index] if training.device.type == 'cuda' else None,
-            broadcast_buffers=not args.no_ddp_bb)
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=not args.no_ddp_bb)
     if args.torchcompile:
-        training.model = torch.compile(training.model, backend=args.torchcompile, mode=args.torchcompile_mode)
+        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+    return Learner(model, optimizer, device, autocast, loss_scaler, model_ema)
 
 
-def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any, dataset_test: Optional[Any] = None,
+def _create_loaders(args: argparse.Namespace, learner: Learner, inputs: Inputs,
                     ) -> Tuple[Any, Any, Optional[Any], Optional[Mixup]]:
     """The train, eval and test (None without a test dataset) loaders with the model's data config, and the
     mixup function (None without mixup, or when the prefetcher's collate does it)."""
-    args = training.args
-    data_config = resolve_data_config(vars(args), model=utils.unwrap_model(training.model), verbose=args.rank == 0)
+    dataset_train, dataset_eval, dataset_test = inputs.datasets
+    data_config = resolve_data_config(vars(args), model=utils.unwrap_model(learner.model), verbose=args.rank == 0)
     in_chans = data_config['input_size'][0]
     for key in ('mean', 'std'):
         data_config[key] = per_channel(data_config[key], in_chans)
@@ -798,7 +783,7 @@ def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any
         mixup_args = dict(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-            label_smoothing=args.smoothing, num_classes=training.kwargs.get('num_classes', 1000))
+            label_smoothing=args.smoothing, num_classes=inputs.kwargs.get('num_classes', 1000))
         if args.prefetcher:
             collate_fn = FastCollateMixup(**mixup_args)
         else:
@@ -809,7 +794,7 @@ def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any
     loader_common = dict(
         input_size=data_config['input_size'], interpolation=data_config['interpolation'],
         mean=data_config['mean'], std=data_config['std'], num_workers=args.workers, distributed=args.distributed,
-        pin_memory=args.pin_mem, device=training.device, use_prefetcher=args.prefetcher,
+        pin_memory=args.pin_mem, device=learner.device, use_prefetcher=args.prefetcher,
         # Workers started anew each epoch are seeded from the main process's generator, which checkpoints
         # save: so a resumed run augments exactly as the run it continues (persistent workers would not).
         persistent_workers=False)
@@ -829,137 +814,45 @@ def _mixup_active(args: argparse.Namespace) -> bool:
     return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
 
 
-def _create_scheduler(training: TrainingRun, updates_per_epoch: int) -> None:
-    """timm's scheduler for --epochs, its state restored on resume unless the schedule's length changed."""
-    args, state = training.args, training.resume_state
-    training.lr_scheduler, training.num_epochs = create_scheduler_v2(
-        training.optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
+def _create_scheduler(args: argparse.Namespace, learner: Learner, state: Optional[Dict[str, Any]], start_epoch: int,
+                      updates_per_epoch: int) -> int:
+    """timm's scheduler for --epochs (set on `learner`), its state restored on resume unless the schedule's length
+    changed; returns the schedule's number of epochs."""
+    learner.lr_scheduler, num_epochs = create_scheduler_v2(
+        learner.optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
         updates_per_epoch=updates_per_epoch)
     if state is not None and not args.no_resume_opt and state.get('scheduler'):
         if state['args'].get('epochs') == args.epochs:
-            training.lr_scheduler.load_state_dict(state['scheduler'])
+            learner.lr_scheduler.load_state_dict(state['scheduler'])
         elif args.rank == 0:
             _logger.info(f'--epochs changed from {state["args"].get("epochs")} to {args.epochs}: '
                          f'the schedule is rebuilt for the new length.')
-    if training.start_epoch > 0:
+    if start_epoch > 0:
         if args.sched_on_updates:
-            training.lr_scheduler.step_update(training.start_epoch * updates_per_epoch)
+            learner.lr_scheduler.step_update(start_epoch * updates_per_epoch)
         else:
-            training.lr_scheduler.step(training.start_epoch)
+            learner.lr_scheduler.step(start_epoch)
+    return num_epochs
 
 
-def _prepare_output(training: TrainingRun, num_images: int) -> None:
-    """The run folder with args.yaml, cleared of temporary files a kill left. On resume the folder's other files
-    are rebuilt from the checkpoint, the run's record: summary.csv from its history, model_best.pth.tar from it
-    when its epoch was the best and the copy was not made."""
-    args, out = training.args, training.output_dir
-    try:
-        os.makedirs(out, exist_ok=True)
-        for name in (*RUN_FILES, ARGS):
-            if os.path.exists(os.path.join(out, name + TMP_SUFFIX)):
-                os.remove(os.path.join(out, name + TMP_SUFFIX))
-        with atomic_file(os.path.join(out, ARGS)) as f:
-            f.write(yaml.safe_dump(plain(vars(args)), sort_keys=False).encode())
-        if training.resume_state is not None:
-            _restore_run_files(training)
-    except OSError as e:
-        raise RunError(f'cannot prepare the run folder {out}: {e.strerror or e} ({e.filename}); free space and '
-                       f'start again.') from e
-    _logger.info(f'Training {args.model} for epochs {training.start_epoch}..{training.num_epochs - 1} on '
-                     f'{num_images} images ({args.world_size} process(es), global batch '
-                     f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), output {out}')
+def _open_folder(args: argparse.Namespace, inputs: Inputs, num_epochs: int) -> None:
+    """The run folder with args.yaml, rebuilt from the checkpoint on resume (rank 0)."""
+    inputs.folder.open(plain(vars(args)), args.resume, inputs.resume_state)
+    _logger.info(f'Training {args.model} for epochs {inputs.start_epoch}..{num_epochs - 1} on '
+                 f'{len(inputs.datasets[0])} images ({args.world_size} process(es), global batch '
+                 f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), output '
+                 f'{inputs.folder.path}')
 
 
-def _restore_run_files(training: TrainingRun) -> None:
-    """summary.csv and model_best.pth.tar as the resumed checkpoint records them (rank 0)."""
-    state, out = training.resume_state, training.output_dir
-    epoch, best_path = state['epoch'], os.path.join(out, BEST)
-    if 'history' not in state:  # written before version 4: the record is summary.csv and model_best
-        training.history = _read_history(os.path.join(out, SUMMARY), epoch)
-        if os.path.isfile(best_path):
-            best = read_checkpoint(best_path)
-            if best.get('eval_metric') == training.selected and best.get('epoch', epoch + 1) <= epoch:
-                training.best_metric, training.best_epoch = best['metric'], best['epoch']
-    elif training.best_epoch == epoch:
-        best = read_checkpoint(best_path) if os.path.isfile(best_path) else {}
-        if best.get('epoch') != epoch or best.get('metric') != training.best_metric:
-            copy_checkpoint(training.args.resume, best_path)
-            _logger.info(f'{BEST}: restored from epoch {epoch} of {training.args.resume}, the best epoch.')
-    if training.best_metric is None and os.path.isfile(best_path):
-        _logger.info(f'{BEST} was not selected by {training.selected!r} in this run: the next epoch replaces it.')
-    summary = os.path.join(out, SUMMARY)
-    with atomic_files(summary) as (tmp,):
-        _write_summary(tmp, training.history)
-
-
-def _read_history(path: str, epoch: int) -> list:
-    """The rows of an old summary.csv for epochs 0..epoch (a row written twice counts once, the last time)."""
-    if not os.path.isfile(path):
-        return []
-    rows = {}
-    with open(path, newline='') as f:
-        for row in csv.DictReader(f):
-            try:
-                row = {k: int(v) if k == 'epoch' else float(v) for k, v in row.items()}
-            except (TypeError, ValueError):
-                continue
-            if row['epoch'] <= epoch:
-                rows[row['epoch']] = row
-    return [rows[e] for e in sorted(rows)]
-
-
-def _write_summary(path: str, history: list) -> None:
-    """summary.csv (timm's columns: epoch, train_*, eval_*, lr), one row per epoch of `history`."""
-    with open(path, 'w', newline='') as f:
-        if history:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-
-
-def _save_epoch(training: TrainingRun, epoch: int, row: Dict[str, float], eval_metrics: Dict[str, float],
-                rng_states: list, skipped: int) -> None:
-    """last.pth.tar (the run's record: it holds summary.csv's rows and the best epoch), then model_best.pth.tar
-    when this epoch is the best yet, then summary.csv. A kill between them is repaired on resume; a failed write
-    (a full disk) is a RunError, and the folder keeps the previous epoch."""
-    args, out = training.args, training.output_dir
-    metric = eval_metrics[training.selected]
-    lower_is_better = args.eval_metric == 'loss'
-    better = training.best_metric is None or (
-        metric < training.best_metric if lower_is_better else metric > training.best_metric)
-    history = training.history + [row]
-    best_epoch, best_metric = (epoch, metric) if better else (training.best_epoch, training.best_metric)
-    state = _checkpoint(
-        args, training.model, training.kwargs, epoch, training.optimizer, training.lr_scheduler,
-        training.loss_scaler, training.model_ema, eval_metrics, training.selected)
-    state.update(history=history, best={'epoch': best_epoch, 'metric': best_metric}, rng_state=rng_states,
-                 classes=training.classes, skipped_images=skipped, train_seconds=training.train_seconds)
-    last, best, summary = (os.path.join(out, name) for name in (LAST, BEST, SUMMARY))
-    try:
-        # One commit: every file written in full first, then renamed in this order. A kill leaves the previous
-        # epoch's files, or leaves .tmp files that the next start removes after rebuilding from last.pth.tar.
-        with atomic_files(last, *([best] if better else []), summary) as tmps:
-            torch.save(state, tmps[0])
-            if better:
-                link_or_copy(tmps[0], tmps[1])
-            _write_summary(tmps[-1], history)
-    except OSError as e:
-        done = f'epoch {training.history[-1]["epoch"]}' if training.history else 'no finished epoch'
-        raise RunError(f'cannot save epoch {epoch} in {out}: {e.strerror or e} ({e.filename or "while writing"}). '
-                       f'The run folder still holds {done}; free space and continue with --resume {last}') from e
-    training.history, training.best_epoch, training.best_metric = history, best_epoch, best_metric
-    _logger.info(f'Epoch {epoch}: saved {last}' + (f' and {BEST} ({training.selected} {metric:.3f})' if better else ''))
-
-
-def _on_rank0(training: TrainingRun, fn: Callable[[], None]) -> None:
+def _on_rank0(args: argparse.Namespace, fn: Callable[[], None]) -> None:
     """Run `fn` on rank 0; a RunError it raises stops every rank (else the others would wait for it forever)."""
     error = None
-    if training.args.rank == 0:
+    if args.rank == 0:
         try:
             fn()
         except RunError as e:
             error = str(e)
-    if training.args.distributed:
+    if args.distributed:
         box = [error]
         torch.distributed.broadcast_object_list(box, src=0)
         error = box[0]
@@ -967,11 +860,11 @@ def _on_rank0(training: TrainingRun, fn: Callable[[], None]) -> None:
         raise RunError(error)
 
 
-def _gather(training: TrainingRun, value: Any) -> list:
+def _gather(args: argparse.Namespace, value: Any) -> list:
     """`value` of every rank, by rank."""
-    if not training.args.distributed:
+    if not args.distributed:
         return [value]
-    values = [None] * training.args.world_size
+    values = [None] * args.world_size
     torch.distributed.all_gather_object(values, value)
     return values
 
@@ -980,9 +873,9 @@ def _skipped_images(datasets: Tuple[Any, ...]) -> int:
     return sum(getattr(d, 'skipped', 0) for d in datasets)
 
 
-def _restore_rng(training: TrainingRun) -> None:
+def _restore_rng(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> None:
     """Before the first resumed epoch: every generator as the run left it, so it goes on as if never stopped."""
-    args, states = training.args, (training.resume_state or {}).get('rng_state')
+    states = (state or {}).get('rng_state')
     if states is None:
         return
     if len(states) == args.world_size:
@@ -992,92 +885,108 @@ def _restore_rng(training: TrainingRun) -> None:
                         f'batch is kept, but the random streams differ from the run\'s (not bit-exact).')
 
 
-def _train_epochs(training: TrainingRun, datasets: Tuple[Any, Any], loader_train: Any, loader_eval: Any,
-                  mixup_fn: Optional[Mixup]) -> Tuple[int, Dict[str, float]]:
-    """Epochs start_epoch.. (--stop-after of them at most): train, validate, save. Returns the end epoch and
-    the last eval metrics (empty when no epoch ran)."""
-    args, dataset_train = training.args, datasets[0]
-    train_loss_fn, eval_loss_fn = (f.to(training.device) for f in _make_loss(args, _mixup_active(args)))
-    end_epoch = training.num_epochs if args.stop_after is None else min(training.num_epochs, training.start_epoch + args.stop_after)
-    skipped_before = (training.resume_state or {}).get('skipped_images', 0)
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What `_train_epochs` ends with: the end epoch, the last eval metrics, the unreadable images skipped and
+    the training time, both over the whole run."""
+    end_epoch: int
+    metrics: Dict[str, float]
+    skipped_images: int
+    train_seconds: float
+
+
+def _train_epochs(args: argparse.Namespace, learner: Learner, inputs: Inputs, loader_train: Any, loader_eval: Any,
+                  mixup_fn: Optional[Mixup], num_epochs: int) -> Trained:
+    """Epochs start_epoch.. (--stop-after of them at most): train, validate, commit to the run folder."""
+    dataset_train, state, selected = inputs.datasets[0], inputs.resume_state or {}, inputs.folder.selected
+    train_loss_fn, eval_loss_fn = (f.to(learner.device) for f in _make_loss(args, _mixup_active(args)))
+    start_epoch = inputs.start_epoch
+    end_epoch = num_epochs if args.stop_after is None else min(num_epochs, start_epoch + args.stop_after)
+    skipped_before, train_seconds = state.get('skipped_images', 0), float(state.get('train_seconds', 0.0))
+    datasets = inputs.datasets[:2]
     eval_metrics: Dict[str, float] = {}
-    _restore_rng(training)
-    for epoch in range(training.start_epoch, end_epoch):
+    _restore_rng(args, inputs.resume_state)
+    for epoch in range(start_epoch, end_epoch):
         tic = time.time()
         if hasattr(dataset_train, 'set_epoch'):
             dataset_train.set_epoch(epoch)
         elif args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
-        train_metrics = train_one_epoch(
-            epoch, training.model, loader_train, training.optimizer, train_loss_fn, args, training.device, training.lr_scheduler,
-            training.autocast, training.loss_scaler, training.model_ema, mixup_fn)
-        lrs = [g['lr'] for g in training.optimizer.param_groups]  # the epoch's lr, before the scheduler's step
+        train_metrics = train_one_epoch(learner, epoch, loader_train, train_loss_fn, args, mixup_fn)
+        lrs = [g['lr'] for g in learner.optimizer.param_groups]  # the epoch's lr, before the scheduler's step
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            utils.distribute_bn(training.model, args.world_size, args.dist_bn == 'reduce')
-        eval_metrics = validate(training.model, loader_eval, eval_loss_fn, args, training.device, training.autocast)
-        if training.model_ema is not None:
-            ema_metrics = validate(training.model_ema, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (EMA)')
+            utils.distribute_bn(learner.model, args.world_size, args.dist_bn == 'reduce')
+        eval_metrics = validate(learner.model, loader_eval, eval_loss_fn, args, learner.device, learner.autocast)
+        if learner.model_ema is not None:
+            ema_metrics = validate(learner.model_ema, loader_eval, eval_loss_fn, args, learner.device,
+                                   learner.autocast, ' (EMA)')
             eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
-        training.lr_scheduler.step(epoch + 1, eval_metrics[training.selected])
-        training.train_seconds += time.time() - tic
+        learner.lr_scheduler.step(epoch + 1, eval_metrics[selected])
+        train_seconds += time.time() - tic
         row = {'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
                **{f'eval_{k}': v for k, v in eval_metrics.items()}, 'lr': sum(lrs) / len(lrs)}
         # Gathered after the last draw of the epoch: what the next epoch (or a resumed run) starts from.
-        gathered = _gather(training, (rng_state(), _skipped_images(datasets)))
+        gathered = _gather(args, (rng_state(), _skipped_images(datasets)))
         skipped = skipped_before + sum(s for _, s in gathered)
         if skipped and args.rank == 0:
             _logger.warning(f'{skipped} unreadable image(s) skipped so far (--skip-bad-images).')
-        _on_rank0(training, lambda: _save_epoch(training, epoch, row, eval_metrics, [s for s, _ in gathered], skipped))
+
+        def commit() -> None:  # run at once, on rank 0
+            ckpt = _checkpoint(args, learner, inputs.kwargs, epoch, eval_metrics, selected)
+            ckpt.update(rng_state=[s for s, _ in gathered], classes=inputs.classes, skipped_images=skipped,
+                        train_seconds=train_seconds)
+            inputs.folder.commit_epoch(epoch, row, eval_metrics[selected], ckpt)
+        _on_rank0(args, commit)
     if not eval_metrics:
-        eval_metrics = validate(training.model, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (final)')
-    training.skipped_images = skipped_before + sum(_gather(training, _skipped_images(datasets)))
-    return end_epoch, eval_metrics
+        eval_metrics = validate(learner.model, loader_eval, eval_loss_fn, args, learner.device, learner.autocast,
+                                ' (final)')
+    skipped = skipped_before + sum(_gather(args, _skipped_images(datasets)))
+    return Trained(end_epoch, eval_metrics, skipped, train_seconds)
 
 
-def _test(training: TrainingRun, loader_test: Any) -> Dict[str, float]:
-    """The final weights on the --test-split, as test_top1 / test_top5 / test_loss (empty without one)."""
+def _test(args: argparse.Namespace, learner: Learner, loader_test: Any) -> Tuple[Dict[str, float], int]:
+    """The final weights on the --test-split, as test_top1 / test_top5 / test_loss (empty without one), and the
+    unreadable images skipped there."""
     if loader_test is None:
-        return {}
-    eval_loss_fn = _make_loss(training.args, _mixup_active(training.args))[1].to(training.device)
-    metrics = validate(training.model, loader_test, eval_loss_fn, training.args,
-                       training.device, training.autocast, f' ({training.args.test_split})')
-    training.skipped_images += sum(_gather(training, getattr(loader_test.dataset, 'skipped', 0)))
-    return {f'test_{k}': v for k, v in metrics.items()}
+        return {}, 0
+    eval_loss_fn = _make_loss(args, _mixup_active(args))[1].to(learner.device)
+    metrics = validate(learner.model, loader_test, eval_loss_fn, args, learner.device, learner.autocast,
+                       f' ({args.test_split})')
+    skipped = sum(_gather(args, getattr(loader_test.dataset, 'skipped', 0)))
+    return {f'test_{k}': v for k, v in metrics.items()}, skipped
 
 
-def _write_results(training: TrainingRun, end_epoch: int, final: Dict[str, float], test: Dict[str, float]) -> None:
+def _write_results(args: argparse.Namespace, inputs: Inputs, num_epochs: int, trained: Trained,
+                   test: Dict[str, float], test_skipped: int, has_ema: bool) -> None:
     """results.json: the final eval (and test) metrics, how many epochs of the schedule ran and how long they
     took."""
-    args = training.args
-    results = {'model': args.model, 'epochs': end_epoch, 'num_epochs': training.num_epochs, 'top1': final['top1'],
-               'top5': final['top5'], 'loss': final['loss'], **test, 'best_metric': training.best_metric,
-               'best_epoch': training.best_epoch, 'eval_metric': training.selected, 'model_kwargs': training.kwargs,
-               'skipped_images': training.skipped_images, 'train_minutes': round(training.train_seconds / 60, 3)}
-    if training.model_ema is not None and 'ema_top1' in final:
+    final = trained.metrics
+    results = {'model': args.model, 'epochs': trained.end_epoch, 'num_epochs': num_epochs, 'top1': final['top1'],
+               'top5': final['top5'], 'loss': final['loss'], **test, 'model_kwargs': inputs.kwargs,
+               'skipped_images': trained.skipped_images + test_skipped,
+               'train_minutes': round(trained.train_seconds / 60, 3)}
+    if has_ema and 'ema_top1' in final:
         results.update(ema_top1=final['ema_top1'], ema_top5=final['ema_top5'])
-    path = os.path.join(training.output_dir, RESULTS)
-    try:
-        with atomic_file(path) as f:
-            f.write(json.dumps(results, indent=2).encode())
-    except OSError as e:
-        raise RunError(f'cannot write {path}: {e.strerror or e}. The run\'s epochs are saved; free space and rerun '
-                       f'with --resume {os.path.join(training.output_dir, LAST)} to write it.') from e
+    inputs.folder.write_results(results)
     _logger.info(f'Final eval of {args.model}: top-1 {final["top1"]:.2f}%  top-5 {final["top5"]:.2f}%')
 
 
 def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
-    """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics."""
-    training = _setup(args)
-    datasets = _read_inputs(training)
-    _create_model(training)
-    _create_training_state(training)
-    loader_train, loader_eval, loader_test, mixup_fn = _create_loaders(training, *datasets)
-    _create_scheduler(training, math.ceil(len(loader_train) / args.grad_accum_steps))
-    _on_rank0(training, lambda: _prepare_output(training, len(datasets[0])))
-    end_epoch, final = _train_epochs(training, datasets, loader_train, loader_eval, mixup_fn)
-    test = _test(training, loader_test)
-    _on_rank0(training, lambda: _write_results(training, end_epoch, final, test))
-    return utils.unwrap_model(training.model), final
+    """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics. Each step hands
+    its products to the next."""
+    device, autocast = _setup(args)
+    inputs = _read_inputs(args)
+    model = _create_model(args, inputs, device)
+    learner = _create_learner(args, model, inputs.resume_state, device, autocast)
+    loader_train, loader_eval, loader_test, mixup_fn = _create_loaders(args, learner, inputs)
+    num_epochs = _create_scheduler(args, learner, inputs.resume_state, inputs.start_epoch,
+                                   math.ceil(len(loader_train) / args.grad_accum_steps))
+    _on_rank0(args, lambda: _open_folder(args, inputs, num_epochs))
+    trained = _train_epochs(args, learner, inputs, loader_train, loader_eval, mixup_fn, num_epochs)
+    test, test_skipped = _test(args, learner, loader_test)
+    _on_rank0(args, lambda: _write_results(args, inputs, num_epochs, trained, test, test_skipped,
+                                           learner.model_ema is not None))
+    return utils.unwrap_model(learner.model), trained.metrics
 
 
 def main(argv: Optional[list] = None) -> None:
