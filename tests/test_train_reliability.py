@@ -24,7 +24,7 @@ import timm
 from timm.data import ImageDataset
 from timm_cada.checkpoint import TMP_SUFFIX, read_checkpoint
 from image_data import BadImageError, StrictImageDataset, convert_image  # train/ (pytest's pythonpath)
-from recipes import parse_kwarg
+from options import parse_kwarg
 import run_folder
 from helpers import REPO, SUBPROCESS_ENV, TINY, load_script, make_image_folder
 

@@ -49,7 +49,9 @@ from timm_cada.load import check_model_name, import_modules, per_channel
 from timm_cada.warm_start import warm_start
 
 from image_data import BadImageError, StrictImageDataset, check_data_dir, image_mode  # train/image_data.py
-from recipes import ParseKwargs, load_recipe  # train/recipes.py
+from options import (  # train/options.py
+    AT_LEAST_0, AT_LEAST_1, CLIP_MODE, FRACTION, INTERPOLATION, NON_NEGATIVE, POSITIVE, PROBABILITY, SCHEDULER,
+    TRAIN_INTERPOLATION, Options, ParseKwargs, Rule, choice)
 from run_folder import LAST, RunError, RunFolder, held_run_files  # train/run_folder.py
 
 _logger = logging.getLogger('train')
@@ -60,187 +62,187 @@ OURS_ONLY = ('warm_start', 'stop_after', 'skip_bad_images', 'test_split')
 NOT_IN_RECIPE = ('config', 'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'warm_start', 'local_rank')
 
 EVAL_METRICS = ('top1', 'top5', 'loss')
-# The values timm accepts for options with a fixed set of them.
-SCHEDULERS = ('cosine', 'tanh', 'step', 'constant', 'multistep', 'plateau', 'poly', 'rsqrt')
-CHOICES = {
-    'sched': SCHEDULERS, 'dist_bn': ('', 'broadcast', 'reduce'), 'clip_mode': ('norm', 'value', 'agc'),
-    'lr_base_scale': ('', 'linear', 'sqrt'), 'mixup_mode': ('batch', 'pair', 'elem'),
-    'remode': ('const', 'rand', 'pixel'), 'amp_dtype': ('float16', 'bfloat16'), 'eval_metric': EVAL_METRICS,
-    'interpolation': ('', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos'),
-    'train_interpolation': ('random', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos'),
-    'train_crop_mode': (None, 'rrc', 'rkrc', 'rkrr'),
-}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_options() -> Options:
+    """The trainer's options (timm train.py's names), each with the rule its values follow."""
     parser = argparse.ArgumentParser(description='timm-cada trainer (timm train.py argument names)')
-    parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML recipe of argument defaults')
+    options = Options(parser)
+    options.add(parser, '-c', '--config', default='', metavar='FILE', help='YAML recipe of argument defaults')
 
     group = parser.add_argument_group('Dataset')
-    group.add_argument('data', nargs='?', metavar='DIR', const=None, help='dataset root (or --data-dir)')
-    group.add_argument('--data-dir', metavar='DIR', help='dataset root')
-    group.add_argument('--dataset', metavar='NAME', default='',
-                       help='timm dataset: "" for an ImageFolder / tar, or torch/, hfds/, wds/, tfds/ prefixes')
-    group.add_argument('--train-split', metavar='NAME', default='train')
-    group.add_argument('--val-split', metavar='NAME', default='validation')
-    group.add_argument('--test-split', metavar='NAME', default=None,
-                       help='split evaluated once with the final weights after the last epoch, written to '
-                            'results.json as test_top1 / test_top5 / test_loss; it selects nothing')
-    group.add_argument('--train-num-samples', type=int, default=None, help='samples per epoch (iterable datasets)')
-    group.add_argument('--val-num-samples', type=int, default=None)
-    group.add_argument('--dataset-download', action='store_true', default=False)
-    group.add_argument('--class-map', default='', type=str, metavar='FILENAME')
-    group.add_argument('--input-img-mode', default=None, type=str, metavar='MODE',
-                       help='PIL mode every image is opened in (default: L for 1 input channel, RGB for 3); '
-                            '16-bit images are scaled to 8 bits')
-    group.add_argument('--skip-bad-images', action='store_true', default=False,
-                       help='skip (log and count) images that cannot be decoded, instead of stopping the run')
-    group.add_argument('--input-key', default=None, type=str)
-    group.add_argument('--target-key', default=None, type=str)
+    options.add(group, 'data', nargs='?', metavar='DIR', const=None, help='dataset root (or --data-dir)')
+    options.add(group, '--data-dir', metavar='DIR', help='dataset root')
+    options.add(group, '--dataset', metavar='NAME', default='',
+                help='timm dataset: "" for an ImageFolder / tar, or torch/, hfds/, wds/, tfds/ prefixes')
+    options.add(group, '--train-split', metavar='NAME', default='train')
+    options.add(group, '--val-split', metavar='NAME', default='validation')
+    options.add(group, '--test-split', metavar='NAME', default=None,
+                help='split evaluated once with the final weights after the last epoch, written to '
+                     'results.json as test_top1 / test_top5 / test_loss; it selects nothing')
+    options.add(group, '--train-num-samples', type=int, default=None, help='samples per epoch (iterable datasets)')
+    options.add(group, '--val-num-samples', type=int, default=None)
+    options.add(group, '--dataset-download', action='store_true', default=False)
+    options.add(group, '--class-map', default='', type=str, metavar='FILENAME')
+    options.add(group, '--input-img-mode', default=None, type=str, metavar='MODE',
+                help='PIL mode every image is opened in (default: L for 1 input channel, RGB for 3); '
+                     '16-bit images are scaled to 8 bits')
+    options.add(group, '--skip-bad-images', action='store_true', default=False,
+                help='skip (log and count) images that cannot be decoded, instead of stopping the run')
+    options.add(group, '--input-key', default=None, type=str)
+    options.add(group, '--target-key', default=None, type=str)
 
     group = parser.add_argument_group('Model')
-    group.add_argument('--model', default='resnet50_cada_k7', type=str, metavar='MODEL')
-    group.add_argument('--pretrained', action='store_true', default=False)
-    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
-                       help='start from these weights (EMA weights when the checkpoint has them; read with '
-                            'weights_only=True); ignored with --resume')
-    group.add_argument('--warm-start', default='', type=str, metavar='SRC',
-                       help='initialise matching weights from a checkpoint file or a pretrained timm model name '
-                            '(timm_cada.warm_start), e.g. resnet50.a1_in1k; ignored with --resume')
-    group.add_argument('--resume', default='', type=str, metavar='PATH',
-                       help='continue a run from its checkpoint (model, optimizer, scheduler, EMA, scaler, epoch)')
-    group.add_argument('--no-resume-opt', action='store_true', default=False,
-                       help='with --resume, restore only the weights and epoch')
-    group.add_argument('--num-classes', type=int, default=None, metavar='N',
-                       help='classes (default: from the ImageFolder classes)')
-    group.add_argument('--gp', default=None, type=str, metavar='POOL')
-    group.add_argument('--img-size', type=int, default=None, metavar='N')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N')
-    group.add_argument('--crop-pct', default=None, type=float)
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD')
-    group.add_argument('--interpolation', default='', type=str, metavar='NAME')
-    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process')
-    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
-    group.add_argument('--channels-last', action='store_true', default=False)
-    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N')
-    group.add_argument('--grad-checkpointing', action='store_true', default=False)
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-                       help='extra timm.create_model kwargs KEY=VALUE, e.g. kernel_size=5 mixer=box '
-                            '"mixer_args=dict(num_bases=4)" "channels=(32,64,128,256)"')
-    group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
-                       help='torch.compile the model with this backend')
-    group.add_argument('--torchcompile-mode', type=str, default=None)
+    options.add(group, '--model', default='resnet50_cada_k7', type=str, metavar='MODEL')
+    options.add(group, '--pretrained', action='store_true', default=False)
+    options.add(group, '--initial-checkpoint', default='', type=str, metavar='PATH',
+                help='start from these weights (EMA weights when the checkpoint has them; read with '
+                     'weights_only=True); ignored with --resume')
+    options.add(group, '--warm-start', default='', type=str, metavar='SRC',
+                help='initialise matching weights from a checkpoint file or a pretrained timm model name '
+                     '(timm_cada.warm_start), e.g. resnet50.a1_in1k; ignored with --resume')
+    options.add(group, '--resume', default='', type=str, metavar='PATH',
+                help='continue a run from its checkpoint (model, optimizer, scheduler, EMA, scaler, epoch)')
+    options.add(group, '--no-resume-opt', action='store_true', default=False,
+                help='with --resume, restore only the weights and epoch')
+    options.add(group, '--num-classes', rule=AT_LEAST_1, type=int, default=None, metavar='N',
+                help='classes (default: from the ImageFolder classes)')
+    options.add(group, '--gp', default=None, type=str, metavar='POOL')
+    options.add(group, '--img-size', rule=AT_LEAST_1, type=int, default=None, metavar='N')
+    options.add(group, '--in-chans', rule=AT_LEAST_1, type=int, default=None, metavar='N')
+    options.add(group, '--input-size', rule=Rule('three integers >= 1 (C H W)', lambda v: min(v) >= 1),
+                default=None, nargs=3, type=int, metavar='N')
+    options.add(group, '--crop-pct', rule=Rule('a number in (0, 1]', lambda v: 0 < v <= 1), default=None, type=float)
+    options.add(group, '--mean', type=float, nargs='+', default=None, metavar='MEAN')
+    options.add(group, '--std', type=float, nargs='+', default=None, metavar='STD')
+    options.add(group, '--interpolation', rule=INTERPOLATION, default='', type=str, metavar='NAME')
+    options.add(group, '-b', '--batch-size', rule=AT_LEAST_1, type=int, default=128, metavar='N',
+                help='batch size per process')
+    options.add(group, '-vb', '--validation-batch-size', rule=AT_LEAST_1, type=int, default=None, metavar='N')
+    options.add(group, '--channels-last', action='store_true', default=False)
+    options.add(group, '--grad-accum-steps', rule=AT_LEAST_1, type=int, default=1, metavar='N')
+    options.add(group, '--grad-checkpointing', action='store_true', default=False)
+    options.add(group, '--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                help='extra timm.create_model kwargs KEY=VALUE, e.g. kernel_size=5 mixer=box '
+                     '"mixer_args=dict(num_bases=4)" "channels=(32,64,128,256)"')
+    options.add(group, '--torchcompile', nargs='?', type=str, default=None, const='inductor',
+                help='torch.compile the model with this backend')
+    options.add(group, '--torchcompile-mode', type=str, default=None)
 
     group = parser.add_argument_group('Device & distributed')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
-    group.add_argument('--amp', action='store_true', default=False, help='mixed precision (autocast)')
-    group.add_argument('--amp-dtype', default='float16', type=str, help='float16 (with loss scaling) or bfloat16')
-    group.add_argument('--no-ddp-bb', action='store_true', default=False)
-    group.add_argument('--sync-bn', action='store_true', default=False)
-    group.add_argument('--dist-bn', type=str, default='reduce', help='"broadcast", "reduce" or "" after each epoch')
-    group.add_argument('--local_rank', default=0, type=int)
-    group.add_argument('--device-modules', default=None, type=str, nargs='+',
-                       help='modules to import first (as timm train.py does), e.g. other model plugins')
+    options.add(group, '--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
+    options.add(group, '--amp', action='store_true', default=False, help='mixed precision (autocast)')
+    options.add(group, '--amp-dtype', rule=choice('float16', 'bfloat16'), default='float16', type=str,
+                help='float16 (with loss scaling) or bfloat16')
+    options.add(group, '--no-ddp-bb', action='store_true', default=False)
+    options.add(group, '--sync-bn', action='store_true', default=False)
+    options.add(group, '--dist-bn', rule=choice('', 'broadcast', 'reduce'), type=str, default='reduce',
+                help='"broadcast", "reduce" or "" after each epoch')
+    options.add(group, '--local_rank', default=0, type=int)
+    options.add(group, '--device-modules', default=None, type=str, nargs='+',
+                help='modules to import first (as timm train.py does), e.g. other model plugins')
 
     group = parser.add_argument_group('Optimizer')
-    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER')
-    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON')
-    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
-    group.add_argument('--momentum', type=float, default=0.9, metavar='M')
-    group.add_argument('--weight-decay', type=float, default=2e-5)
-    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM')
-    group.add_argument('--clip-mode', type=str, default='norm')
-    group.add_argument('--layer-decay', type=float, default=None)
-    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
+    options.add(group, '--opt', default='sgd', type=str, metavar='OPTIMIZER')
+    options.add(group, '--opt-eps', default=None, type=float, metavar='EPSILON')
+    options.add(group, '--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
+    options.add(group, '--momentum', rule=NON_NEGATIVE, type=float, default=0.9, metavar='M')
+    options.add(group, '--weight-decay', rule=NON_NEGATIVE, type=float, default=2e-5)
+    options.add(group, '--clip-grad', rule=POSITIVE, type=float, default=None, metavar='NORM')
+    options.add(group, '--clip-mode', rule=CLIP_MODE, type=str, default='norm')
+    options.add(group, '--layer-decay', type=float, default=None)
+    options.add(group, '--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
 
     group = parser.add_argument_group('Learning rate schedule')
-    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER')
-    group.add_argument('--sched-on-updates', action='store_true', default=False)
-    group.add_argument('--lr', type=float, default=None, metavar='LR',
-                       help='learning rate (default: lr_base * global batch / lr_base_size)')
-    group.add_argument('--lr-base', type=float, default=0.1, metavar='LR')
-    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV')
-    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE', help='"linear" or "sqrt"')
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
-    group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT')
-    group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV')
-    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT')
-    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT')
-    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N')
-    group.add_argument('--lr-k-decay', type=float, default=1.0)
-    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR')
-    group.add_argument('--min-lr', type=float, default=0, metavar='LR')
-    group.add_argument('--epochs', type=int, default=300, metavar='N')
-    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES')
-    group.add_argument('--decay-epochs', type=float, default=90, metavar='N')
-    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N')
-    group.add_argument('--warmup-prefix', action='store_true', default=False)
-    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N')
-    group.add_argument('--patience-epochs', type=int, default=10, metavar='N')
-    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE')
-    group.add_argument('--stop-after', type=int, default=None, metavar='N',
-                       help='leave after N epochs of this run (the schedule still spans --epochs); '
-                            'continue later with --resume, e.g. under a job time limit')
+    options.add(group, '--sched', rule=SCHEDULER, type=str, default='cosine', metavar='SCHEDULER')
+    options.add(group, '--sched-on-updates', action='store_true', default=False)
+    options.add(group, '--lr', rule=POSITIVE, type=float, default=None, metavar='LR',
+                help='learning rate (default: lr_base * global batch / lr_base_size)')
+    options.add(group, '--lr-base', rule=POSITIVE, type=float, default=0.1, metavar='LR')
+    options.add(group, '--lr-base-size', rule=AT_LEAST_1, type=int, default=256, metavar='DIV')
+    options.add(group, '--lr-base-scale', rule=choice('', 'linear', 'sqrt'), type=str, default='', metavar='SCALE',
+                help='"linear" or "sqrt"')
+    options.add(group, '--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
+    options.add(group, '--lr-noise-pct', type=float, default=0.67, metavar='PERCENT')
+    options.add(group, '--lr-noise-std', type=float, default=1.0, metavar='STDDEV')
+    options.add(group, '--lr-cycle-mul', type=float, default=1.0, metavar='MULT')
+    options.add(group, '--lr-cycle-decay', type=float, default=0.5, metavar='MULT')
+    options.add(group, '--lr-cycle-limit', rule=AT_LEAST_1, type=int, default=1, metavar='N')
+    options.add(group, '--lr-k-decay', type=float, default=1.0)
+    options.add(group, '--warmup-lr', rule=POSITIVE, type=float, default=1e-5, metavar='LR')
+    options.add(group, '--min-lr', rule=NON_NEGATIVE, type=float, default=0, metavar='LR')
+    options.add(group, '--epochs', rule=AT_LEAST_1, type=int, default=300, metavar='N')
+    options.add(group, '--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES')
+    options.add(group, '--decay-epochs', rule=NON_NEGATIVE, type=float, default=90, metavar='N')
+    options.add(group, '--warmup-epochs', rule=AT_LEAST_0, type=int, default=5, metavar='N')
+    options.add(group, '--warmup-prefix', action='store_true', default=False)
+    options.add(group, '--cooldown-epochs', rule=AT_LEAST_0, type=int, default=0, metavar='N')
+    options.add(group, '--patience-epochs', rule=AT_LEAST_0, type=int, default=10, metavar='N')
+    options.add(group, '--decay-rate', '--dr', rule=POSITIVE, type=float, default=0.1, metavar='RATE')
+    options.add(group, '--stop-after', rule=AT_LEAST_0, type=int, default=None, metavar='N',
+                help='leave after N epochs of this run (the schedule still spans --epochs); '
+                     'continue later with --resume, e.g. under a job time limit')
 
     group = parser.add_argument_group('Augmentation and regularization')
-    group.add_argument('--no-aug', action='store_true', default=False)
-    group.add_argument('--train-crop-mode', type=str, default=None)
-    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT')
-    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO')
-    group.add_argument('--hflip', type=float, default=0.5)
-    group.add_argument('--vflip', type=float, default=0.)
-    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT')
-    group.add_argument('--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy, e.g. rand-m9-mstd0.5')
-    group.add_argument('--aug-repeats', type=float, default=0, help='repeated augmentation count')
-    group.add_argument('--bce-loss', action='store_true', default=False)
-    group.add_argument('--bce-sum', action='store_true', default=False)
-    group.add_argument('--bce-target-thresh', type=float, default=None)
-    group.add_argument('--bce-pos-weight', type=float, default=None)
-    group.add_argument('--reprob', type=float, default=0., metavar='PCT')
-    group.add_argument('--remode', type=str, default='pixel')
-    group.add_argument('--recount', type=int, default=1)
-    group.add_argument('--mixup', type=float, default=0.0)
-    group.add_argument('--cutmix', type=float, default=0.0)
-    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
-    group.add_argument('--mixup-prob', type=float, default=1.0)
-    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
-    group.add_argument('--mixup-mode', type=str, default='batch')
-    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N')
-    group.add_argument('--smoothing', type=float, default=0.1)
-    group.add_argument('--train-interpolation', type=str, default='random')
-    group.add_argument('--drop', type=float, default=0.0, metavar='PCT')
-    group.add_argument('--drop-path', type=float, default=None, metavar='PCT')
-    group.add_argument('--drop-block', type=float, default=None, metavar='PCT')
-    group.add_argument('--bn-momentum', type=float, default=None)
-    group.add_argument('--bn-eps', type=float, default=None)
-    group.add_argument('--model-ema', action='store_true', default=False)
-    group.add_argument('--model-ema-force-cpu', action='store_true', default=False)
-    group.add_argument('--model-ema-decay', type=float, default=0.9998)
-    group.add_argument('--model-ema-warmup', action='store_true', default=False)
+    options.add(group, '--no-aug', action='store_true', default=False)
+    options.add(group, '--train-crop-mode', rule=choice(None, 'rrc', 'rkrc', 'rkrr'), type=str, default=None)
+    options.add(group, '--scale', rule=Rule('two numbers 0 < MIN <= MAX <= 1', lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1),
+                type=float, nargs='+', default=[0.08, 1.0], metavar='PCT')
+    options.add(group, '--ratio', rule=Rule('two numbers 0 < MIN <= MAX', lambda v: len(v) == 2 and 0 < v[0] <= v[1]),
+                type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO')
+    options.add(group, '--hflip', rule=PROBABILITY, type=float, default=0.5)
+    options.add(group, '--vflip', rule=PROBABILITY, type=float, default=0.)
+    options.add(group, '--color-jitter', rule=NON_NEGATIVE, type=float, default=0.4, metavar='PCT')
+    options.add(group, '--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy, e.g. rand-m9-mstd0.5')
+    options.add(group, '--aug-repeats', type=float, default=0, help='repeated augmentation count')
+    options.add(group, '--bce-loss', action='store_true', default=False)
+    options.add(group, '--bce-sum', action='store_true', default=False)
+    options.add(group, '--bce-target-thresh', type=float, default=None)
+    options.add(group, '--bce-pos-weight', type=float, default=None)
+    options.add(group, '--reprob', rule=NON_NEGATIVE, type=float, default=0., metavar='PCT')
+    options.add(group, '--remode', rule=choice('const', 'rand', 'pixel'), type=str, default='pixel')
+    options.add(group, '--recount', type=int, default=1)
+    options.add(group, '--mixup', rule=NON_NEGATIVE, type=float, default=0.0)
+    options.add(group, '--cutmix', rule=NON_NEGATIVE, type=float, default=0.0)
+    options.add(group, '--cutmix-minmax', type=float, nargs='+', default=None)
+    options.add(group, '--mixup-prob', rule=PROBABILITY, type=float, default=1.0)
+    options.add(group, '--mixup-switch-prob', rule=PROBABILITY, type=float, default=0.5)
+    options.add(group, '--mixup-mode', rule=choice('batch', 'pair', 'elem'), type=str, default='batch')
+    options.add(group, '--mixup-off-epoch', rule=AT_LEAST_0, default=0, type=int, metavar='N')
+    options.add(group, '--smoothing', rule=FRACTION, type=float, default=0.1)
+    options.add(group, '--train-interpolation', rule=TRAIN_INTERPOLATION, type=str, default='random')
+    options.add(group, '--drop', rule=FRACTION, type=float, default=0.0, metavar='PCT')
+    options.add(group, '--drop-path', rule=FRACTION, type=float, default=None, metavar='PCT')
+    options.add(group, '--drop-block', rule=FRACTION, type=float, default=None, metavar='PCT')
+    options.add(group, '--bn-momentum', type=float, default=None)
+    options.add(group, '--bn-eps', type=float, default=None)
+    options.add(group, '--model-ema', action='store_true', default=False)
+    options.add(group, '--model-ema-force-cpu', action='store_true', default=False)
+    options.add(group, '--model-ema-decay', rule=POSITIVE, type=float, default=0.9998)
+    options.add(group, '--model-ema-warmup', action='store_true', default=False)
 
     group = parser.add_argument_group('Misc')
-    group.add_argument('--seed', type=int, default=42, metavar='S')
-    group.add_argument('--log-interval', type=int, default=50, metavar='N')
-    group.add_argument('-j', '--workers', type=int, default=4, metavar='N')
-    group.add_argument('--pin-mem', action='store_true', default=False)
-    group.add_argument('--no-prefetcher', action='store_true', default=False)
-    group.add_argument('--output', default='', type=str, metavar='PATH',
-                       help='run folder for checkpoints, summary.csv and results.json (default: the --resume '
-                            'checkpoint\'s folder, else output/train/MODEL, or MODEL-1, -2, ... when that holds a run)')
-    group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
-                       help=f'metric that selects model_best: {", ".join(EVAL_METRICS)}')
-    return parser
+    options.add(group, '--seed', type=int, default=42, metavar='S')
+    options.add(group, '--log-interval', rule=AT_LEAST_1, type=int, default=50, metavar='N')
+    options.add(group, '-j', '--workers', rule=AT_LEAST_0, type=int, default=4, metavar='N')
+    options.add(group, '--pin-mem', action='store_true', default=False)
+    options.add(group, '--no-prefetcher', action='store_true', default=False)
+    options.add(group, '--output', default='', type=str, metavar='PATH',
+                help='run folder for checkpoints, summary.csv and results.json (default: the --resume '
+                     'checkpoint\'s folder, else output/train/MODEL, or MODEL-1, -2, ... when that holds a run)')
+    options.add(group, '--eval-metric', rule=choice(*EVAL_METRICS), default='top1', type=str, metavar='EVAL_METRIC',
+                help=f'metric that selects model_best: {", ".join(EVAL_METRICS)}')
+    return options
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     """Command line over recipe (`-c`) over defaults; a recipe key that is no argument is an error."""
-    parser = build_parser()
+    options = build_options()
+    parser = options.parser
     args, _ = parser.parse_known_args(argv)
     if args.config:
         try:
-            parser.set_defaults(**load_recipe(args.config, parser, forbidden=NOT_IN_RECIPE))
+            parser.set_defaults(**options.load_recipe(args.config, forbidden=NOT_IN_RECIPE))
         except ValueError as e:
             parser.error(str(e))
     args = parser.parse_args(argv)
@@ -258,63 +260,31 @@ def input_chans(args: argparse.Namespace) -> int:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every option checked alone (before anything is read or written); raises InputError naming the option
-    and what it accepts."""
-    def need(ok: bool, option: str, accepted: str, value: Any) -> None:
-        if not ok:
-            raise InputError(f'{option} must be {accepted}, got {value!r}')
-
-    for dest, accepted in CHOICES.items():
-        value = getattr(args, dest)
-        need(value in accepted, '--' + dest.replace('_', '-'), 'one of ' + ', '.join(map(repr, accepted)), value)
+    """Every option checked (before anything is read or written): each against its rule in the options table,
+    then the rules that tie several together; raises InputError naming the option and what it accepts."""
+    try:
+        build_options().check(args)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     opt = args.opt.lower()
     opt = opt[len('lookahead_'):] if opt.startswith('lookahead_') else opt
     if opt not in list_optimizers():
         close = difflib.get_close_matches(opt, list_optimizers(), n=3)
         raise InputError(f'--opt: unknown optimizer {args.opt!r}' + (f'; close names: {", ".join(close)}' if close else '')
                          + '. Accepted: timm.optim.list_optimizers(), optionally prefixed lookahead_.')
-    positive_ints = ('epochs', 'batch_size', 'grad_accum_steps', 'log_interval', 'lr_base_size', 'lr_cycle_limit')
-    for dest in positive_ints:
-        need(getattr(args, dest) >= 1, '--' + dest.replace('_', '-'), 'an integer >= 1', getattr(args, dest))
-    for dest in ('validation_batch_size', 'img_size', 'in_chans', 'num_classes'):
-        value = getattr(args, dest)
-        need(value is None or value >= 1, '--' + dest.replace('_', '-'), 'an integer >= 1', value)
-    for dest in ('workers', 'warmup_epochs', 'cooldown_epochs', 'mixup_off_epoch', 'stop_after', 'patience_epochs'):
-        value = getattr(args, dest)
-        need(value is None or value >= 0, '--' + dest.replace('_', '-'), 'an integer >= 0', value)
-    need(args.input_size is None or min(args.input_size) >= 1, '--input-size', 'three integers >= 1 (C H W)',
-         args.input_size)
     if args.in_chans and args.input_size and args.in_chans != args.input_size[0]:
         raise InputError(f'--in-chans {args.in_chans} and --input-size {" ".join(map(str, args.input_size))} disagree '
                          f'on the input channels; give one of them.')
-    for dest in ('lr', 'lr_base', 'warmup_lr', 'decay_rate', 'model_ema_decay', 'clip_grad'):
-        value = getattr(args, dest)
-        need(value is None or (math.isfinite(value) and value > 0), '--' + dest.replace('_', '-'),
-             'a finite number > 0', value)
-    for dest in ('weight_decay', 'min_lr', 'momentum', 'mixup', 'cutmix', 'reprob', 'color_jitter', 'decay_epochs'):
-        value = getattr(args, dest)
-        need(math.isfinite(value) and value >= 0, '--' + dest.replace('_', '-'), 'a finite number >= 0', value)
-    for dest in ('smoothing', 'drop', 'drop_path', 'drop_block'):
-        value = getattr(args, dest)
-        need(value is None or 0 <= value < 1, '--' + dest.replace('_', '-'), 'a number in [0, 1)', value)
-    for dest in ('hflip', 'vflip', 'mixup_prob', 'mixup_switch_prob'):
-        value = getattr(args, dest)
-        need(0 <= value <= 1, '--' + dest.replace('_', '-'), 'a probability in [0, 1]', value)
-    need(args.crop_pct is None or 0 < args.crop_pct <= 1, '--crop-pct', 'a number in (0, 1]', args.crop_pct)
-    need(len(args.scale) == 2 and 0 < args.scale[0] <= args.scale[1] <= 1, '--scale', 'two numbers 0 < MIN <= MAX <= 1',
-         args.scale)
-    need(len(args.ratio) == 2 and 0 < args.ratio[0] <= args.ratio[1], '--ratio', 'two numbers 0 < MIN <= MAX',
-         args.ratio)
     in_chans = input_chans(args)
-    for dest in ('mean', 'std'):
-        value = getattr(args, dest)
-        need(value is None or len(value) in (1, in_chans), '--' + dest,
-             f'1 or {in_chans} numbers (one per input channel)', value)
-    need(args.std is None or min(args.std) > 0, '--std', 'numbers > 0', args.std)
+    for name, value in (('--mean', args.mean), ('--std', args.std)):
+        if value is not None and len(value) not in (1, in_chans):
+            raise InputError(f'{name} must be 1 or {in_chans} numbers (one per input channel), got {value!r}')
+    if args.std is not None and min(args.std) <= 0:
+        raise InputError(f'--std must be numbers > 0, got {args.std!r}')
     if in_chans not in (1, 3) and args.mean is None:
         raise InputError(f'--mean / --std: a model with {in_chans} input channels needs them, one per channel.')
     try:
-        args.input_img_mode = image_mode(in_chans, args.input_img_mode)
+        image_mode(in_chans, args.input_img_mode)
         torch.device(args.device)
     except (ValueError, RuntimeError) as e:
         raise InputError(str(e) if str(e).startswith('--') else f'--device: {e}') from None
@@ -551,6 +521,8 @@ def _setup(args: argparse.Namespace) -> Tuple[torch.device, Callable[[], Any]]:
     except ValueError as e:
         raise InputError(f'--device-modules: {e}') from None
     check_args(args)
+    # What the options leave open, decided as timm's train.py does, in `args` (recorded with the run)
+    args.input_img_mode = image_mode(input_chans(args), args.input_img_mode)
     args.prefetcher = not args.no_prefetcher
     device = utils.init_distributed_device(args)
     if args.distributed:
