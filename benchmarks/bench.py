@@ -20,7 +20,6 @@ import csv
 import datetime
 import functools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.layers import Cada2d, DenseConv2d, DwConv2d, Local2d, Position2d
 from timm_cada.ops import CADA_IMPLS, cada_filter, choose_backend, dense_pays
 from timm_cada.ops import dense, taps
-from timm_cada.profile import count_macs, count_params
+from timm_cada.profile import count_macs, count_params, cpu_name
 
 STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
 KERNELS = (3, 7, 13)
@@ -461,11 +460,7 @@ def write_csv(rows: List[Dict], path: str) -> None:
 
 
 def environment(args, run: Runner) -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open('/proc/cpuinfo') as f:
-            cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), cpu)
-    dev = torch.cuda.get_device_name() if run.device.type == 'cuda' else cpu
+    dev = torch.cuda.get_device_name() if run.device.type == 'cuda' else cpu_name()
     load = '{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())
     return (f'date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device {dev}; '
             f'{os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; '

@@ -22,13 +22,11 @@ from typing import Dict, List
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import timm_cada  # noqa: E402,F401  (registers the models)
-from bench import PAIRS, STAGES, Runner, bench_pairs, markdown  # noqa: E402
-from timm_cada.layers import Cada2d, DwConv2d  # noqa: E402
-from timm_cada.ops import cada_filter, filter_output_size, pixel_filter  # noqa: E402
-from timm_cada.ops.reference import cada_reference, pixel_filter_reference  # noqa: E402
+import timm_cada  # noqa: F401  (registers the models)
+from bench import PAIRS, STAGES, Runner, bench_pairs, markdown  # benchmarks/bench.py, this script's neighbour
+from timm_cada.layers import Cada2d, DwConv2d
+from timm_cada.ops import cada_filter, filter_output_size, pixel_filter
+from timm_cada.ops.reference import cada_reference, pixel_filter_reference
 
 HEAD_DIM, BASES = 16, 8
 OP_TARGET = 2.0  # CADA fwd+bwd / depthwise conv fwd+bwd, at most

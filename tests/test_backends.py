@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from timm_cada.layers import Cada2d, Local2d, Position2d
+from timm_cada.layers import Cada2d, Local2d, Position2d, set_backend
 from timm_cada.ops import CADA_IMPLS, PIXEL_FILTER_IMPLS, cada_filter, choose_backend, filter_output_size, pixel_filter
 from timm_cada.ops import dense, functional, native, taps, triton_fused
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
@@ -438,7 +438,7 @@ def test_fused_mixers_match_reference_backend(impl):
         m = perturbed(m).train()
         outs = []
         for backend in ('reference', impl):
-            m.impl = backend
+            set_backend(m, backend)
             xi = x.clone().requires_grad_()
             y = m(xi)
             outs.append([y] + list(torch.autograd.grad(y.square().sum(), [xi] + [p for p in m.parameters()])))
@@ -539,6 +539,24 @@ def test_auto_picks_triton_on_cuda_only():
         for Ho, k in ((56, 7), (7, 13)):
             assert choose_backend(Ho, Ho, k, grad, device='cuda')[0] == 'triton'
             assert choose_backend(Ho, Ho, k, grad)[0] != 'triton'
+
+
+def test_backend_names_literal_is_backends():
+    """The backend names `_backend` spells out for TorchScript are CADA_IMPLS, in order: one list of names."""
+    import ast
+    import inspect
+    tree = ast.parse(inspect.getsource(functional._backend).strip())
+    literals = [tuple(ast.literal_eval(n)) for n in ast.walk(tree) if isinstance(n, (ast.List, ast.Tuple))
+                and n.elts and all(isinstance(e, ast.Constant) and e.value in CADA_IMPLS for e in n.elts)]
+    assert literals == [CADA_IMPLS] == [('auto',) + tuple(functional.BACKENDS)]
+
+
+def test_set_backend_sets_every_window_op_mixer():
+    model = timm.create_model('resnet26_cada_k7_rpe')
+    mixers = [m for m in model.modules() if isinstance(m, (Cada2d, Position2d))]
+    assert set_backend(model, 'reference') == len(mixers) > 0 and {m.impl for m in mixers} == {'reference'}
+    with pytest.raises(ValueError, match='impl must be one of'):
+        set_backend(model, 'fast')
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

@@ -9,6 +9,9 @@ import os
 import pytest
 from PIL import Image
 
+import runs  # train/ (pytest's pythonpath)
+import study_findings as findings
+import study_report as report
 from helpers import fake_fashion_mnist, load_script
 
 study = load_script('train/study.py')
@@ -26,9 +29,9 @@ def rows_for(means, spread=0.1, seeds=(0, 1, 2), protocol='p'):
 
 
 def test_stats_are_mean_and_sample_std():
-    stats = study.model_stats(rows_for({'a': 90.0}, spread=0.3))
+    stats = findings.model_stats(rows_for({'a': 90.0}, spread=0.3))
     assert stats['a'].n == 3 and stats['a'].mean == pytest.approx(90.0) and stats['a'].std == pytest.approx(0.3)
-    assert study.model_stats(rows_for({'a': 90.0}, seeds=(0,)))['a'] == study.Stats(1, 89.9, 0.0)
+    assert findings.model_stats(rows_for({'a': 90.0}, seeds=(0,)))['a'] == findings.Stats(1, 89.9, 0.0)
 
 
 @pytest.mark.parametrize('diff,margin,verdict', [
@@ -40,67 +43,67 @@ def test_stats_are_mean_and_sample_std():
     (-0.8, 0.5, 'contradicted'),   # -0.8 + 0.163 < -0.5
 ])
 def test_verdict_rule(diff, margin, verdict):
-    stats = study.model_stats(rows_for({'a': 90.0 + diff, 'b': 90.0}))
-    judged = study.judge(study.Claim('a vs b', {'a': 1.0, 'b': -1.0}, margin), stats)
+    stats = findings.model_stats(rows_for({'a': 90.0 + diff, 'b': 90.0}))
+    judged = findings.judge(findings.Claim('a vs b', {'a': 1.0, 'b': -1.0}, margin), stats)
     se = math.sqrt(2 * 0.1 ** 2 / 3)
     assert judged.value == pytest.approx(diff) and judged.se == pytest.approx(se)
     assert judged.verdict == verdict
 
 
 def test_saturation_is_a_second_difference():
-    claim = study._saturates('dw')
+    claim = findings._saturates('dw')
     assert dict(claim.weights) == {'resnet26_dw_k7': 2.0, 'resnet26_dw_k3': -1.0, 'resnet26_dw_k13': -1.0}
-    rising = study.model_stats(rows_for({'resnet26_dw_k3': 88, 'resnet26_dw_k7': 90, 'resnet26_dw_k13': 90.2}))
-    linear = study.model_stats(rows_for({'resnet26_dw_k3': 88, 'resnet26_dw_k7': 89, 'resnet26_dw_k13': 90}))
-    assert study.judge(claim, rising).verdict == 'reproduced'
-    assert study.judge(claim, linear).verdict == 'inconclusive'
+    rising = findings.model_stats(rows_for({'resnet26_dw_k3': 88, 'resnet26_dw_k7': 90, 'resnet26_dw_k13': 90.2}))
+    linear = findings.model_stats(rows_for({'resnet26_dw_k3': 88, 'resnet26_dw_k7': 89, 'resnet26_dw_k13': 90}))
+    assert findings.judge(claim, rising).verdict == 'reproduced'
+    assert findings.judge(claim, linear).verdict == 'inconclusive'
 
 
 def test_missing_models_or_single_seeds_are_pending_and_findings_combine():
-    claim = study.Claim('a vs b', {'a': 1.0, 'b': -1.0})
-    assert study.judge(claim, study.model_stats(rows_for({'a': 91}))).verdict == 'pending'
-    assert study.judge(claim, study.model_stats(rows_for({'a': 91, 'b': 90}, seeds=(0,)))).verdict == 'pending'
-    j = lambda v: study.Judged(claim, 0.0, 0.0, v)
-    assert study.finding_verdict([j('reproduced'), j('reproduced')]) == 'reproduced'
-    assert study.finding_verdict([j('reproduced'), j('inconclusive')]) == 'inconclusive'
-    assert study.finding_verdict([j('reproduced'), j('contradicted')]) == 'contradicted'
-    assert study.finding_verdict([j('reproduced'), j('pending')]) == 'pending'
+    claim = findings.Claim('a vs b', {'a': 1.0, 'b': -1.0})
+    assert findings.judge(claim, findings.model_stats(rows_for({'a': 91}))).verdict == 'pending'
+    assert findings.judge(claim, findings.model_stats(rows_for({'a': 91, 'b': 90}, seeds=(0,)))).verdict == 'pending'
+    j = lambda v: findings.Judged(claim, 0.0, 0.0, v)
+    assert findings.finding_verdict([j('reproduced'), j('reproduced')]) == 'reproduced'
+    assert findings.finding_verdict([j('reproduced'), j('inconclusive')]) == 'inconclusive'
+    assert findings.finding_verdict([j('reproduced'), j('contradicted')]) == 'contradicted'
+    assert findings.finding_verdict([j('reproduced'), j('pending')]) == 'pending'
 
 
 def test_every_finding_is_an_axis_and_names_study_models():
     from timm_cada.models import ABLATION_AXES
-    assert [f.axis for f in study.FINDINGS] == list(ABLATION_AXES)
-    assert len(study.MODELS) >= 15 and len(set(study.MODELS)) == len(study.MODELS)
-    for f in study.FINDINGS:
+    assert [f.axis for f in findings.FINDINGS] == list(ABLATION_AXES)
+    assert len(findings.MODELS) >= 15 and len(set(findings.MODELS)) == len(findings.MODELS)
+    for f in findings.FINDINGS:
         for claim in f.claims:
-            assert set(claim.weights) <= set(study.MODELS), claim.text
+            assert set(claim.weights) <= set(findings.MODELS), claim.text
             assert sum(claim.weights.values()) == 0, claim.text  # a contrast: a shift of every model cancels
 
 
 def test_report_from_a_synthetic_runs_csv(tmp_path):
     """Every model of the study at three seeds: the table, the six findings with the verdicts the rule gives,
     and one PNG per axis."""
-    means = {m: 90.0 for m in study.MODELS}
+    means = {m: 90.0 for m in findings.MODELS}
     means.update({'resnet26_cada_k7': 91.0, 'resnet26_cada_k7_rpe': 92.0, 'resnet26_position_k7': 89.0,
                   'resnet26_dw_k3': 88.0, 'resnet26_cada_k3': 89.0, 'resnet26_cada_k13': 91.1,
                   'resnet26_local_k7': 80.0, 'resnet26_cada_k7_dsconv3': 93.0})
     rows = rows_for(means)
     study.write_rows(str(tmp_path / 'runs.csv'), rows)
     back = study.read_rows(str(tmp_path / 'runs.csv'))
-    assert [r['model'] for r in back[::3]] == list(study.MODELS)  # the study's order
-    verdicts = dict(study.write_report(str(tmp_path), back, len(rows), 'p', study.DATA, study.RECIPE, quick=False))
+    assert [r['model'] for r in back[::3]] == list(findings.MODELS)  # the study's order
+    verdicts = dict(report.write_report(str(tmp_path), back, len(rows), 'p', findings.DATA, study.RECIPE, quick=False))
     assert verdicts == {'locality': 'reproduced', 'context_awareness': 'reproduced', 'ca_context': 'reproduced',
                         'spatial_invariance': 'reproduced', 'rel_pos': 'reproduced', 'downsampling': 'contradicted'}
     text = (tmp_path / 'README.md').read_text()
     assert '48 of 48 runs done' in text and '| resnet26_cada_k7_rpe | relative position encoding (on) | 3 | 92.00 ± 0.10 |' in text
     assert '- downsampling: **contradicted**' in text and 'contrast - 2 SE > -m' in text
-    for f in study.FINDINGS:
+    for f in findings.FINDINGS:
         with Image.open(tmp_path / f'{f.axis}.png') as img:
             assert img.format == 'PNG' and img.size[0] > 400
         assert f'![{f.axis}]({f.axis}.png)' in text
     # another protocol's rows are left out of the report
-    study.write_report(str(tmp_path), back + rows_for({'resnet26_dw_k7': 10.0}, protocol='q'), len(rows), 'p',
-                       study.DATA, study.RECIPE, quick=False)
+    report.write_report(str(tmp_path), back + rows_for({'resnet26_dw_k7': 10.0}, protocol='q'), len(rows), 'p',
+                       findings.DATA, study.RECIPE, quick=False)
     assert '| resnet26_dw_k7 | locality (k=7, DW) | 3 | 90.00 ± 0.10 |' in (tmp_path / 'README.md').read_text()
 
 
@@ -155,7 +158,7 @@ def test_finished_runs_are_reused(quick, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError(f'a finished run was trained again: {args}')
 
-    monkeypatch.setattr(study.subprocess, 'run', no_training)
+    monkeypatch.setattr(runs.subprocess, 'run', no_training)
     study.main(argv)  # every row in runs.csv
     assert runs_csv.read_text() == before
     lines = before.splitlines()
@@ -179,7 +182,7 @@ def test_rows_of_another_protocol_are_kept(quick):
 
 def test_max_runs_stops_before_training(quick, tmp_path, monkeypatch):
     root, argv, _ = quick
-    monkeypatch.setattr(study.subprocess, 'run', lambda *a, **k: pytest.fail('trained despite --max-runs 0'))
+    monkeypatch.setattr(runs.subprocess, 'run', lambda *a, **k: pytest.fail('trained despite --max-runs 0'))
     out = tmp_path / 'out'
     study.main(argv[:argv.index('--output')] + ['--output', str(out), '--work', str(tmp_path / 'work'),
                                                 '--max-runs', '0'])
@@ -188,10 +191,10 @@ def test_max_runs_stops_before_training(quick, tmp_path, monkeypatch):
 
 def test_interrupted_runs_resume(tmp_path):
     run_dir = tmp_path / 'run'
-    assert '--resume' not in study.train_command('m', 0, str(run_dir), 'data', study.RECIPE, [])
+    assert '--resume' not in runs.train_command(study.job('m', 0, str(run_dir), 'data', study.RECIPE, []))
     run_dir.mkdir()
     (run_dir / 'last.pth.tar').write_bytes(b'')
-    cmd = study.train_command('m', 1, str(run_dir), 'data', study.RECIPE, ['--workers', '1'])
+    cmd = runs.train_command(study.job('m', 1, str(run_dir), 'data', study.RECIPE, ['--workers', '1']))
     assert cmd[cmd.index('--resume') + 1] == str(run_dir / 'last.pth.tar')
     assert cmd[cmd.index('--seed') + 1] == '1' and cmd[-2:] == ['--workers', '1']
     assert cmd[cmd.index('--test-split') + 1] == 'test'
@@ -200,23 +203,23 @@ def test_interrupted_runs_resume(tmp_path):
 def test_protocol_changes_with_recipe_data_and_options(tmp_path):
     recipe = tmp_path / 'r.yaml'
     recipe.write_text('epochs: 1\n')
-    base = study.protocol_id(str(recipe), study.DATA, [])
-    assert base == study.protocol_id(str(recipe), study.DATA, [])
-    assert base != study.protocol_id(str(recipe), study.QUICK_DATA, [])
-    assert base != study.protocol_id(str(recipe), study.DATA, ['--lr', '1e-3'])
+    base = study.protocol_id(str(recipe), findings.DATA, [])
+    assert base == study.protocol_id(str(recipe), findings.DATA, [])
+    assert base != study.protocol_id(str(recipe), findings.QUICK_DATA, [])
+    assert base != study.protocol_id(str(recipe), findings.DATA, ['--lr', '1e-3'])
     recipe.write_text('epochs: 2\n')
-    assert base != study.protocol_id(str(recipe), study.DATA, [])
+    assert base != study.protocol_id(str(recipe), findings.DATA, [])
 
 
 def test_readme_and_model_card_quote_the_committed_verdicts():
     """README.md and MODEL_CARD.md show the verdicts that results/fashion_mnist/runs.csv gives, as they are."""
     rows = study.read_rows(os.path.join(study.RESULTS, 'runs.csv'))
-    protocol = study.protocol_id(study.RECIPE, study.DATA, [])
+    protocol = study.protocol_id(study.RECIPE, findings.DATA, [])
     mine = [r for r in rows if r['protocol'] == protocol]
-    verdicts = [(f.axis, verdict) for f, _, verdict in study.judge_findings(study.model_stats(mine))]
-    quote = study.verdict_quote(verdicts, len(mine), len(study.MODELS) * len(study.SEEDS))
-    for path in study.QUOTED_IN:
+    verdicts = [(f.axis, verdict) for f, _, verdict in findings.judge_findings(findings.model_stats(mine))]
+    quote = report.verdict_quote(verdicts, len(mine), len(findings.MODELS) * len(findings.SEEDS))
+    for path in report.QUOTED_IN:
         with open(path) as f:
-            assert f'{study.QUOTE_START}\n{quote}\n{study.QUOTE_END}' in f.read(), (
+            assert f'{report.QUOTE_START}\n{quote}\n{report.QUOTE_END}' in f.read(), (
                 f'{path}: the quoted verdicts are not those of results/fashion_mnist/runs.csv; run '
                 f'`python train/study.py --max-runs 0` to rewrite them')

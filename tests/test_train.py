@@ -20,6 +20,7 @@ from PIL import Image
 import timm
 import timm_cada  # noqa: F401
 from timm_cada.checkpoint import read_checkpoint, save_checkpoint
+import runs  # train/runs.py (pytest's pythonpath)
 from helpers import REPO, SUBPROCESS_ENV, TINY, TINY_MODEL, EvilPickle, load_script, make_image_folder
 
 TRAIN = REPO / 'train' / 'train.py'
@@ -29,7 +30,6 @@ CHECKPOINT_KEYS = {'arch', 'model_kwargs', 'epoch', 'state_dict', 'optimizer', '
 
 
 trainer = load_script('train/train.py')
-ablate = load_script('train/ablate.py')
 
 
 def train_cli(*args, check=True) -> subprocess.CompletedProcess:
@@ -128,10 +128,10 @@ def test_model_kwargs_record_img_size_only_where_it_sizes_parameters():
 
 
 def test_ablate_reuses_only_runs_that_finished_the_recipe(first_epoch, resumed):
-    assert not ablate.finished(first_epoch, 3)  # stopped by --stop-after 1: results.json, but 1 of 3 epochs
-    assert ablate.finished(resumed[0], 3)
-    assert not ablate.finished(resumed[0], 5)  # the recipe asks for more epochs now
-    assert not ablate.finished(first_epoch / 'missing', 3)
+    assert not runs.finished_results(first_epoch, 3)  # stopped by --stop-after 1: results.json, but 1 of 3 epochs
+    assert runs.finished_results(resumed[0], 3)
+    assert not runs.finished_results(resumed[0], 5)  # the recipe asks for more epochs now
+    assert not runs.finished_results(first_epoch / 'missing', 3)
 
 
 def test_make_digits_regenerates_when_parameters_change(tmp_path):
@@ -243,7 +243,9 @@ def test_torchrun_two_cpu_processes_agree(data, tmp_path):
         'model, _ = trainer.run(trainer.parse_args(sys.argv[1:]))\n'
         'torch.save(model.state_dict(), os.path.join(sys.argv[sys.argv.index("--output") + 1], '
         'f"rank{os.environ[\'RANK\']}.pt"))\n')
-    env = dict(SUBPROCESS_ENV, GLOO_SOCKET_IFNAME='lo')
+    # train.py imports its neighbours in train/, which `python train/train.py` puts on the path
+    pythonpath = os.pathsep.join(filter(None, [str(REPO / 'train'), os.environ.get('PYTHONPATH')]))
+    env = dict(SUBPROCESS_ENV, GLOO_SOCKET_IFNAME='lo', PYTHONPATH=pythonpath)
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
          '--master_port', str(_free_port()), str(wrapper), '--data-dir', str(data), '--output', str(out),

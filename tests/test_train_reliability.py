@@ -23,7 +23,9 @@ from PIL import Image
 import timm
 from timm.data import ImageDataset
 from timm_cada.checkpoint import TMP_SUFFIX, read_checkpoint
-from timm_cada.train_utils import BadImageError, StrictImageDataset, convert_image, parse_kwarg
+from image_data import BadImageError, StrictImageDataset, convert_image  # train/ (pytest's pythonpath)
+from options import parse_kwarg
+import run_folder
 from helpers import REPO, SUBPROCESS_ENV, TINY, load_script, make_image_folder
 
 TRAIN = REPO / 'train' / 'train.py'
@@ -300,7 +302,7 @@ class _Fault:
 def test_full_disk_keeps_the_last_finished_epoch_and_resume_is_exact(
         reference, argv, tmp_path, monkeypatch, target, call, path_arg, finished):
     out = tmp_path / 'run'
-    owner = torch if target == 'torch.save' else trainer
+    owner = torch if target == 'torch.save' else run_folder
     name = target.split('.')[-1]
     monkeypatch.setattr(owner, name, _Fault(getattr(owner, name), call, path_arg))
     with pytest.raises(trainer.RunError, match='No space left on device.*free space'):

@@ -34,7 +34,7 @@ import torch.nn as nn
 from timm.data import create_transform, resolve_data_config
 
 from timm_cada.layers import spec_of
-from timm_cada.train_utils import import_modules, load_model, per_channel
+from timm_cada.load import ModelLoadError, import_modules, load_model, per_channel
 
 __all__ = ['Capture', 'capture_kernels', 'spatial_variation', 'context_sensitivity', 'layer_metrics', 'model_metrics',
            'effective_receptive_field', 'load_images', 'analyse']
@@ -355,12 +355,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     args = parser.parse_args(argv)
     try:
         import_modules(args.device_modules)
+    except ValueError as e:
+        parser.error(f'--device-modules: {e}')
+    try:
         model, data_args = load_model(args.model, args.checkpoint)
+    except ModelLoadError as e:
+        parser.error(e.named('--model', '--checkpoint'))
+    try:
         images, pictures = load_images(args.image, model, data_args)
         others = {}
         for spec in args.erf:
             other, ckpt = _model_spec(spec)
-            others[other] = load_model(other, ckpt, '--erf')[0]
+            try:
+                others[other] = load_model(other, ckpt)[0]
+            except ModelLoadError as e:
+                parser.error(e.named('--erf', '--erf'))
         metrics = analyse(model, args.model, images, pictures, args.out, others)
     except ValueError as e:
         parser.error(str(e))

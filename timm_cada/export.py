@@ -24,7 +24,7 @@ from timm.data import resolve_data_config
 
 from timm_cada.layers import spec_of
 from timm_cada.models import NoPretrainedWeightsError
-from timm_cada.train_utils import import_modules, load_model
+from timm_cada.load import ModelLoadError, import_modules, load_model
 
 __all__ = ['EXPORTERS', 'DEFAULT_OPSET', 'PARITY_TOL', 'dynamic_dims', 'export_onnx', 'export_program',
            'check_inputs', 'onnx_runner', 'parity', 'main']
@@ -157,9 +157,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         parser.error(f'--opset must be 17 or later, got {args.opset}')
     try:
         import_modules(args.device_modules)
-        model, data_args = load_model(args.model, args.checkpoint, pretrained=args.pretrained)
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(f'--device-modules: {e}')
+    try:
+        model, data_args = load_model(args.model, args.checkpoint, pretrained=args.pretrained)
+    except ModelLoadError as e:
+        parser.error(e.named('--model', '--checkpoint'))
     except NoPretrainedWeightsError as e:
         parser.error(f'--pretrained: {e}')
     # the size the run trained at (its data arguments), else the model's pretrained cfg

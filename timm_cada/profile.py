@@ -6,6 +6,8 @@ synthesising each pixel's attention map (G * B * k*k per pixel, when there are l
 applying it (C * k*k per pixel), plus their submodules (CADA's CA generator) op by op. That figure
 does not depend on which backend runs. Any other mixer, a user's included, is counted op by op.
 """
+import os
+import platform
 from typing import Dict, List, Tuple
 
 import torch
@@ -61,3 +63,19 @@ def count_macs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224
         children = sum(counted(f'{key}.{child}') for child, _ in mixer.named_children())
         total += window_macs(mixer, out_shape) - counted(key) + children
     return total
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), e.g. 'AMD EPYC 7B13'."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), name)
+    except OSError:
+        return name
+
+
+def machine() -> str:
+    """The machine a measurement ran on, e.g. 'AMD EPYC 7B13, 2 CPUs, no GPU'."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    return f'{cpu_name()}, {len(os.sched_getaffinity(0))} CPUs, {gpu}'

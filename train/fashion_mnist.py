@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from timm_cada.train_utils import mark_image_folder_complete, reuse_image_folder
+from image_data import mark_image_folder_complete, reuse_image_folder  # train/image_data.py
 
 DEBIAN_PACKAGE = 'dataset-fashion-mnist'
 DEFAULT_SOURCE = '/usr/share/datasets/fashion-mnist'

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-""" Run one of timm's scripts (train.py, validate.py, benchmark.py, inference.py) with timm-cada's models registered.
+""" Run one of timm's scripts that lacks `--device-modules` (validate.py, benchmark.py, onnx_export.py,
+inference.py) with timm-cada's models registered.
 
-timm has no plugin mechanism: a model exists only once its package is imported in the same process.
-This launcher imports timm_cada, then runs SCRIPT as __main__ with the remaining arguments:
+A model exists once its package is imported in the same process. timm's train.py does that itself
+(`--device-modules timm_cada`, before it builds the model); for the other scripts this launcher imports
+timm_cada, then runs SCRIPT as __main__ with the remaining arguments:
 
-    python train/launch.py PATH/TO/pytorch-image-models/train.py --model resnet50_cada_k7 ...
-    torchrun --nproc_per_node 8 train/launch.py PATH/TO/pytorch-image-models/train.py ...
+    python train/launch.py PATH/TO/pytorch-image-models/validate.py DATA --model resnet50_cada_k7 ...
+    torchrun --nproc_per_node 8 train/launch.py PATH/TO/pytorch-image-models/benchmark.py ...
 
 timm's scripts live in its git repository only (not in the wheel); check out the tag that matches
 the installed timm, e.g. `git clone -b v$(python -c "import timm; print(timm.__version__)") ...`.

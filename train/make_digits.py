@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from timm_cada.train_utils import mark_image_folder_complete, reuse_image_folder
+from image_data import mark_image_folder_complete, reuse_image_folder  # train/image_data.py
 
 SPLITS = ('train', 'validation')
 STAMP = 'digits.json'  # the generation parameters, written last: its presence means the folder is complete

@@ -20,10 +20,8 @@ last.pth.tar is the run's record: summary.csv and model_best.pth.tar are written
 when a kill came between.
 """
 import argparse
-import csv
-import difflib
 import dataclasses
-import json
+import difflib
 import logging
 import math
 import os
@@ -34,7 +32,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 import timm
@@ -47,12 +44,15 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.models import VARIANTS, NoPretrainedWeightsError, uses_mixer_trait
 from timm_cada.checkpoint import (
-    CHECKPOINT_VERSION, TMP_SUFFIX, atomic_file, atomic_files, checkpoint_state_dict, copy_checkpoint, link_or_copy,
-    plain, read_checkpoint, rng_state, set_rng_state)
-from timm_cada.train_utils import (
-    BadImageError, ParseKwargs, StrictImageDataset, check_data_dir, check_model_name, image_mode, import_modules,
-    load_recipe, per_channel)
+    CHECKPOINT_VERSION, checkpoint_state_dict, plain, read_checkpoint, rng_state, set_rng_state)
+from timm_cada.load import check_model_name, import_modules, per_channel
 from timm_cada.warm_start import warm_start
+
+from image_data import BadImageError, StrictImageDataset, check_data_dir, image_mode  # train/image_data.py
+from options import (  # train/options.py
+    AT_LEAST_0, AT_LEAST_1, CLIP_MODE, FRACTION, INTERPOLATION, NON_NEGATIVE, POSITIVE, PROBABILITY, SCHEDULER,
+    TRAIN_INTERPOLATION, Options, ParseKwargs, Rule, choice)
+from run_folder import LAST, RunError, RunFolder, held_run_files  # train/run_folder.py
 
 _logger = logging.getLogger('train')
 
@@ -61,191 +61,188 @@ OURS_ONLY = ('warm_start', 'stop_after', 'skip_bad_images', 'test_split')
 # Options that belong on the command line, never in a shared recipe.
 NOT_IN_RECIPE = ('config', 'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'warm_start', 'local_rank')
 
-LAST, BEST, SUMMARY, RESULTS, ARGS = 'last.pth.tar', 'model_best.pth.tar', 'summary.csv', 'results.json', 'args.yaml'
-# The files that make a folder hold a run (args.yaml alone is written before the first epoch).
-RUN_FILES = (LAST, BEST, SUMMARY, RESULTS)
 EVAL_METRICS = ('top1', 'top5', 'loss')
-# The values timm accepts for options with a fixed set of them.
-SCHEDULERS = ('cosine', 'tanh', 'step', 'constant', 'multistep', 'plateau', 'poly', 'rsqrt')
-CHOICES = {
-    'sched': SCHEDULERS, 'dist_bn': ('', 'broadcast', 'reduce'), 'clip_mode': ('norm', 'value', 'agc'),
-    'lr_base_scale': ('', 'linear', 'sqrt'), 'mixup_mode': ('batch', 'pair', 'elem'),
-    'remode': ('const', 'rand', 'pixel'), 'amp_dtype': ('float16', 'bfloat16'), 'eval_metric': EVAL_METRICS,
-    'interpolation': ('', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos'),
-    'train_interpolation': ('random', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos'),
-    'train_crop_mode': (None, 'rrc', 'rkrc', 'rkrr'),
-}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_options() -> Options:
+    """The trainer's options (timm train.py's names), each with the rule its values follow."""
     parser = argparse.ArgumentParser(description='timm-cada trainer (timm train.py argument names)')
-    parser.add_argument('-c', '--config', default='', metavar='FILE', help='YAML recipe of argument defaults')
+    options = Options(parser)
+    options.add(parser, '-c', '--config', default='', metavar='FILE', help='YAML recipe of argument defaults')
 
     group = parser.add_argument_group('Dataset')
-    group.add_argument('data', nargs='?', metavar='DIR', const=None, help='dataset root (or --data-dir)')
-    group.add_argument('--data-dir', metavar='DIR', help='dataset root')
-    group.add_argument('--dataset', metavar='NAME', default='',
-                       help='timm dataset: "" for an ImageFolder / tar, or torch/, hfds/, wds/, tfds/ prefixes')
-    group.add_argument('--train-split', metavar='NAME', default='train')
-    group.add_argument('--val-split', metavar='NAME', default='validation')
-    group.add_argument('--test-split', metavar='NAME', default=None,
-                       help='split evaluated once with the final weights after the last epoch, written to '
-                            'results.json as test_top1 / test_top5 / test_loss; it selects nothing')
-    group.add_argument('--train-num-samples', type=int, default=None, help='samples per epoch (iterable datasets)')
-    group.add_argument('--val-num-samples', type=int, default=None)
-    group.add_argument('--dataset-download', action='store_true', default=False)
-    group.add_argument('--class-map', default='', type=str, metavar='FILENAME')
-    group.add_argument('--input-img-mode', default=None, type=str, metavar='MODE',
-                       help='PIL mode every image is opened in (default: L for 1 input channel, RGB for 3); '
-                            '16-bit images are scaled to 8 bits')
-    group.add_argument('--skip-bad-images', action='store_true', default=False,
-                       help='skip (log and count) images that cannot be decoded, instead of stopping the run')
-    group.add_argument('--input-key', default=None, type=str)
-    group.add_argument('--target-key', default=None, type=str)
+    options.add(group, 'data', nargs='?', metavar='DIR', const=None, help='dataset root (or --data-dir)')
+    options.add(group, '--data-dir', metavar='DIR', help='dataset root')
+    options.add(group, '--dataset', metavar='NAME', default='',
+                help='timm dataset: "" for an ImageFolder / tar, or torch/, hfds/, wds/, tfds/ prefixes')
+    options.add(group, '--train-split', metavar='NAME', default='train')
+    options.add(group, '--val-split', metavar='NAME', default='validation')
+    options.add(group, '--test-split', metavar='NAME', default=None,
+                help='split evaluated once with the final weights after the last epoch, written to '
+                     'results.json as test_top1 / test_top5 / test_loss; it selects nothing')
+    options.add(group, '--train-num-samples', type=int, default=None, help='samples per epoch (iterable datasets)')
+    options.add(group, '--val-num-samples', type=int, default=None)
+    options.add(group, '--dataset-download', action='store_true', default=False)
+    options.add(group, '--class-map', default='', type=str, metavar='FILENAME')
+    options.add(group, '--input-img-mode', default=None, type=str, metavar='MODE',
+                help='PIL mode every image is opened in (default: L for 1 input channel, RGB for 3); '
+                     '16-bit images are scaled to 8 bits')
+    options.add(group, '--skip-bad-images', action='store_true', default=False,
+                help='skip (log and count) images that cannot be decoded, instead of stopping the run')
+    options.add(group, '--input-key', default=None, type=str)
+    options.add(group, '--target-key', default=None, type=str)
 
     group = parser.add_argument_group('Model')
-    group.add_argument('--model', default='resnet50_cada_k7', type=str, metavar='MODEL')
-    group.add_argument('--pretrained', action='store_true', default=False)
-    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
-                       help='start from these weights (EMA weights when the checkpoint has them; read with '
-                            'weights_only=True); ignored with --resume')
-    group.add_argument('--warm-start', default='', type=str, metavar='SRC',
-                       help='initialise matching weights from a checkpoint file or a pretrained timm model name '
-                            '(timm_cada.warm_start), e.g. resnet50.a1_in1k; ignored with --resume')
-    group.add_argument('--resume', default='', type=str, metavar='PATH',
-                       help='continue a run from its checkpoint (model, optimizer, scheduler, EMA, scaler, epoch)')
-    group.add_argument('--no-resume-opt', action='store_true', default=False,
-                       help='with --resume, restore only the weights and epoch')
-    group.add_argument('--num-classes', type=int, default=None, metavar='N',
-                       help='classes (default: from the ImageFolder classes)')
-    group.add_argument('--gp', default=None, type=str, metavar='POOL')
-    group.add_argument('--img-size', type=int, default=None, metavar='N')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N')
-    group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N')
-    group.add_argument('--crop-pct', default=None, type=float)
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD')
-    group.add_argument('--interpolation', default='', type=str, metavar='NAME')
-    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process')
-    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
-    group.add_argument('--channels-last', action='store_true', default=False)
-    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N')
-    group.add_argument('--grad-checkpointing', action='store_true', default=False)
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-                       help='extra timm.create_model kwargs KEY=VALUE, e.g. kernel_size=5 mixer=box '
-                            '"mixer_args=dict(num_bases=4)" "channels=(32,64,128,256)"')
-    group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
-                       help='torch.compile the model with this backend')
-    group.add_argument('--torchcompile-mode', type=str, default=None)
+    options.add(group, '--model', default='resnet50_cada_k7', type=str, metavar='MODEL')
+    options.add(group, '--pretrained', action='store_true', default=False)
+    options.add(group, '--initial-checkpoint', default='', type=str, metavar='PATH',
+                help='start from these weights (EMA weights when the checkpoint has them; read with '
+                     'weights_only=True); ignored with --resume')
+    options.add(group, '--warm-start', default='', type=str, metavar='SRC',
+                help='initialise matching weights from a checkpoint file or a pretrained timm model name '
+                     '(timm_cada.warm_start), e.g. resnet50.a1_in1k; ignored with --resume')
+    options.add(group, '--resume', default='', type=str, metavar='PATH',
+                help='continue a run from its checkpoint (model, optimizer, scheduler, EMA, scaler, epoch)')
+    options.add(group, '--no-resume-opt', action='store_true', default=False,
+                help='with --resume, restore only the weights and epoch')
+    options.add(group, '--num-classes', rule=AT_LEAST_1, type=int, default=None, metavar='N',
+                help='classes (default: from the ImageFolder classes)')
+    options.add(group, '--gp', default=None, type=str, metavar='POOL')
+    options.add(group, '--img-size', rule=AT_LEAST_1, type=int, default=None, metavar='N')
+    options.add(group, '--in-chans', rule=AT_LEAST_1, type=int, default=None, metavar='N')
+    options.add(group, '--input-size', rule=Rule('three integers >= 1 (C H W)', lambda v: min(v) >= 1),
+                default=None, nargs=3, type=int, metavar='N')
+    options.add(group, '--crop-pct', rule=Rule('a number in (0, 1]', lambda v: 0 < v <= 1), default=None, type=float)
+    options.add(group, '--mean', type=float, nargs='+', default=None, metavar='MEAN')
+    options.add(group, '--std', type=float, nargs='+', default=None, metavar='STD')
+    options.add(group, '--interpolation', rule=INTERPOLATION, default='', type=str, metavar='NAME')
+    options.add(group, '-b', '--batch-size', rule=AT_LEAST_1, type=int, default=128, metavar='N',
+                help='batch size per process')
+    options.add(group, '-vb', '--validation-batch-size', rule=AT_LEAST_1, type=int, default=None, metavar='N')
+    options.add(group, '--channels-last', action='store_true', default=False)
+    options.add(group, '--grad-accum-steps', rule=AT_LEAST_1, type=int, default=1, metavar='N')
+    options.add(group, '--grad-checkpointing', action='store_true', default=False)
+    options.add(group, '--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                help='extra timm.create_model kwargs KEY=VALUE, e.g. kernel_size=5 mixer=box '
+                     '"mixer_args=dict(num_bases=4)" "channels=(32,64,128,256)"')
+    options.add(group, '--torchcompile', nargs='?', type=str, default=None, const='inductor',
+                help='torch.compile the model with this backend')
+    options.add(group, '--torchcompile-mode', type=str, default=None)
 
     group = parser.add_argument_group('Device & distributed')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
-    group.add_argument('--amp', action='store_true', default=False, help='mixed precision (autocast)')
-    group.add_argument('--amp-dtype', default='float16', type=str, help='float16 (with loss scaling) or bfloat16')
-    group.add_argument('--no-ddp-bb', action='store_true', default=False)
-    group.add_argument('--sync-bn', action='store_true', default=False)
-    group.add_argument('--dist-bn', type=str, default='reduce', help='"broadcast", "reduce" or "" after each epoch')
-    group.add_argument('--local_rank', default=0, type=int)
-    group.add_argument('--device-modules', default=None, type=str, nargs='+',
-                       help='modules to import first (as timm train.py does), e.g. other model plugins')
+    options.add(group, '--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
+    options.add(group, '--amp', action='store_true', default=False, help='mixed precision (autocast)')
+    options.add(group, '--amp-dtype', rule=choice('float16', 'bfloat16'), default='float16', type=str,
+                help='float16 (with loss scaling) or bfloat16')
+    options.add(group, '--no-ddp-bb', action='store_true', default=False)
+    options.add(group, '--sync-bn', action='store_true', default=False)
+    options.add(group, '--dist-bn', rule=choice('', 'broadcast', 'reduce'), type=str, default='reduce',
+                help='"broadcast", "reduce" or "" after each epoch')
+    options.add(group, '--local_rank', default=0, type=int)
+    options.add(group, '--device-modules', default=None, type=str, nargs='+',
+                help='modules to import first (as timm train.py does), e.g. other model plugins')
 
     group = parser.add_argument_group('Optimizer')
-    group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER')
-    group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON')
-    group.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
-    group.add_argument('--momentum', type=float, default=0.9, metavar='M')
-    group.add_argument('--weight-decay', type=float, default=2e-5)
-    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM')
-    group.add_argument('--clip-mode', type=str, default='norm')
-    group.add_argument('--layer-decay', type=float, default=None)
-    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
+    options.add(group, '--opt', default='sgd', type=str, metavar='OPTIMIZER')
+    options.add(group, '--opt-eps', default=None, type=float, metavar='EPSILON')
+    options.add(group, '--opt-betas', default=None, type=float, nargs='+', metavar='BETA')
+    options.add(group, '--momentum', rule=NON_NEGATIVE, type=float, default=0.9, metavar='M')
+    options.add(group, '--weight-decay', rule=NON_NEGATIVE, type=float, default=2e-5)
+    options.add(group, '--clip-grad', rule=POSITIVE, type=float, default=None, metavar='NORM')
+    options.add(group, '--clip-mode', rule=CLIP_MODE, type=str, default='norm')
+    options.add(group, '--layer-decay', type=float, default=None)
+    options.add(group, '--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
 
     group = parser.add_argument_group('Learning rate schedule')
-    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER')
-    group.add_argument('--sched-on-updates', action='store_true', default=False)
-    group.add_argument('--lr', type=float, default=None, metavar='LR',
-                       help='learning rate (default: lr_base * global batch / lr_base_size)')
-    group.add_argument('--lr-base', type=float, default=0.1, metavar='LR')
-    group.add_argument('--lr-base-size', type=int, default=256, metavar='DIV')
-    group.add_argument('--lr-base-scale', type=str, default='', metavar='SCALE', help='"linear" or "sqrt"')
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
-    group.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PERCENT')
-    group.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STDDEV')
-    group.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT')
-    group.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT')
-    group.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N')
-    group.add_argument('--lr-k-decay', type=float, default=1.0)
-    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR')
-    group.add_argument('--min-lr', type=float, default=0, metavar='LR')
-    group.add_argument('--epochs', type=int, default=300, metavar='N')
-    group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES')
-    group.add_argument('--decay-epochs', type=float, default=90, metavar='N')
-    group.add_argument('--warmup-epochs', type=int, default=5, metavar='N')
-    group.add_argument('--warmup-prefix', action='store_true', default=False)
-    group.add_argument('--cooldown-epochs', type=int, default=0, metavar='N')
-    group.add_argument('--patience-epochs', type=int, default=10, metavar='N')
-    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE')
-    group.add_argument('--stop-after', type=int, default=None, metavar='N',
-                       help='leave after N epochs of this run (the schedule still spans --epochs); '
-                            'continue later with --resume, e.g. under a job time limit')
+    options.add(group, '--sched', rule=SCHEDULER, type=str, default='cosine', metavar='SCHEDULER')
+    options.add(group, '--sched-on-updates', action='store_true', default=False)
+    options.add(group, '--lr', rule=POSITIVE, type=float, default=None, metavar='LR',
+                help='learning rate (default: lr_base * global batch / lr_base_size)')
+    options.add(group, '--lr-base', rule=POSITIVE, type=float, default=0.1, metavar='LR')
+    options.add(group, '--lr-base-size', rule=AT_LEAST_1, type=int, default=256, metavar='DIV')
+    options.add(group, '--lr-base-scale', rule=choice('', 'linear', 'sqrt'), type=str, default='', metavar='SCALE',
+                help='"linear" or "sqrt"')
+    options.add(group, '--lr-noise', type=float, nargs='+', default=None, metavar='pct, pct')
+    options.add(group, '--lr-noise-pct', type=float, default=0.67, metavar='PERCENT')
+    options.add(group, '--lr-noise-std', type=float, default=1.0, metavar='STDDEV')
+    options.add(group, '--lr-cycle-mul', type=float, default=1.0, metavar='MULT')
+    options.add(group, '--lr-cycle-decay', type=float, default=0.5, metavar='MULT')
+    options.add(group, '--lr-cycle-limit', rule=AT_LEAST_1, type=int, default=1, metavar='N')
+    options.add(group, '--lr-k-decay', type=float, default=1.0)
+    options.add(group, '--warmup-lr', rule=POSITIVE, type=float, default=1e-5, metavar='LR')
+    options.add(group, '--min-lr', rule=NON_NEGATIVE, type=float, default=0, metavar='LR')
+    options.add(group, '--epochs', rule=AT_LEAST_1, type=int, default=300, metavar='N')
+    options.add(group, '--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='MILESTONES')
+    options.add(group, '--decay-epochs', rule=NON_NEGATIVE, type=float, default=90, metavar='N')
+    options.add(group, '--warmup-epochs', rule=AT_LEAST_0, type=int, default=5, metavar='N')
+    options.add(group, '--warmup-prefix', action='store_true', default=False)
+    options.add(group, '--cooldown-epochs', rule=AT_LEAST_0, type=int, default=0, metavar='N')
+    options.add(group, '--patience-epochs', rule=AT_LEAST_0, type=int, default=10, metavar='N')
+    options.add(group, '--decay-rate', '--dr', rule=POSITIVE, type=float, default=0.1, metavar='RATE')
+    options.add(group, '--stop-after', rule=AT_LEAST_0, type=int, default=None, metavar='N',
+                help='leave after N epochs of this run (the schedule still spans --epochs); '
+                     'continue later with --resume, e.g. under a job time limit')
 
     group = parser.add_argument_group('Augmentation and regularization')
-    group.add_argument('--no-aug', action='store_true', default=False)
-    group.add_argument('--train-crop-mode', type=str, default=None)
-    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], metavar='PCT')
-    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO')
-    group.add_argument('--hflip', type=float, default=0.5)
-    group.add_argument('--vflip', type=float, default=0.)
-    group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT')
-    group.add_argument('--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy, e.g. rand-m9-mstd0.5')
-    group.add_argument('--aug-repeats', type=float, default=0, help='repeated augmentation count')
-    group.add_argument('--bce-loss', action='store_true', default=False)
-    group.add_argument('--bce-sum', action='store_true', default=False)
-    group.add_argument('--bce-target-thresh', type=float, default=None)
-    group.add_argument('--bce-pos-weight', type=float, default=None)
-    group.add_argument('--reprob', type=float, default=0., metavar='PCT')
-    group.add_argument('--remode', type=str, default='pixel')
-    group.add_argument('--recount', type=int, default=1)
-    group.add_argument('--mixup', type=float, default=0.0)
-    group.add_argument('--cutmix', type=float, default=0.0)
-    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
-    group.add_argument('--mixup-prob', type=float, default=1.0)
-    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
-    group.add_argument('--mixup-mode', type=str, default='batch')
-    group.add_argument('--mixup-off-epoch', default=0, type=int, metavar='N')
-    group.add_argument('--smoothing', type=float, default=0.1)
-    group.add_argument('--train-interpolation', type=str, default='random')
-    group.add_argument('--drop', type=float, default=0.0, metavar='PCT')
-    group.add_argument('--drop-path', type=float, default=None, metavar='PCT')
-    group.add_argument('--drop-block', type=float, default=None, metavar='PCT')
-    group.add_argument('--bn-momentum', type=float, default=None)
-    group.add_argument('--bn-eps', type=float, default=None)
-    group.add_argument('--model-ema', action='store_true', default=False)
-    group.add_argument('--model-ema-force-cpu', action='store_true', default=False)
-    group.add_argument('--model-ema-decay', type=float, default=0.9998)
-    group.add_argument('--model-ema-warmup', action='store_true', default=False)
+    options.add(group, '--no-aug', action='store_true', default=False)
+    options.add(group, '--train-crop-mode', rule=choice(None, 'rrc', 'rkrc', 'rkrr'), type=str, default=None)
+    options.add(group, '--scale', rule=Rule('two numbers 0 < MIN <= MAX <= 1', lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1),
+                type=float, nargs='+', default=[0.08, 1.0], metavar='PCT')
+    options.add(group, '--ratio', rule=Rule('two numbers 0 < MIN <= MAX', lambda v: len(v) == 2 and 0 < v[0] <= v[1]),
+                type=float, nargs='+', default=[3. / 4., 4. / 3.], metavar='RATIO')
+    options.add(group, '--hflip', rule=PROBABILITY, type=float, default=0.5)
+    options.add(group, '--vflip', rule=PROBABILITY, type=float, default=0.)
+    options.add(group, '--color-jitter', rule=NON_NEGATIVE, type=float, default=0.4, metavar='PCT')
+    options.add(group, '--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy, e.g. rand-m9-mstd0.5')
+    options.add(group, '--aug-repeats', type=float, default=0, help='repeated augmentation count')
+    options.add(group, '--bce-loss', action='store_true', default=False)
+    options.add(group, '--bce-sum', action='store_true', default=False)
+    options.add(group, '--bce-target-thresh', type=float, default=None)
+    options.add(group, '--bce-pos-weight', type=float, default=None)
+    options.add(group, '--reprob', rule=NON_NEGATIVE, type=float, default=0., metavar='PCT')
+    options.add(group, '--remode', rule=choice('const', 'rand', 'pixel'), type=str, default='pixel')
+    options.add(group, '--recount', type=int, default=1)
+    options.add(group, '--mixup', rule=NON_NEGATIVE, type=float, default=0.0)
+    options.add(group, '--cutmix', rule=NON_NEGATIVE, type=float, default=0.0)
+    options.add(group, '--cutmix-minmax', type=float, nargs='+', default=None)
+    options.add(group, '--mixup-prob', rule=PROBABILITY, type=float, default=1.0)
+    options.add(group, '--mixup-switch-prob', rule=PROBABILITY, type=float, default=0.5)
+    options.add(group, '--mixup-mode', rule=choice('batch', 'pair', 'elem'), type=str, default='batch')
+    options.add(group, '--mixup-off-epoch', rule=AT_LEAST_0, default=0, type=int, metavar='N')
+    options.add(group, '--smoothing', rule=FRACTION, type=float, default=0.1)
+    options.add(group, '--train-interpolation', rule=TRAIN_INTERPOLATION, type=str, default='random')
+    options.add(group, '--drop', rule=FRACTION, type=float, default=0.0, metavar='PCT')
+    options.add(group, '--drop-path', rule=FRACTION, type=float, default=None, metavar='PCT')
+    options.add(group, '--drop-block', rule=FRACTION, type=float, default=None, metavar='PCT')
+    options.add(group, '--bn-momentum', type=float, default=None)
+    options.add(group, '--bn-eps', type=float, default=None)
+    options.add(group, '--model-ema', action='store_true', default=False)
+    options.add(group, '--model-ema-force-cpu', action='store_true', default=False)
+    options.add(group, '--model-ema-decay', rule=POSITIVE, type=float, default=0.9998)
+    options.add(group, '--model-ema-warmup', action='store_true', default=False)
 
     group = parser.add_argument_group('Misc')
-    group.add_argument('--seed', type=int, default=42, metavar='S')
-    group.add_argument('--log-interval', type=int, default=50, metavar='N')
-    group.add_argument('-j', '--workers', type=int, default=4, metavar='N')
-    group.add_argument('--pin-mem', action='store_true', default=False)
-    group.add_argument('--no-prefetcher', action='store_true', default=False)
-    group.add_argument('--output', default='', type=str, metavar='PATH',
-                       help='run folder for checkpoints, summary.csv and results.json (default: the --resume '
-                            'checkpoint\'s folder, else output/train/MODEL, or MODEL-1, -2, ... when that holds a run)')
-    group.add_argument('--eval-metric', default='top1', type=str, metavar='EVAL_METRIC',
-                       help=f'metric that selects model_best: {", ".join(EVAL_METRICS)}')
-    return parser
+    options.add(group, '--seed', type=int, default=42, metavar='S')
+    options.add(group, '--log-interval', rule=AT_LEAST_1, type=int, default=50, metavar='N')
+    options.add(group, '-j', '--workers', rule=AT_LEAST_0, type=int, default=4, metavar='N')
+    options.add(group, '--pin-mem', action='store_true', default=False)
+    options.add(group, '--no-prefetcher', action='store_true', default=False)
+    options.add(group, '--output', default='', type=str, metavar='PATH',
+                help='run folder for checkpoints, summary.csv and results.json (default: the --resume '
+                     'checkpoint\'s folder, else output/train/MODEL, or MODEL-1, -2, ... when that holds a run)')
+    options.add(group, '--eval-metric', rule=choice(*EVAL_METRICS), default='top1', type=str, metavar='EVAL_METRIC',
+                help=f'metric that selects model_best: {", ".join(EVAL_METRICS)}')
+    return options
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     """Command line over recipe (`-c`) over defaults; a recipe key that is no argument is an error."""
-    parser = build_parser()
+    options = build_options()
+    parser = options.parser
     args, _ = parser.parse_known_args(argv)
     if args.config:
         try:
-            parser.set_defaults(**load_recipe(args.config, parser, forbidden=NOT_IN_RECIPE))
+            parser.set_defaults(**options.load_recipe(args.config, forbidden=NOT_IN_RECIPE))
         except ValueError as e:
             parser.error(str(e))
     args = parser.parse_args(argv)
@@ -257,73 +254,37 @@ class InputError(ValueError):
     """Bad user input found before anything is written."""
 
 
-class RunError(RuntimeError):
-    """A run that cannot go on (e.g. a full disk); the run folder still holds its last finished epoch."""
-
-
 def input_chans(args: argparse.Namespace) -> int:
     """The model's input channels: --in-chans, else --input-size's first value, else 3."""
     return args.in_chans or (args.input_size[0] if args.input_size else 3)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every option checked alone (before anything is read or written); raises InputError naming the option
-    and what it accepts."""
-    def need(ok: bool, option: str, accepted: str, value: Any) -> None:
-        if not ok:
-            raise InputError(f'{option} must be {accepted}, got {value!r}')
-
-    for dest, accepted in CHOICES.items():
-        value = getattr(args, dest)
-        need(value in accepted, '--' + dest.replace('_', '-'), 'one of ' + ', '.join(map(repr, accepted)), value)
+    """Every option checked (before anything is read or written): each against its rule in the options table,
+    then the rules that tie several together; raises InputError naming the option and what it accepts."""
+    try:
+        build_options().check(args)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     opt = args.opt.lower()
     opt = opt[len('lookahead_'):] if opt.startswith('lookahead_') else opt
     if opt not in list_optimizers():
         close = difflib.get_close_matches(opt, list_optimizers(), n=3)
         raise InputError(f'--opt: unknown optimizer {args.opt!r}' + (f'; close names: {", ".join(close)}' if close else '')
                          + '. Accepted: timm.optim.list_optimizers(), optionally prefixed lookahead_.')
-    positive_ints = ('epochs', 'batch_size', 'grad_accum_steps', 'log_interval', 'lr_base_size', 'lr_cycle_limit')
-    for dest in positive_ints:
-        need(getattr(args, dest) >= 1, '--' + dest.replace('_', '-'), 'an integer >= 1', getattr(args, dest))
-    for dest in ('validation_batch_size', 'img_size', 'in_chans', 'num_classes'):
-        value = getattr(args, dest)
-        need(value is None or value >= 1, '--' + dest.replace('_', '-'), 'an integer >= 1', value)
-    for dest in ('workers', 'warmup_epochs', 'cooldown_epochs', 'mixup_off_epoch', 'stop_after', 'patience_epochs'):
-        value = getattr(args, dest)
-        need(value is None or value >= 0, '--' + dest.replace('_', '-'), 'an integer >= 0', value)
-    need(args.input_size is None or min(args.input_size) >= 1, '--input-size', 'three integers >= 1 (C H W)',
-         args.input_size)
     if args.in_chans and args.input_size and args.in_chans != args.input_size[0]:
         raise InputError(f'--in-chans {args.in_chans} and --input-size {" ".join(map(str, args.input_size))} disagree '
                          f'on the input channels; give one of them.')
-    for dest in ('lr', 'lr_base', 'warmup_lr', 'decay_rate', 'model_ema_decay', 'clip_grad'):
-        value = getattr(args, dest)
-        need(value is None or (math.isfinite(value) and value > 0), '--' + dest.replace('_', '-'),
-             'a finite number > 0', value)
-    for dest in ('weight_decay', 'min_lr', 'momentum', 'mixup', 'cutmix', 'reprob', 'color_jitter', 'decay_epochs'):
-        value = getattr(args, dest)
-        need(math.isfinite(value) and value >= 0, '--' + dest.replace('_', '-'), 'a finite number >= 0', value)
-    for dest in ('smoothing', 'drop', 'drop_path', 'drop_block'):
-        value = getattr(args, dest)
-        need(value is None or 0 <= value < 1, '--' + dest.replace('_', '-'), 'a number in [0, 1)', value)
-    for dest in ('hflip', 'vflip', 'mixup_prob', 'mixup_switch_prob'):
-        value = getattr(args, dest)
-        need(0 <= value <= 1, '--' + dest.replace('_', '-'), 'a probability in [0, 1]', value)
-    need(args.crop_pct is None or 0 < args.crop_pct <= 1, '--crop-pct', 'a number in (0, 1]', args.crop_pct)
-    need(len(args.scale) == 2 and 0 < args.scale[0] <= args.scale[1] <= 1, '--scale', 'two numbers 0 < MIN <= MAX <= 1',
-         args.scale)
-    need(len(args.ratio) == 2 and 0 < args.ratio[0] <= args.ratio[1], '--ratio', 'two numbers 0 < MIN <= MAX',
-         args.ratio)
     in_chans = input_chans(args)
-    for dest in ('mean', 'std'):
-        value = getattr(args, dest)
-        need(value is None or len(value) in (1, in_chans), '--' + dest,
-             f'1 or {in_chans} numbers (one per input channel)', value)
-    need(args.std is None or min(args.std) > 0, '--std', 'numbers > 0', args.std)
+    for name, value in (('--mean', args.mean), ('--std', args.std)):
+        if value is not None and len(value) not in (1, in_chans):
+            raise InputError(f'{name} must be 1 or {in_chans} numbers (one per input channel), got {value!r}')
+    if args.std is not None and min(args.std) <= 0:
+        raise InputError(f'--std must be numbers > 0, got {args.std!r}')
     if in_chans not in (1, 3) and args.mean is None:
         raise InputError(f'--mean / --std: a model with {in_chans} input channels needs them, one per channel.')
     try:
-        args.input_img_mode = image_mode(in_chans, args.input_img_mode)
+        image_mode(in_chans, args.input_img_mode)
         torch.device(args.device)
     except (ValueError, RuntimeError) as e:
         raise InputError(str(e) if str(e).startswith('--') else f'--device: {e}') from None
@@ -426,12 +387,23 @@ def _make_loss(args: argparse.Namespace, mixup_active: bool) -> Tuple[nn.Module,
     return train_loss, nn.CrossEntropyLoss()
 
 
-def train_one_epoch(
-        epoch: int, model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-        args: argparse.Namespace, device: torch.device, lr_scheduler: Any, autocast: Any,
-        loss_scaler: Optional[utils.NativeScaler], model_ema: Optional[utils.ModelEmaV3],
-        mixup_fn: Optional[Mixup]) -> Dict[str, float]:
+@dataclasses.dataclass
+class Learner:
+    """The model and what updates it (optimizer, scheduler, fp16 loss scaler, EMA), with the device and the
+    autocast context its steps run in."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    autocast: Callable[[], Any]
+    loss_scaler: Optional[utils.NativeScaler] = None
+    model_ema: Optional[utils.ModelEmaV3] = None
+    lr_scheduler: Any = None
+
+
+def train_one_epoch(learner: Learner, epoch: int, loader: Any, loss_fn: nn.Module, args: argparse.Namespace,
+                    mixup_fn: Optional[Mixup] = None) -> Dict[str, float]:
     """One pass over the training loader; logs loss, lr and throughput every --log-interval steps."""
+    model, optimizer, loss_scaler = learner.model, learner.optimizer, learner.loss_scaler
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         if args.prefetcher and loader.mixup_enabled:
             loader.mixup_enabled = False
@@ -447,14 +419,14 @@ def train_one_epoch(
         last_batch = batch_idx == num_batches - 1
         need_update = last_batch or (batch_idx + 1) % accum == 0
         if not args.prefetcher:
-            input, target = input.to(device), target.to(device)
+            input, target = input.to(learner.device), target.to(learner.device)
             if mixup_fn is not None:
                 input, target = mixup_fn(input, target)
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         sync = nullcontext() if need_update or not args.distributed else model.no_sync()
         with sync:
-            with autocast():
+            with learner.autocast():
                 loss = loss_fn(model(input), target)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f'loss is {loss.item()} at epoch {epoch} step {batch_idx}; lower --lr.')
@@ -473,10 +445,10 @@ def train_one_epoch(
             continue
         optimizer.zero_grad()
         num_updates += 1
-        if model_ema is not None:
-            model_ema.update(model, step=num_updates)
-        if lr_scheduler is not None:
-            lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+        if learner.model_ema is not None:
+            learner.model_ema.update(model, step=num_updates)
+        if learner.lr_scheduler is not None:
+            learner.lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
         if args.rank == 0 and (last_batch or (batch_idx // accum) % args.log_interval == 0):
             rate = seen * args.world_size / max(time.time() - tic, 1e-9)
             lr = optimizer.param_groups[0]['lr']
@@ -516,102 +488,97 @@ def validate(model: nn.Module, loader: Any, loss_fn: nn.Module, args: argparse.N
     return metrics
 
 
-def _checkpoint(args, model, kwargs, epoch, optimizer, lr_scheduler, loss_scaler, model_ema,
-                eval_metrics: Dict[str, float], selected: str) -> Dict:
+def _checkpoint(args: argparse.Namespace, learner: Learner, kwargs: Dict[str, Any], epoch: int,
+                eval_metrics: Dict[str, float], selected: str) -> Dict[str, Any]:
     """The checkpoint of `epoch`: training state, top-1 of each set of weights, and the selection metric by name
-    (the run's record, 'history', 'best', 'rng_state' and 'classes', is added by `_save_epoch`)."""
+    (the run's record, 'history' and 'best', is added by `RunFolder.commit_epoch`)."""
     state = {
         'arch': args.model,
         'model_kwargs': kwargs,
         'epoch': epoch,
-        'state_dict': utils.unwrap_model(model).state_dict(),
-        'optimizer': optimizer.state_dict(),
-        'scheduler': plain(lr_scheduler.state_dict()) if lr_scheduler is not None else None,
+        'state_dict': utils.unwrap_model(learner.model).state_dict(),
+        'optimizer': learner.optimizer.state_dict(),
+        'scheduler': plain(learner.lr_scheduler.state_dict()) if learner.lr_scheduler is not None else None,
         'top1': eval_metrics['top1'],
         'eval_metric': selected,
         'metric': eval_metrics[selected],
         'args': plain(vars(args)),
         'version': CHECKPOINT_VERSION,
     }
-    if model_ema is not None:
-        state['state_dict_ema'] = utils.unwrap_model(model_ema).state_dict()
+    if learner.model_ema is not None:
+        state['state_dict_ema'] = utils.unwrap_model(learner.model_ema).state_dict()
         state['ema_top1'] = eval_metrics['ema_top1']
-    if loss_scaler is not None:
-        state['scaler'] = loss_scaler.state_dict()
+    if learner.loss_scaler is not None:
+        state['scaler'] = learner.loss_scaler.state_dict()
     return state
 
 
-@dataclasses.dataclass
-class TrainingRun:
-    """What the steps of `run` build and share: the model and its training state, the data, the output."""
-    args: argparse.Namespace
-    device: torch.device
-    autocast: Callable[[], Any]
-    kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    resume_state: Optional[Dict[str, Any]] = None
-    model: Optional[nn.Module] = None
-    model_ema: Optional[utils.ModelEmaV3] = None
-    optimizer: Optional[torch.optim.Optimizer] = None
-    loss_scaler: Optional[utils.NativeScaler] = None
-    lr_scheduler: Any = None
-    start_epoch: int = 0
-    num_epochs: int = 0
-    selected: str = 'top1'
-    output_dir: str = ''
-    best_metric: Optional[float] = None
-    best_epoch: Optional[int] = None
-    history: list = dataclasses.field(default_factory=list)  # summary.csv's rows, one per finished epoch
-    classes: Optional[list] = None
-    skipped_images: int = 0  # unreadable images skipped (--skip-bad-images), over the whole run
-    train_seconds: float = 0.0  # wall time of the finished epochs (train + validate), over every sitting
-
-
-def _setup(args: argparse.Namespace) -> TrainingRun:
-    """Plugins, the device and process group, the seed, and the checks of the options alone."""
+def _setup(args: argparse.Namespace) -> Tuple[torch.device, Callable[[], Any]]:
+    """Plugins, the device and process group, the seed, and the checks of the options alone; returns the
+    device and the autocast context of the run."""
     try:
         import_modules(args.device_modules)
     except ValueError as e:
-        raise InputError(str(e)) from None
+        raise InputError(f'--device-modules: {e}') from None
     check_args(args)
+    # What the options leave open, decided as timm's train.py does, in `args` (recorded with the run)
+    args.input_img_mode = image_mode(input_chans(args), args.input_img_mode)
     args.prefetcher = not args.no_prefetcher
     device = utils.init_distributed_device(args)
     if args.distributed:
         _logger.info(f'Process {args.rank} of {args.world_size} on {device} '
                      f'(backend {torch.distributed.get_backend()}).')
     utils.random_seed(args.seed, args.rank)
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
-    training = TrainingRun(args, device, autocast)
-    if args.amp and amp_dtype == torch.float16:
-        training.loss_scaler = utils.NativeScaler(device=device.type)
-    return training
+    autocast = (lambda: torch.autocast(device.type, dtype=_amp_dtype(args))) if args.amp else nullcontext
+    return device, autocast
 
 
-def _read_inputs(training: TrainingRun) -> Tuple[Any, Any, Optional[Any]]:
+def _amp_dtype(args: argparse.Namespace) -> torch.dtype:
+    return torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What `_read_inputs` checked: the train, eval and test (None without --test-split) datasets, the train
+    split's classes, the model kwargs, the checkpoint to resume (None for a new run) and the run folder."""
+    datasets: Tuple[Any, Any, Optional[Any]]
+    classes: Optional[list]
+    kwargs: Dict[str, Any]
+    resume_state: Optional[Dict[str, Any]]
+    folder: RunFolder
+
+    @property
+    def start_epoch(self) -> int:
+        return 0 if self.resume_state is None else self.resume_state['epoch'] + 1
+
+
+def _read_inputs(args: argparse.Namespace) -> Inputs:
     """Everything the user can get wrong, checked before the model is built or a file is written: the model
-    name, the checkpoint to resume, the run folder, the datasets and the model kwargs. Returns the train,
-    eval and test (None without --test-split) datasets."""
-    args = training.args
+    name, the checkpoint to resume, the run folder, the datasets and the model kwargs."""
+    state = None
     try:
-        check_model_name(args.model)
+        try:
+            check_model_name(args.model)
+        except ValueError as e:
+            raise InputError(f'--model: {e}') from None
         if args.resume:
             try:
-                training.resume_state = read_checkpoint(args.resume)
+                state = read_checkpoint(args.resume)
             except ValueError as e:
                 raise InputError(f'--resume: {e}') from e
-            _check_resume(args, training.resume_state)
-        training.output_dir = _output_dir(args)
-        dataset_train, dataset_eval, dataset_test = create_datasets(args)
-        check_classes(args, dataset_train, dataset_eval)
-        if dataset_test is not None:
-            check_classes(args, dataset_train, dataset_test, args.test_split)
-        training.classes = class_names(dataset_train)
-        training.kwargs = model_kwargs(args, _num_classes(args, dataset_train))
-        if training.resume_state is not None:
-            training.kwargs = _resumed_kwargs(args, training.resume_state, training.kwargs, training.classes)
+            _check_resume(args, state)
+        folder = RunFolder(_output_dir(args), training_selected(args), lower_is_better=args.eval_metric == 'loss')
+        datasets = create_datasets(args)
+        check_classes(args, datasets[0], datasets[1])
+        if datasets[2] is not None:
+            check_classes(args, datasets[0], datasets[2], args.test_split)
+        classes = class_names(datasets[0])
+        kwargs = model_kwargs(args, _num_classes(args, datasets[0]))
+        if state is not None:
+            kwargs = _resumed_kwargs(args, state, kwargs, classes)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from e
-    return dataset_train, dataset_eval, dataset_test
+    return Inputs(datasets, classes, kwargs, state, folder)
 
 
 def _output_dir(args: argparse.Namespace) -> str:
@@ -625,10 +592,10 @@ def _output_dir(args: argparse.Namespace) -> str:
     else:
         base = out = os.path.join('output', 'train', args.model)
         suffix = 0
-        while _run_files(out):
+        while held_run_files(out):
             suffix += 1
             out = f'{base}-{suffix}'
-    held = _run_files(out)
+    held = held_run_files(out)
     if held and not args.resume:
         raise InputError(
             f'--output: {out} already holds a run ({", ".join(held)}). Continue it with --resume '
@@ -650,10 +617,6 @@ def _parents(path: str) -> list:
         path = os.path.dirname(path)
         parents.append(path)
     return parents
-
-
-def _run_files(folder: str) -> list:
-    return [f for f in RUN_FILES if os.path.exists(os.path.join(folder, f))]
 
 
 def _check_resume(args: argparse.Namespace, state: Dict[str, Any]) -> None:
@@ -704,16 +667,15 @@ def _resumed_kwargs(args: argparse.Namespace, state: Dict[str, Any], kwargs: Dic
     return recorded
 
 
-def _create_model(training: TrainingRun) -> None:
+def _create_model(args: argparse.Namespace, inputs: Inputs, device: torch.device) -> nn.Module:
     """The model with its first weights: pretrained, --initial-checkpoint or --warm-start (not on resume)."""
-    args = training.args
     try:
-        model = timm.create_model(args.model, pretrained=args.pretrained, **training.kwargs)
+        model = timm.create_model(args.model, pretrained=args.pretrained, **inputs.kwargs)
     except NoPretrainedWeightsError as e:
         raise InputError(f'--pretrained: {e}') from e
     except (TypeError, ValueError, KeyError) as e:
-        raise InputError(f'--model-kwargs / model options: {args.model} cannot be built with {training.kwargs}: {e}') from e
-    if training.resume_state is not None:
+        raise InputError(f'--model-kwargs / model options: {args.model} cannot be built with {inputs.kwargs}: {e}') from e
+    if inputs.resume_state is not None:
         if (args.initial_checkpoint or args.warm_start) and args.rank == 0:
             _logger.info('--resume: the run continues from its checkpoint; --initial-checkpoint / --warm-start ignored.')
     elif args.initial_checkpoint:
@@ -728,15 +690,15 @@ def _create_model(training: TrainingRun) -> None:
             raise InputError(f'--warm-start: {e}') from e
     if args.rank == 0:
         _logger.info(f'Model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), '
-                     f'kwargs {training.kwargs}')
+                     f'kwargs {inputs.kwargs}')
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
-    model.to(training.device)
+    model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    training.model = model
+    return model
 
 
 def training_selected(args: argparse.Namespace) -> str:
@@ -744,52 +706,47 @@ def training_selected(args: argparse.Namespace) -> str:
     return f'ema_{args.eval_metric}' if args.model_ema else args.eval_metric
 
 
-def _create_training_state(training: TrainingRun) -> None:
-    """Optimizer, EMA and the epoch to start from, restored from the checkpoint on resume; then the model is
+def _create_learner(args: argparse.Namespace, model: nn.Module, state: Optional[Dict[str, Any]],
+                    device: torch.device, autocast: Callable[[], Any]) -> Learner:
+    """Optimizer, loss scaler and EMA, restored from the checkpoint `state` on resume; then the model is
     wrapped for DDP and torch.compile."""
-    args, state = training.args, training.resume_state
     _setup_lr(args)
     try:
-        training.optimizer = create_optimizer_v2(training.model, **optimizer_kwargs(cfg=args))
+        optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
     except (TypeError, ValueError) as e:
         raise InputError(f'--opt {args.opt} / --opt-kwargs {args.opt_kwargs}: {e}') from e
+    loss_scaler = utils.NativeScaler(device=device.type) if args.amp and _amp_dtype(args) == torch.float16 else None
     if state is not None:
         try:
-            training.model.load_state_dict(state['state_dict'])
+            model.load_state_dict(state['state_dict'])
             if not args.no_resume_opt:
-                training.optimizer.load_state_dict(state['optimizer'])
-                if training.loss_scaler is not None and state.get('scaler') is not None:
-                    training.loss_scaler.load_state_dict(state['scaler'])
+                optimizer.load_state_dict(state['optimizer'])
+                if loss_scaler is not None and state.get('scaler') is not None:
+                    loss_scaler.load_state_dict(state['scaler'])
         except (RuntimeError, ValueError, KeyError) as e:
             raise InputError(f'--resume: {args.resume} does not fit this run ({e}); resume with the run\'s '
                              f'--opt and model options.') from e
-        training.start_epoch = state['epoch'] + 1
-        training.history = list(state.get('history') or [])
-        training.train_seconds = float(state.get('train_seconds', 0.0))
-        best = state.get('best') or {}
-        if state.get('eval_metric') == training_selected(args):
-            training.best_metric, training.best_epoch = best.get('metric'), best.get('epoch')
+    model_ema = None
     if args.model_ema:
-        training.model_ema = utils.ModelEmaV3(
-            training.model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+        model_ema = utils.ModelEmaV3(
+            model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
             device='cpu' if args.model_ema_force_cpu else None)
         if state is not None and state.get('state_dict_ema') is not None:
-            training.model_ema.module.load_state_dict(state['state_dict_ema'])
-    training.selected = training_selected(args)
+            model_ema.module.load_state_dict(state['state_dict_ema'])
     if args.distributed:
-        training.model = DistributedDataParallel(
-            training.model, device_ids=[training.device.index] if training.device.type == 'cuda' else None,
-            broadcast_buffers=not args.no_ddp_bb)
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=not args.no_ddp_bb)
     if args.torchcompile:
-        training.model = torch.compile(training.model, backend=args.torchcompile, mode=args.torchcompile_mode)
+        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+    return Learner(model, optimizer, device, autocast, loss_scaler, model_ema)
 
 
-def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any, dataset_test: Optional[Any] = None,
+def _create_loaders(args: argparse.Namespace, learner: Learner, inputs: Inputs,
                     ) -> Tuple[Any, Any, Optional[Any], Optional[Mixup]]:
     """The train, eval and test (None without a test dataset) loaders with the model's data config, and the
     mixup function (None without mixup, or when the prefetcher's collate does it)."""
-    args = training.args
-    data_config = resolve_data_config(vars(args), model=utils.unwrap_model(training.model), verbose=args.rank == 0)
+    dataset_train, dataset_eval, dataset_test = inputs.datasets
+    data_config = resolve_data_config(vars(args), model=utils.unwrap_model(learner.model), verbose=args.rank == 0)
     in_chans = data_config['input_size'][0]
     for key in ('mean', 'std'):
         data_config[key] = per_channel(data_config[key], in_chans)
@@ -798,7 +755,7 @@ def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any
         mixup_args = dict(
             mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
             prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-            label_smoothing=args.smoothing, num_classes=training.kwargs.get('num_classes', 1000))
+            label_smoothing=args.smoothing, num_classes=inputs.kwargs.get('num_classes', 1000))
         if args.prefetcher:
             collate_fn = FastCollateMixup(**mixup_args)
         else:
@@ -809,7 +766,7 @@ def _create_loaders(training: TrainingRun, dataset_train: Any, dataset_eval: Any
     loader_common = dict(
         input_size=data_config['input_size'], interpolation=data_config['interpolation'],
         mean=data_config['mean'], std=data_config['std'], num_workers=args.workers, distributed=args.distributed,
-        pin_memory=args.pin_mem, device=training.device, use_prefetcher=args.prefetcher,
+        pin_memory=args.pin_mem, device=learner.device, use_prefetcher=args.prefetcher,
         # Workers started anew each epoch are seeded from the main process's generator, which checkpoints
         # save: so a resumed run augments exactly as the run it continues (persistent workers would not).
         persistent_workers=False)
@@ -829,137 +786,45 @@ def _mixup_active(args: argparse.Namespace) -> bool:
     return args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None
 
 
-def _create_scheduler(training: TrainingRun, updates_per_epoch: int) -> None:
-    """timm's scheduler for --epochs, its state restored on resume unless the schedule's length changed."""
-    args, state = training.args, training.resume_state
-    training.lr_scheduler, training.num_epochs = create_scheduler_v2(
-        training.optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
+def _create_scheduler(args: argparse.Namespace, learner: Learner, state: Optional[Dict[str, Any]], start_epoch: int,
+                      updates_per_epoch: int) -> int:
+    """timm's scheduler for --epochs (set on `learner`), its state restored on resume unless the schedule's length
+    changed; returns the schedule's number of epochs."""
+    learner.lr_scheduler, num_epochs = create_scheduler_v2(
+        learner.optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
         updates_per_epoch=updates_per_epoch)
     if state is not None and not args.no_resume_opt and state.get('scheduler'):
         if state['args'].get('epochs') == args.epochs:
-            training.lr_scheduler.load_state_dict(state['scheduler'])
+            learner.lr_scheduler.load_state_dict(state['scheduler'])
         elif args.rank == 0:
             _logger.info(f'--epochs changed from {state["args"].get("epochs")} to {args.epochs}: '
                          f'the schedule is rebuilt for the new length.')
-    if training.start_epoch > 0:
+    if start_epoch > 0:
         if args.sched_on_updates:
-            training.lr_scheduler.step_update(training.start_epoch * updates_per_epoch)
+            learner.lr_scheduler.step_update(start_epoch * updates_per_epoch)
         else:
-            training.lr_scheduler.step(training.start_epoch)
+            learner.lr_scheduler.step(start_epoch)
+    return num_epochs
 
 
-def _prepare_output(training: TrainingRun, num_images: int) -> None:
-    """The run folder with args.yaml, cleared of temporary files a kill left. On resume the folder's other files
-    are rebuilt from the checkpoint, the run's record: summary.csv from its history, model_best.pth.tar from it
-    when its epoch was the best and the copy was not made."""
-    args, out = training.args, training.output_dir
-    try:
-        os.makedirs(out, exist_ok=True)
-        for name in (*RUN_FILES, ARGS):
-            if os.path.exists(os.path.join(out, name + TMP_SUFFIX)):
-                os.remove(os.path.join(out, name + TMP_SUFFIX))
-        with atomic_file(os.path.join(out, ARGS)) as f:
-            f.write(yaml.safe_dump(plain(vars(args)), sort_keys=False).encode())
-        if training.resume_state is not None:
-            _restore_run_files(training)
-    except OSError as e:
-        raise RunError(f'cannot prepare the run folder {out}: {e.strerror or e} ({e.filename}); free space and '
-                       f'start again.') from e
-    _logger.info(f'Training {args.model} for epochs {training.start_epoch}..{training.num_epochs - 1} on '
-                     f'{num_images} images ({args.world_size} process(es), global batch '
-                     f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), output {out}')
+def _open_folder(args: argparse.Namespace, inputs: Inputs, num_epochs: int) -> None:
+    """The run folder with args.yaml, rebuilt from the checkpoint on resume (rank 0)."""
+    inputs.folder.open(plain(vars(args)), args.resume, inputs.resume_state)
+    _logger.info(f'Training {args.model} for epochs {inputs.start_epoch}..{num_epochs - 1} on '
+                 f'{len(inputs.datasets[0])} images ({args.world_size} process(es), global batch '
+                 f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}), output '
+                 f'{inputs.folder.path}')
 
 
-def _restore_run_files(training: TrainingRun) -> None:
-    """summary.csv and model_best.pth.tar as the resumed checkpoint records them (rank 0)."""
-    state, out = training.resume_state, training.output_dir
-    epoch, best_path = state['epoch'], os.path.join(out, BEST)
-    if 'history' not in state:  # written before version 4: the record is summary.csv and model_best
-        training.history = _read_history(os.path.join(out, SUMMARY), epoch)
-        if os.path.isfile(best_path):
-            best = read_checkpoint(best_path)
-            if best.get('eval_metric') == training.selected and best.get('epoch', epoch + 1) <= epoch:
-                training.best_metric, training.best_epoch = best['metric'], best['epoch']
-    elif training.best_epoch == epoch:
-        best = read_checkpoint(best_path) if os.path.isfile(best_path) else {}
-        if best.get('epoch') != epoch or best.get('metric') != training.best_metric:
-            copy_checkpoint(training.args.resume, best_path)
-            _logger.info(f'{BEST}: restored from epoch {epoch} of {training.args.resume}, the best epoch.')
-    if training.best_metric is None and os.path.isfile(best_path):
-        _logger.info(f'{BEST} was not selected by {training.selected!r} in this run: the next epoch replaces it.')
-    summary = os.path.join(out, SUMMARY)
-    with atomic_files(summary) as (tmp,):
-        _write_summary(tmp, training.history)
-
-
-def _read_history(path: str, epoch: int) -> list:
-    """The rows of an old summary.csv for epochs 0..epoch (a row written twice counts once, the last time)."""
-    if not os.path.isfile(path):
-        return []
-    rows = {}
-    with open(path, newline='') as f:
-        for row in csv.DictReader(f):
-            try:
-                row = {k: int(v) if k == 'epoch' else float(v) for k, v in row.items()}
-            except (TypeError, ValueError):
-                continue
-            if row['epoch'] <= epoch:
-                rows[row['epoch']] = row
-    return [rows[e] for e in sorted(rows)]
-
-
-def _write_summary(path: str, history: list) -> None:
-    """summary.csv (timm's columns: epoch, train_*, eval_*, lr), one row per epoch of `history`."""
-    with open(path, 'w', newline='') as f:
-        if history:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-
-
-def _save_epoch(training: TrainingRun, epoch: int, row: Dict[str, float], eval_metrics: Dict[str, float],
-                rng_states: list, skipped: int) -> None:
-    """last.pth.tar (the run's record: it holds summary.csv's rows and the best epoch), then model_best.pth.tar
-    when this epoch is the best yet, then summary.csv. A kill between them is repaired on resume; a failed write
-    (a full disk) is a RunError, and the folder keeps the previous epoch."""
-    args, out = training.args, training.output_dir
-    metric = eval_metrics[training.selected]
-    lower_is_better = args.eval_metric == 'loss'
-    better = training.best_metric is None or (
-        metric < training.best_metric if lower_is_better else metric > training.best_metric)
-    history = training.history + [row]
-    best_epoch, best_metric = (epoch, metric) if better else (training.best_epoch, training.best_metric)
-    state = _checkpoint(
-        args, training.model, training.kwargs, epoch, training.optimizer, training.lr_scheduler,
-        training.loss_scaler, training.model_ema, eval_metrics, training.selected)
-    state.update(history=history, best={'epoch': best_epoch, 'metric': best_metric}, rng_state=rng_states,
-                 classes=training.classes, skipped_images=skipped, train_seconds=training.train_seconds)
-    last, best, summary = (os.path.join(out, name) for name in (LAST, BEST, SUMMARY))
-    try:
-        # One commit: every file written in full first, then renamed in this order. A kill leaves the previous
-        # epoch's files, or leaves .tmp files that the next start removes after rebuilding from last.pth.tar.
-        with atomic_files(last, *([best] if better else []), summary) as tmps:
-            torch.save(state, tmps[0])
-            if better:
-                link_or_copy(tmps[0], tmps[1])
-            _write_summary(tmps[-1], history)
-    except OSError as e:
-        done = f'epoch {training.history[-1]["epoch"]}' if training.history else 'no finished epoch'
-        raise RunError(f'cannot save epoch {epoch} in {out}: {e.strerror or e} ({e.filename or "while writing"}). '
-                       f'The run folder still holds {done}; free space and continue with --resume {last}') from e
-    training.history, training.best_epoch, training.best_metric = history, best_epoch, best_metric
-    _logger.info(f'Epoch {epoch}: saved {last}' + (f' and {BEST} ({training.selected} {metric:.3f})' if better else ''))
-
-
-def _on_rank0(training: TrainingRun, fn: Callable[[], None]) -> None:
+def _on_rank0(args: argparse.Namespace, fn: Callable[[], None]) -> None:
     """Run `fn` on rank 0; a RunError it raises stops every rank (else the others would wait for it forever)."""
     error = None
-    if training.args.rank == 0:
+    if args.rank == 0:
         try:
             fn()
         except RunError as e:
             error = str(e)
-    if training.args.distributed:
+    if args.distributed:
         box = [error]
         torch.distributed.broadcast_object_list(box, src=0)
         error = box[0]
@@ -967,11 +832,11 @@ def _on_rank0(training: TrainingRun, fn: Callable[[], None]) -> None:
         raise RunError(error)
 
 
-def _gather(training: TrainingRun, value: Any) -> list:
+def _gather(args: argparse.Namespace, value: Any) -> list:
     """`value` of every rank, by rank."""
-    if not training.args.distributed:
+    if not args.distributed:
         return [value]
-    values = [None] * training.args.world_size
+    values = [None] * args.world_size
     torch.distributed.all_gather_object(values, value)
     return values
 
@@ -980,9 +845,9 @@ def _skipped_images(datasets: Tuple[Any, ...]) -> int:
     return sum(getattr(d, 'skipped', 0) for d in datasets)
 
 
-def _restore_rng(training: TrainingRun) -> None:
+def _restore_rng(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> None:
     """Before the first resumed epoch: every generator as the run left it, so it goes on as if never stopped."""
-    args, states = training.args, (training.resume_state or {}).get('rng_state')
+    states = (state or {}).get('rng_state')
     if states is None:
         return
     if len(states) == args.world_size:
@@ -992,92 +857,108 @@ def _restore_rng(training: TrainingRun) -> None:
                         f'batch is kept, but the random streams differ from the run\'s (not bit-exact).')
 
 
-def _train_epochs(training: TrainingRun, datasets: Tuple[Any, Any], loader_train: Any, loader_eval: Any,
-                  mixup_fn: Optional[Mixup]) -> Tuple[int, Dict[str, float]]:
-    """Epochs start_epoch.. (--stop-after of them at most): train, validate, save. Returns the end epoch and
-    the last eval metrics (empty when no epoch ran)."""
-    args, dataset_train = training.args, datasets[0]
-    train_loss_fn, eval_loss_fn = (f.to(training.device) for f in _make_loss(args, _mixup_active(args)))
-    end_epoch = training.num_epochs if args.stop_after is None else min(training.num_epochs, training.start_epoch + args.stop_after)
-    skipped_before = (training.resume_state or {}).get('skipped_images', 0)
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What `_train_epochs` ends with: the end epoch, the last eval metrics, the unreadable images skipped and
+    the training time, both over the whole run."""
+    end_epoch: int
+    metrics: Dict[str, float]
+    skipped_images: int
+    train_seconds: float
+
+
+def _train_epochs(args: argparse.Namespace, learner: Learner, inputs: Inputs, loader_train: Any, loader_eval: Any,
+                  mixup_fn: Optional[Mixup], num_epochs: int) -> Trained:
+    """Epochs start_epoch.. (--stop-after of them at most): train, validate, commit to the run folder."""
+    dataset_train, state, selected = inputs.datasets[0], inputs.resume_state or {}, inputs.folder.selected
+    train_loss_fn, eval_loss_fn = (f.to(learner.device) for f in _make_loss(args, _mixup_active(args)))
+    start_epoch = inputs.start_epoch
+    end_epoch = num_epochs if args.stop_after is None else min(num_epochs, start_epoch + args.stop_after)
+    skipped_before, train_seconds = state.get('skipped_images', 0), float(state.get('train_seconds', 0.0))
+    datasets = inputs.datasets[:2]
     eval_metrics: Dict[str, float] = {}
-    _restore_rng(training)
-    for epoch in range(training.start_epoch, end_epoch):
+    _restore_rng(args, inputs.resume_state)
+    for epoch in range(start_epoch, end_epoch):
         tic = time.time()
         if hasattr(dataset_train, 'set_epoch'):
             dataset_train.set_epoch(epoch)
         elif args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
-        train_metrics = train_one_epoch(
-            epoch, training.model, loader_train, training.optimizer, train_loss_fn, args, training.device, training.lr_scheduler,
-            training.autocast, training.loss_scaler, training.model_ema, mixup_fn)
-        lrs = [g['lr'] for g in training.optimizer.param_groups]  # the epoch's lr, before the scheduler's step
+        train_metrics = train_one_epoch(learner, epoch, loader_train, train_loss_fn, args, mixup_fn)
+        lrs = [g['lr'] for g in learner.optimizer.param_groups]  # the epoch's lr, before the scheduler's step
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            utils.distribute_bn(training.model, args.world_size, args.dist_bn == 'reduce')
-        eval_metrics = validate(training.model, loader_eval, eval_loss_fn, args, training.device, training.autocast)
-        if training.model_ema is not None:
-            ema_metrics = validate(training.model_ema, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (EMA)')
+            utils.distribute_bn(learner.model, args.world_size, args.dist_bn == 'reduce')
+        eval_metrics = validate(learner.model, loader_eval, eval_loss_fn, args, learner.device, learner.autocast)
+        if learner.model_ema is not None:
+            ema_metrics = validate(learner.model_ema, loader_eval, eval_loss_fn, args, learner.device,
+                                   learner.autocast, ' (EMA)')
             eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
-        training.lr_scheduler.step(epoch + 1, eval_metrics[training.selected])
-        training.train_seconds += time.time() - tic
+        learner.lr_scheduler.step(epoch + 1, eval_metrics[selected])
+        train_seconds += time.time() - tic
         row = {'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
                **{f'eval_{k}': v for k, v in eval_metrics.items()}, 'lr': sum(lrs) / len(lrs)}
         # Gathered after the last draw of the epoch: what the next epoch (or a resumed run) starts from.
-        gathered = _gather(training, (rng_state(), _skipped_images(datasets)))
+        gathered = _gather(args, (rng_state(), _skipped_images(datasets)))
         skipped = skipped_before + sum(s for _, s in gathered)
         if skipped and args.rank == 0:
             _logger.warning(f'{skipped} unreadable image(s) skipped so far (--skip-bad-images).')
-        _on_rank0(training, lambda: _save_epoch(training, epoch, row, eval_metrics, [s for s, _ in gathered], skipped))
+
+        def commit() -> None:  # run at once, on rank 0
+            ckpt = _checkpoint(args, learner, inputs.kwargs, epoch, eval_metrics, selected)
+            ckpt.update(rng_state=[s for s, _ in gathered], classes=inputs.classes, skipped_images=skipped,
+                        train_seconds=train_seconds)
+            inputs.folder.commit_epoch(epoch, row, eval_metrics[selected], ckpt)
+        _on_rank0(args, commit)
     if not eval_metrics:
-        eval_metrics = validate(training.model, loader_eval, eval_loss_fn, args, training.device, training.autocast, ' (final)')
-    training.skipped_images = skipped_before + sum(_gather(training, _skipped_images(datasets)))
-    return end_epoch, eval_metrics
+        eval_metrics = validate(learner.model, loader_eval, eval_loss_fn, args, learner.device, learner.autocast,
+                                ' (final)')
+    skipped = skipped_before + sum(_gather(args, _skipped_images(datasets)))
+    return Trained(end_epoch, eval_metrics, skipped, train_seconds)
 
 
-def _test(training: TrainingRun, loader_test: Any) -> Dict[str, float]:
-    """The final weights on the --test-split, as test_top1 / test_top5 / test_loss (empty without one)."""
+def _test(args: argparse.Namespace, learner: Learner, loader_test: Any) -> Tuple[Dict[str, float], int]:
+    """The final weights on the --test-split, as test_top1 / test_top5 / test_loss (empty without one), and the
+    unreadable images skipped there."""
     if loader_test is None:
-        return {}
-    eval_loss_fn = _make_loss(training.args, _mixup_active(training.args))[1].to(training.device)
-    metrics = validate(training.model, loader_test, eval_loss_fn, training.args,
-                       training.device, training.autocast, f' ({training.args.test_split})')
-    training.skipped_images += sum(_gather(training, getattr(loader_test.dataset, 'skipped', 0)))
-    return {f'test_{k}': v for k, v in metrics.items()}
+        return {}, 0
+    eval_loss_fn = _make_loss(args, _mixup_active(args))[1].to(learner.device)
+    metrics = validate(learner.model, loader_test, eval_loss_fn, args, learner.device, learner.autocast,
+                       f' ({args.test_split})')
+    skipped = sum(_gather(args, getattr(loader_test.dataset, 'skipped', 0)))
+    return {f'test_{k}': v for k, v in metrics.items()}, skipped
 
 
-def _write_results(training: TrainingRun, end_epoch: int, final: Dict[str, float], test: Dict[str, float]) -> None:
+def _write_results(args: argparse.Namespace, inputs: Inputs, num_epochs: int, trained: Trained,
+                   test: Dict[str, float], test_skipped: int, has_ema: bool) -> None:
     """results.json: the final eval (and test) metrics, how many epochs of the schedule ran and how long they
     took."""
-    args = training.args
-    results = {'model': args.model, 'epochs': end_epoch, 'num_epochs': training.num_epochs, 'top1': final['top1'],
-               'top5': final['top5'], 'loss': final['loss'], **test, 'best_metric': training.best_metric,
-               'best_epoch': training.best_epoch, 'eval_metric': training.selected, 'model_kwargs': training.kwargs,
-               'skipped_images': training.skipped_images, 'train_minutes': round(training.train_seconds / 60, 3)}
-    if training.model_ema is not None and 'ema_top1' in final:
+    final = trained.metrics
+    results = {'model': args.model, 'epochs': trained.end_epoch, 'num_epochs': num_epochs, 'top1': final['top1'],
+               'top5': final['top5'], 'loss': final['loss'], **test, 'model_kwargs': inputs.kwargs,
+               'skipped_images': trained.skipped_images + test_skipped,
+               'train_minutes': round(trained.train_seconds / 60, 3)}
+    if has_ema and 'ema_top1' in final:
         results.update(ema_top1=final['ema_top1'], ema_top5=final['ema_top5'])
-    path = os.path.join(training.output_dir, RESULTS)
-    try:
-        with atomic_file(path) as f:
-            f.write(json.dumps(results, indent=2).encode())
-    except OSError as e:
-        raise RunError(f'cannot write {path}: {e.strerror or e}. The run\'s epochs are saved; free space and rerun '
-                       f'with --resume {os.path.join(training.output_dir, LAST)} to write it.') from e
+    inputs.folder.write_results(results)
     _logger.info(f'Final eval of {args.model}: top-1 {final["top1"]:.2f}%  top-5 {final["top5"]:.2f}%')
 
 
 def run(args: argparse.Namespace) -> Tuple[nn.Module, Dict[str, float]]:
-    """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics."""
-    training = _setup(args)
-    datasets = _read_inputs(training)
-    _create_model(training)
-    _create_training_state(training)
-    loader_train, loader_eval, loader_test, mixup_fn = _create_loaders(training, *datasets)
-    _create_scheduler(training, math.ceil(len(loader_train) / args.grad_accum_steps))
-    _on_rank0(training, lambda: _prepare_output(training, len(datasets[0])))
-    end_epoch, final = _train_epochs(training, datasets, loader_train, loader_eval, mixup_fn)
-    test = _test(training, loader_test)
-    _on_rank0(training, lambda: _write_results(training, end_epoch, final, test))
-    return utils.unwrap_model(training.model), final
+    """Train and evaluate as `args` say; returns the unwrapped model and its final eval metrics. Each step hands
+    its products to the next."""
+    device, autocast = _setup(args)
+    inputs = _read_inputs(args)
+    model = _create_model(args, inputs, device)
+    learner = _create_learner(args, model, inputs.resume_state, device, autocast)
+    loader_train, loader_eval, loader_test, mixup_fn = _create_loaders(args, learner, inputs)
+    num_epochs = _create_scheduler(args, learner, inputs.resume_state, inputs.start_epoch,
+                                   math.ceil(len(loader_train) / args.grad_accum_steps))
+    _on_rank0(args, lambda: _open_folder(args, inputs, num_epochs))
+    trained = _train_epochs(args, learner, inputs, loader_train, loader_eval, mixup_fn, num_epochs)
+    test, test_skipped = _test(args, learner, loader_test)
+    _on_rank0(args, lambda: _write_results(args, inputs, num_epochs, trained, test, test_skipped,
+                                           learner.model_ema is not None))
+    return utils.unwrap_model(learner.model), trained.metrics
 
 
 def main(argv: Optional[list] = None) -> None:

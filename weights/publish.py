@@ -24,7 +24,8 @@ import torch
 
 import timm
 from timm.data import resolve_data_config
-from timm.models._hub import generate_readme, save_for_hf
+from timm.models import save_for_hf
+from timm.models._hub import generate_readme  # timm exports no public name for it
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint

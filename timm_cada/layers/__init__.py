@@ -1,5 +1,5 @@
 from .registry import (
-    MixerSpec, create_mixer, get_mixer, list_mixers, mixer_kwargs, register_mixer, spec_of)
+    MixerSpec, create_mixer, get_mixer, list_mixers, mixer_kwargs, register_mixer, set_backend, spec_of)
 # each file registers its mixers (in this order: conv, dw, cada, position, local)
 from .conv import DenseConv2d, DwConv2d
 from .cada import CA_NORMS, Cada2d, CaGenerator, normalize_ca

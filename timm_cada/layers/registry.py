@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from timm.models import register_notrace_module
 
-__all__ = ['MixerSpec', 'register_mixer', 'get_mixer', 'list_mixers', 'spec_of', 'create_mixer', 'mixer_kwargs']
+__all__ = ['MixerSpec', 'register_mixer', 'get_mixer', 'list_mixers', 'spec_of', 'create_mixer', 'mixer_kwargs',
+           'set_backend']
 
 # the constructor arguments every mixer takes; `mixer_args` may set none of them
 CONTRACT_ARGS = ('in_chs', 'out_chs', 'kernel_size', 'stride', 'dilation', 'feat_size', 'device', 'dtype')
@@ -105,6 +106,18 @@ def get_mixer(name: str) -> MixerSpec:
 def spec_of(module: nn.Module) -> Optional[MixerSpec]:
     """The spec registered for the class of `module` (exactly its class), None for any other module."""
     return next((s for s in _REGISTRY.values() if type(module) is s.cls), None)
+
+
+def set_backend(model: nn.Module, impl: str) -> int:
+    """Make every window-op mixer of `model` (itself included) that has an ops backend (`impl`) run `impl`, one
+    of `timm_cada.ops.CADA_IMPLS`; returns how many it set."""
+    from timm_cada.ops import CADA_IMPLS
+    if impl not in CADA_IMPLS:
+        raise ValueError(f'impl must be one of {", ".join(CADA_IMPLS)}, got {impl!r}')
+    mixers = [m for m in model.modules() if getattr(spec_of(m), 'window_op', False) and hasattr(m, 'impl')]
+    for m in mixers:
+        m.impl = impl
+    return len(mixers)
 
 
 def list_mixers() -> Tuple[str, ...]:

@@ -17,7 +17,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet, make_blocks
 
 from timm_cada.layers import create_mixer, get_mixer, mixer_kwargs, spec_of

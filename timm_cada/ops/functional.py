@@ -9,7 +9,7 @@ around their own bodies (`custom_ops.py`); 'combine' and 'reference' are plain d
 PyTorch and follow autocast like any other op. ONNX has no translation of the custom ops, so while
 torch.onnx exports, every impl but 'reference' runs 'combine' (convs and elementwise ops); TorchScript
 cannot run their Python bodies, so a scripted model runs 'combine' for CADA and the reference for
-per-pixel kernels.
+per-pixel kernels. `_backend` makes every one of these choices.
 """
 import logging
 from typing import Optional, Tuple
@@ -86,19 +86,40 @@ def choose_backend(Ho: int, Wo: int, k: int, grad: bool, device: str = 'cpu') ->
     return 'taps', f'{Ho}x{Wo} output, k={k}, {mode}: large map'
 
 
-def _auto(op: str, x: torch.Tensor, Ho: int, Wo: int, k: int, grad: bool) -> str:
-    """The rule's pick for 'auto' on x's device, logged at debug level with the reason. Under torch.export,
-    'taps': the size rule on a dynamic height or width would put its comparisons into the program as guards."""
-    if torch.compiler.is_exporting():
-        return 'taps'
-    impl, why = choose_backend(Ho, Wo, k, grad, x.device.type)
-    if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
-        _logger.debug('%s: auto chose %r (%s)', op, impl, why)
-    return impl
+def _backend(op: str, impl: str, x: torch.Tensor, Ho: int, Wo: int, k: int, grad: bool) -> str:
+    """The backend that runs `op` ('pixel_filter' or 'cada') for `impl`: every special case of the choice.
+
+    TorchScript runs the PyTorch backends only: the reference for per-pixel kernels (it holds no k*k copies of
+    the input, as combine's per-pixel path does) and for impl 'reference', else 'combine'. While torch.onnx
+    exports, every impl but 'reference' runs 'combine' (ONNX has no translation of the custom ops). Under
+    torch.export, 'auto' runs 'taps': the size rule on a dynamic height or width would put its comparisons into
+    the program as guards. Otherwise 'auto' is `choose_backend`'s pick, logged at debug level with the reason.
+    """
+    # The names of CADA_IMPLS as a literal (TorchScript reads no globals); a test ties the two.
+    names = ['auto', 'reference', 'taps', 'dense', 'combine', 'triton', 'native']
+    if impl not in names:
+        raise ValueError('impl must be one of {}; got {}'.format(', '.join(names), impl))
+    if torch.jit.is_scripting():
+        return 'reference' if op == 'pixel_filter' or impl == 'reference' else 'combine'
+    else:
+        if torch.onnx.is_in_onnx_export():
+            return 'reference' if impl == 'reference' else 'combine'
+        if impl != 'auto':
+            return impl
+        if torch.compiler.is_exporting():
+            return 'taps'
+        impl, why = choose_backend(Ho, Wo, k, grad, x.device.type)
+        if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
+            _logger.debug('%s: auto chose %r (%s)', op, impl, why)
+        return impl
 
 
-def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def _needs_grad(x: torch.Tensor, kernels: torch.Tensor, bases: Optional[torch.Tensor] = None,
+                rel_pos: Optional[torch.Tensor] = None) -> bool:
+    """Whether autograd will ask for a gradient of any input (TorchScript takes no *args)."""
+    return torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad
+                                        or (bases is not None and bases.requires_grad)
+                                        or (rel_pos is not None and rel_pos.requires_grad))
 
 
 def pixel_filter(
@@ -114,17 +135,11 @@ def pixel_filter(
     impl: one of PIXEL_FILTER_IMPLS ('auto': see `choose_backend`).
     """
     _check_shapes(x, attn, 'attn', kernel_size * kernel_size)
-    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine', 'triton', 'native'):  # literal: TorchScript reads no globals
-        raise ValueError('impl must be one of auto, reference, taps, dense, combine, triton, native; got {}'.format(impl))
-    if not torch.jit.is_scripting():
-        if not torch.onnx.is_in_onnx_export():
-            if impl == 'auto':
-                impl = _auto('pixel_filter', x, attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
-            return BACKENDS[impl][0](x, attn, kernel_size, stride, dilation)
-        if impl != 'reference':
-            return pixel_filter_combine(x, attn, kernel_size, stride, dilation)
-    # TorchScript: the reference, which holds no k*k copies of the input (combine's per-pixel path does)
-    return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
+    impl = _backend('pixel_filter', impl, x, attn.shape[-2], attn.shape[-1], kernel_size, _needs_grad(x, attn))
+    if torch.jit.is_scripting():
+        return pixel_filter_reference(x, attn, kernel_size, stride, dilation)
+    else:
+        return BACKENDS[impl][0](x, attn, kernel_size, stride, dilation)
 
 
 def cada_filter(
@@ -146,14 +161,11 @@ def cada_filter(
         impl: one of CADA_IMPLS ('auto': see `choose_backend`).
     """
     _check_shapes(x, alpha, 'alpha', bases.shape[1])
-    if impl not in ('auto', 'reference', 'taps', 'dense', 'combine', 'triton', 'native'):
-        raise ValueError('impl must be one of auto, reference, taps, dense, combine, triton, native; got {}'.format(impl))
-    if not torch.jit.is_scripting():
-        if not torch.onnx.is_in_onnx_export():
-            if impl == 'auto':
-                impl = _auto('cada', x, alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
-                             _needs_grad(x, alpha, bases, rel_pos))
-            return BACKENDS[impl][1](x, alpha, bases, rel_pos, stride, dilation)
-    if impl == 'reference':
-        return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
-    return cada_combine(x, alpha, bases, rel_pos, stride, dilation)
+    impl = _backend('cada', impl, x, alpha.shape[-2], alpha.shape[-1], bases.shape[-1],
+                    _needs_grad(x, alpha, bases, rel_pos))
+    if torch.jit.is_scripting():
+        if impl == 'reference':
+            return cada_reference(x, alpha, bases, rel_pos, stride, dilation)
+        return cada_combine(x, alpha, bases, rel_pos, stride, dilation)
+    else:
+        return BACKENDS[impl][1](x, alpha, bases, rel_pos, stride, dilation)

@@ -1,0 +1,160 @@
+""" The study's design, fixed before any number was seen: its models, seeds and data, the abstract's findings as
+claims about them, and the verdict rule with the statistics it reads (mean and sample standard deviation of test
+top-1 over seeds). train/study.py runs the study, train/study_report.py writes what this module judges. """
+import dataclasses
+import math
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+# The study: every row of the paper's ablation scaled to ResNet-26 (see FINDINGS), three seeds each.
+DEPTH = 26  # ResNet-26: (2, 2, 2, 2) blocks
+
+
+def model_name(variant: str) -> str:
+    """The study's model of a variant, e.g. 'cada_k7' -> 'resnet26_cada_k7'."""
+    return f'resnet{DEPTH}_{variant}'
+
+
+MODELS = tuple(model_name(v) for v in (
+    'dw_k3', 'dw_k7', 'dw_k13',
+    'cada_k3', 'cada_k7', 'cada_k13',
+    'position_k7', 'cada_k7_ca3', 'cada_k7_ca7',
+    'cada_k7_b2', 'cada_k7_b16', 'cada_k7_free', 'local_k7',
+    'cada_k7_rpe', 'cada_k7_dsconv3', 'cada_k7_dsdw3',
+))
+SEEDS = (0, 1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """The ImageFolder the runs train on (train/fashion_mnist.py's parameters)."""
+    train_per_class: Optional[int]
+    val_per_class: int
+    seed: int = 0
+
+
+DATA = DataSpec(train_per_class=4000, val_per_class=1000)
+# --quick: the same recipe on 100 training images per class, for the test suite and a first look
+QUICK_MODELS, QUICK_SEEDS, QUICK_DATA = (model_name('dw_k7'), model_name('cada_k7')), (0,), DataSpec(100, 20)
+# timm_cada.analysis' two figures of a trained model, on the first images (by file name) of each test class
+BIAS_IMAGES_PER_CLASS = 2
+
+
+# The verdict rule, fixed before any number was seen: a claim is a contrast sum_i c_i * mean_i of the models'
+# mean test top-1 over seeds, with standard error SE = sqrt(sum_i c_i^2 * s_i^2 / n_i) (s_i the sample standard
+# deviation over n_i seeds), and a margin m (0 for "better than", MARGIN for "no worse than"). It is
+# reproduced when contrast - 2 SE > -m, contradicted when contrast + 2 SE < -m, and inconclusive otherwise.
+# A finding is reproduced when all its claims are, contradicted when any claim is, inconclusive otherwise.
+MARGIN = 0.5  # percentage points of top-1: a smaller loss counts as "no worse"
+SE_FACTOR = 2.0
+VERDICTS = ('reproduced', 'contradicted', 'inconclusive')
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One comparison: `weights` (model -> c_i) is expected > -margin."""
+    text: str
+    weights: Mapping[str, float]
+    margin: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    axis: str  # a key of timm_cada.ABLATION_AXES
+    statement: str  # the abstract's words
+    claims: Tuple[Claim, ...]
+
+
+def _better(a: str, b: str) -> Dict[str, float]:
+    return {model_name(a): 1.0, model_name(b): -1.0}
+
+
+def _saturates(mixer: str) -> Claim:
+    """The gain from k=7 to k=13 is smaller than the gain from k=3 to k=7 (a concave curve in k)."""
+    k3, k7, k13 = (model_name(f'{mixer}_k{k}') for k in (3, 7, 13))
+    return Claim(f'{mixer}: gain k3->k7 exceeds gain k7->k13', {k7: 2.0, k3: -1.0, k13: -1.0})
+
+
+FINDINGS: Tuple[Finding, ...] = (
+    Finding('locality', 'DW accuracy saturates with larger kernels; CADA follows this characteristic of locality',
+            (_saturates('dw'), _saturates('cada'))),
+    Finding('context_awareness', 'context awareness is the crucial property',
+            (Claim('cada_k7 > position_k7 (alpha from the input vs from the position only)',
+                   _better('cada_k7', 'position_k7')),
+             Claim('cada_k7 > dw_k7 (context-aware vs one kernel everywhere)', _better('cada_k7', 'dw_k7')))),
+    Finding('ca_context', 'large local information is not necessary to construct the CA parameters',
+            (Claim('cada_k7 (pixel alone) no worse than cada_k7_ca3', _better('cada_k7', 'cada_k7_ca3'), MARGIN),
+             Claim('cada_k7 (pixel alone) no worse than cada_k7_ca7', _better('cada_k7', 'cada_k7_ca7'), MARGIN))),
+    Finding('spatial_invariance', 'no spatial invariance makes training difficult; relaxed spatial invariance '
+            'gives better accuracy than strict',
+            (Claim('cada_k7 (8 bases) > dw_k7 (strict)', _better('cada_k7', 'dw_k7')),
+             Claim('cada_k7 (8 bases) > cada_k7_free (none)', _better('cada_k7', 'cada_k7_free')),
+             Claim('dw_k7 (strict) > local_k7 (none, locally connected)', _better('dw_k7', 'local_k7')))),
+    Finding('rel_pos', 'additional strong spatial invariance through relative position encoding is preferable',
+            (Claim('cada_k7_rpe > cada_k7', _better('cada_k7_rpe', 'cada_k7')),)),
+    Finding('downsampling', 'locality bias is more critical for downsampling, but relaxed spatial invariance can '
+            'remove the strong locality bias',
+            (Claim('cada_k7 (CADA 7x7 downsampling) no worse than cada_k7_dsdw3 (DW 3x3)',
+                   _better('cada_k7', 'cada_k7_dsdw3'), MARGIN),
+             Claim('cada_k7 (CADA 7x7 downsampling) no worse than cada_k7_dsconv3 (dense 3x3)',
+                   _better('cada_k7', 'cada_k7_dsconv3'), MARGIN))),
+)
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    n: int
+    mean: float
+    std: float  # sample standard deviation (0 for one seed)
+
+
+def model_stats(rows: Sequence[Mapping[str, object]]) -> Dict[str, Stats]:
+    """Test top-1 per model over its seeds."""
+    by_model: Dict[str, List[float]] = {}
+    for r in rows:
+        by_model.setdefault(str(r['model']), []).append(float(r['top1']))
+    out = {}
+    for model, values in by_model.items():
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        out[model] = Stats(len(values), mean, math.sqrt(var))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Judged:
+    claim: Claim
+    value: Optional[float]  # the contrast; None when a model has fewer than two seeds
+    se: Optional[float]
+    verdict: str  # one of VERDICTS, or 'pending'
+
+
+def judge(claim: Claim, stats: Mapping[str, Stats]) -> Judged:
+    """The verdict rule (see VERDICTS' comment) on one claim."""
+    if any(m not in stats or stats[m].n < 2 for m in claim.weights):
+        return Judged(claim, None, None, 'pending')
+    value = sum(c * stats[m].mean for m, c in claim.weights.items())
+    se = math.sqrt(sum(c * c * stats[m].std ** 2 / stats[m].n for m, c in claim.weights.items()))
+    if value - SE_FACTOR * se > -claim.margin:
+        verdict = 'reproduced'
+    elif value + SE_FACTOR * se < -claim.margin:
+        verdict = 'contradicted'
+    else:
+        verdict = 'inconclusive'
+    return Judged(claim, value, se, verdict)
+
+
+def finding_verdict(judged: Sequence[Judged]) -> str:
+    verdicts = [j.verdict for j in judged]
+    if 'contradicted' in verdicts:
+        return 'contradicted'
+    if 'pending' in verdicts:
+        return 'pending'
+    return 'reproduced' if all(v == 'reproduced' for v in verdicts) else 'inconclusive'
+
+
+def judge_findings(stats: Mapping[str, Stats]) -> List[Tuple[Finding, List[Judged], str]]:
+    """Every finding with its judged claims and its verdict."""
+    out = []
+    for f in FINDINGS:
+        judged = [judge(c, stats) for c in f.claims]
+        out.append((f, judged, finding_verdict(judged)))
+    return out
