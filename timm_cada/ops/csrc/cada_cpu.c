@@ -16,13 +16,15 @@ are the same code (cada_cpu_kernels.h, included once for each type).
 #include <string.h>
 
 /* the int64 parameter vector of every call */
-enum { P_N, P_C, P_H, P_W, P_G, P_K, P_STRIDE, P_DILATION, P_HO, P_WO, P_NK, P_SYNTH, P_ABATCH, P_LANES, P_COUNT };
+enum { P_N, P_C, P_H, P_W, P_G, P_K, P_STRIDE, P_DILATION, P_HO, P_WO, P_NK, P_SYNTH, P_ABATCH, P_LANES, P_NHWC,
+       P_COUNT };
 
 typedef struct {
     long N, C, H, W, G, hd, k, kk, s, dil, pad, Ho, Wo;
     long nk;      /* kernels per head: B bases (synth) or k*k per-pixel weights */
     long synth;   /* 1: CADA (kernels = bases^T alpha + rel_pos); 0: per-pixel kernels given */
     long abatch;  /* 1: alpha / attn has one map per sample; 0: one map shared by the batch */
+    long nhwc;    /* the layout of x, y, gy and gx: 1 channels_last (N, H, W, C), 0 NCHW */
     long Wop;     /* Wo rounded up to the vector width: the length of a row buffer */
     long Hph, Wph, phsz;  /* rows and columns of one stride phase, and a channel's s*s phases */
     long *tapoff; /* per tap: its phase's offset in a channel's phases + its row and column shift */
@@ -33,7 +35,7 @@ static int geo_init(geo_t *g, const int64_t *p) {
     g->N = p[P_N]; g->C = p[P_C]; g->H = p[P_H]; g->W = p[P_W]; g->G = p[P_G]; g->hd = g->C / g->G;
     g->k = p[P_K]; g->kk = g->k * g->k; g->s = p[P_STRIDE]; g->dil = p[P_DILATION];
     g->pad = g->dil * (g->k / 2); g->Ho = p[P_HO]; g->Wo = p[P_WO];
-    g->nk = p[P_NK]; g->synth = p[P_SYNTH]; g->abatch = p[P_ABATCH];
+    g->nk = p[P_NK]; g->synth = p[P_SYNTH]; g->abatch = p[P_ABATCH]; g->nhwc = p[P_NHWC];
     g->Wop = (g->Wo + L - 1) / L * L;
     long reach = (g->k - 1) * g->dil / g->s;  /* the largest row / column shift of a tap */
     g->Hph = (g->H + 2 * g->pad + g->s - 1) / g->s;
@@ -49,6 +51,12 @@ static int geo_init(geo_t *g, const int64_t *p) {
         g->tapoff[d] = ph * g->Hph * g->Wph + (oi / g->s) * g->Wph + oj / g->s;
     }
     return 0;
+}
+
+/* pixel (ih, iw)'s place in a channel's phases (hd, s * s, Hph, Wph) */
+static inline long phase_index(const geo_t *g, long ih, long iw) {
+    long ph = ((ih + g->pad) % g->s) * g->s + (iw + g->pad) % g->s;
+    return ph * g->Hph * g->Wph + (ih + g->pad) / g->s * g->Wph + (iw + g->pad) / g->s;
 }
 
 #define CADA_T float
