@@ -449,11 +449,15 @@ def test_fused_mixers_match_reference_backend(impl):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('threads', [2, 3])
-def test_native_runs_heads_on_torch_threads(threads):
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('threads,N', [(2, 5), (3, 5), (2, 1)])
+def test_native_runs_heads_on_torch_threads(threads, N, channels_last):
     """The (sample, head) tasks shared by torch's OpenMP threads (the suite runs on one), unevenly where the
-    threads do not divide them; the kernels' gradient in per-task partial sums."""
-    x, alpha, bases, rel_pos, attn = op_inputs(5, N=5, C=12, G=3, stride=2, dtype=torch.float32)
+    threads do not divide them; the kernels' gradient in per-task partial sums. In channels_last a task is a
+    whole sample where there are samples enough for the threads, else a head (N = 1)."""
+    x, alpha, bases, rel_pos, attn = op_inputs(5, N=N, C=12, G=3, stride=2, dtype=torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
