@@ -329,7 +329,20 @@ def test_bench_dry_run_model_level(tmp_path, capsys):
     load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'pairs', '--out-dir', str(tmp_path)])
     out = capsys.readouterr().out
     assert '| resnet50_cada_k13 | resnet50_dw_k13 |' in out and 'train >= 0.95' in out
+    for layout in ('nchw', 'channels_last'):  # the study's pair at training only
+        assert f'| resnet26_cada_k7 | resnet26_dw_k7 | {layout} |' in out
+    assert 'train >= 0.9: ' in out and 'infer >= 0.9: ' in out
     assert (tmp_path / 'pairs_cpu.csv').exists()
+
+
+def test_bench_pair_targets_on_the_median_of_processes():
+    """A pair's target is checked on the median of its processes' ratios, each of which is listed."""
+    bench = load_script('benchmarks/bench.py')
+    runs = [[dict(model='resnet26_cada_k7', against='resnet26_dw_k7', layout='channels_last', train_img_s=r,
+                  train_img_s_against=1.0, train_ratio=r)] for r in (0.5, 1.5, 0.95)]
+    row, = bench.pair_summary(runs)
+    assert row['train_ratio'] == 0.95 and row['train_ratio_each'] == '0.50 1.50 0.95'
+    assert row['targets'] == 'train >= 0.9: met' and 'infer_ratio' not in row
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

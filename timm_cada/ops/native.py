@@ -6,14 +6,20 @@ zero-padded stride phases, build each output row's per-pixel kernels from the CA
 (or take the given per-pixel kernels), and accumulate every tap in vector registers, several channels at
 once; the backward is two such kernels (the input's gradient scattered into padded phases, the kernels'
 gradient summed over a head's channels and folded into alpha's, the bases' and rel_pos' gradients row by
-row). The compute dtype follows x: float64 for float64, float32 for float32, float16 and bfloat16 (the output
+row). x, y, gy and grad_x are read and written in x's memory format, NCHW or channels_last, without a
+conversion pass (only the copies into and out of a task's buffers see the layout; in channels_last a task
+is a whole sample where the batch keeps the threads busy), and y and grad_x come back in x's layout. The
+compute dtype follows x: float64 for float64, float32 for float32, float16 and bfloat16 (the output
 in x's dtype, each gradient in its input's); any stride and dilation. Shapes and devices are checked before
 any C runs (`_check`): the kernels index without bounds checks.
 
 The source is plain C with GCC / Clang vector extensions and OpenMP, and no PyTorch headers: the first call
 builds it with the system C compiler ($CC, else cc) in about a second, with -march=native, into a cache
 directory ($TIMM_CADA_CACHE, else ~/.cache/timm_cada) keyed by the source, the compiler, its flags and the
-CPU, and loads it with ctypes (the calls release the GIL). The (sample, head) tasks of a call run on
+CPU, and loads it with ctypes (the calls release the GIL). A cached build is loaded only from a file and a
+directory chain that belong to this user (or root) and that no one else can write, as ssh treats its key
+files; otherwise (a cache shared with others) it is built into a private temporary directory, with a warning
+that says why (`_untrusted`). The (sample, head) tasks of a call run on
 `torch.get_num_threads()` OpenMP threads; where PyTorch ships its own libgomp (Linux wheels) the library
 binds to that one, already loaded, so the kernels run on PyTorch's intra-op threads (a pool of our own would
 compete with PyTorch's spin-waiting threads for the cores after every op). Without a compiler (with

@@ -1,9 +1,10 @@
 /* Fused CPU kernels of timm-cada's 'native' backend (timm_cada/ops/native.py compiles and calls them).
 
 Plain C with GCC/Clang vector extensions and OpenMP, no PyTorch headers: the library builds in about a second
-with the system compiler on first use. One call works through all its tasks, one task = one head of one sample,
-on `threads` OpenMP threads: loaded into a process that runs PyTorch's own libgomp (its Linux wheels), these are
-PyTorch's intra-op threads, so no second pool competes with them for the cores. Each task copies its head's channels into zero-padded stride phases, so that
+with the system compiler on first use. One call works through all its tasks, one task = one head of one sample
+(or all heads of one, see geo_init), on `threads` OpenMP threads: loaded into a process that runs PyTorch's own
+libgomp (its Linux wheels), these are PyTorch's intra-op threads, so no second pool competes with them for the
+cores. Each task copies its heads' channels, NCHW or channels_last, into zero-padded stride phases, so that
 every tap of the window reads a contiguous run, and builds each output row's kernels (k*k of them, one per
 window offset, for every pixel of the row) on the fly: from the CA parameters and the bases for CADA, or
 copied from the per-pixel kernels. No per-pixel kernel map of the whole image is ever stored.
