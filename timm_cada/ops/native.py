@@ -26,6 +26,7 @@ compete with PyTorch's spin-waiting threads for the cores after every op). Witho
 OpenMP) `native_available()` is False and 'auto' picks another backend; impl='native' raises.
 Both operators are torch.library custom ops (`custom_ops.py`).
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -142,23 +143,22 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     for flags in ([*_FLAGS, _ARCH_FLAG], list(_FLAGS)):  # without -march=native where the compiler lacks it
         path = cache / _build_name(cc, flags)
         why = dir_why or (_untrusted(path) if path.exists() else None)
-        if why is not None:
-            _logger.warning('not loading the native CADA kernels from %s: %s; building them privately', cache, why)
-            with tempfile.TemporaryDirectory(prefix='timm_cada_') as tmp:  # 0700; the loaded library outlives it
-                err = _compile(cc, src_dir, flags, Path(tmp) / path.name)
-                lib = _bind(Path(tmp) / path.name, errors) if err is None else None
-        elif not path.exists():
-            _logger.info('building the native CADA kernels: %s', path)
-            try:
-                err = _compile(cc, src_dir, flags, path)
-            except OSError as e:
-                errors.append(f'cannot build into {path.parent} ({e}); set TIMM_CADA_CACHE to a writable directory')
-                break
-            lib = _bind(path, errors) if err is None else None
-        else:
-            err, lib = None, _bind(path, errors)
-        if err is not None:
-            errors.append(f'the C compiler failed ({cc} {" ".join(flags)}): {err}')
+        with contextlib.ExitStack() as stack:
+            if why is not None:
+                _logger.warning('not loading the native CADA kernels from %s: %s; building them privately', cache, why)
+                # a fresh 0700 directory, removed once the library is loaded (which outlives it)
+                path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='timm_cada_'))) / path.name
+            if not path.exists():
+                _logger.info('building the native CADA kernels: %s', path)
+                try:
+                    err = _compile(cc, src_dir, flags, path)
+                except OSError as e:
+                    errors.append(f'cannot build into {path.parent} ({e}); set TIMM_CADA_CACHE to a writable directory')
+                    break
+                if err is not None:
+                    errors.append(f'the C compiler failed ({cc} {" ".join(flags)}): {err}')
+                    continue
+            lib = _bind(path, errors)
         if lib is not None:
             return lib, ''
     return None, '; '.join(errors)
