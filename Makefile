@@ -65,7 +65,8 @@ zoo: $(STAMP)
 
 # Operator- and model-level speed and memory, printed as markdown and written as CSV (benchmarks/RESULTS.md);
 # BENCH_ARGS=--quick for a run of a few minutes, BENCH_ARGS="--device cuda --amp bf16" on a GPU,
-# BENCH_ARGS="--level pairs" for the model-level targets alone (CADA against DW, in alternation).
+# BENCH_ARGS="--level pairs" for the model-level targets alone (CADA against DW, in alternation, in NCHW and
+# channels_last: --layout; each in three processes, the targets on their median: --processes).
 # It runs in the default environment, as a user runs the models. BENCH_ENV sets a tuned one, which the
 # output names: e.g. BENCH_ENV="MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184" keeps
 # freed blocks for reuse instead of page-faulting them in again (benchmarks/RESULTS.md, 'Machine and run').

@@ -6,7 +6,9 @@
     python benchmarks/bench.py --level onnx      # onnxruntime against PyTorch eager inference (CPU)
 
 Every figure is the median over `--repeats` timed runs; every comparison (ratios to the depthwise
-conv, to timm resnet50) is measured side by side in this one process. Markdown tables go to stdout,
+conv, to timm resnet50) is measured side by side in one process. The pairs level (the model-level targets,
+in NCHW and channels_last: `--layout`) runs that in `--processes` fresh processes (3) and checks each target
+on their median, since eager timings differ from one process to the next. Markdown tables go to stdout,
 CSV files to `--out-dir`.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated. On CPU, the high-water mark of the tensor
@@ -19,11 +21,16 @@ import contextlib
 import csv
 import datetime
 import functools
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+
+import yaml
 
 import torch
 import torch.nn as nn
@@ -46,9 +53,32 @@ MODELS = (
     'resnet50_cada_k7_free', 'resnet50_position_k7', 'resnet50_local_k7',
 )
 COMPILE_MODELS = ('resnet50', 'resnet50_cada_k7')
-# CADA against the depthwise-conv model of its k, timed in alternation (the model-level targets)
-PAIRS = (('resnet50_cada_k7', 'resnet50_dw_k7'), ('resnet50_cada_k13', 'resnet50_dw_k13'))
-PAIR_TARGETS = {'resnet50_cada_k7': (0.9, 0.95), 'resnet50_cada_k13': (0.8, 0.95)}  # inference, training
+
+
+class Pair(NamedTuple):
+    """A model-level target: CADA against the depthwise-conv model of its k, timed in alternation."""
+    model: str
+    against: str
+    targets: Tuple[Optional[float], float]  # CADA / DW img/s at inference (None: not measured) and training
+    kwargs: Dict = {}  # timm.create_model's
+    in_chans: int = 3
+    img: Optional[int] = None  # None: the run's image size (224)
+    train_batch: Optional[int] = None  # None: the run's
+
+
+# the study's model as train/study.py trains it: its recipe's model kwargs, image size, channels and batch
+_STUDY = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'train', 'configs',
+                                          'fashion_mnist.yaml')))
+STUDY_PAIR = Pair('resnet26_cada_k7', 'resnet26_dw_k7', (None, 0.9),
+                  dict(_STUDY['model_kwargs'], num_classes=_STUDY['num_classes']), _STUDY['in_chans'], _STUDY['img_size'],
+                  _STUDY['batch_size'])
+PAIRS = (
+    Pair('resnet50_cada_k7', 'resnet50_dw_k7', (0.9, 0.95)),
+    Pair('resnet50_cada_k13', 'resnet50_dw_k13', (0.8, 0.95)),
+    STUDY_PAIR,
+)
+LAYOUTS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
+PAIR_PROCESSES = 3  # each pair's ratios are measured in this many processes; a target counts on their median
 ONNX_MODELS = ('resnet50_dw_k7', 'resnet50_cada_k7')
 REFERENCE_MAX_K = 7  # the Python-loop reference with autograd takes seconds per call beyond this
 # the environment that changes timings on CPU (see the Makefile's bench target), printed with the results
@@ -286,15 +316,15 @@ class _NoMixer(nn.Module):
         return self.pool(x)
 
 
-def create(name: str) -> nn.Module:
+def create(name: str, **kwargs) -> nn.Module:
     """A model of the zoo, timm resnet50, or `resnet50_mixerfree` (resnet50 without its 3x3 convs)."""
     if name == 'resnet50_mixerfree':
-        model = timm.create_model('resnet50')
+        model = timm.create_model('resnet50', **kwargs)
         for m in model.modules():
             if isinstance(m, Bottleneck):
                 m.conv2 = _NoMixer(m.conv2.stride[0])
         return model
-    return timm.create_model(name)
+    return timm.create_model(name, **kwargs)
 
 
 def bench_models(run: Runner, names, compile_names, infer_batch: int, train_batch: int, img: int) -> List[Dict]:
@@ -353,14 +383,18 @@ def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int
                 channels_last: bool = False) -> List[Dict]:
     """CADA against the depthwise-conv model of the same k, as a user runs them (eager; NCHW unless
     `channels_last`): `rounds` rounds, each timing A then B (inference, then a training step with SGD), so both
-    see the same machine state; the ratio of each round, and their median, min and max."""
+    see the same machine state; the ratio of each round, and their median, min and max. A pair's own image size
+    and training batch replace img and train_batch; it skips inference where it sets no target for it."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     rows = []
-    for a_name, b_name in pairs:
-        models = {n: create(n).to(run.device, memory_format=fmt) for n in (a_name, b_name)}
-        xi = torch.randn(infer_batch, 3, img, img, device=run.device).contiguous(memory_format=fmt)
-        xt = torch.randn(train_batch, 3, img, img, device=run.device).contiguous(memory_format=fmt)
-        target = torch.randint(0, 1000, (train_batch,), device=run.device)
+    for pair in pairs:
+        a_name, b_name = pair.model, pair.against
+        size, tbatch = pair.img or img, pair.train_batch or train_batch
+        models = {n: create(n, in_chans=pair.in_chans, **pair.kwargs).to(run.device, memory_format=fmt)
+                  for n in (a_name, b_name)}
+        xi = torch.randn(infer_batch, pair.in_chans, size, size, device=run.device).contiguous(memory_format=fmt)
+        xt = torch.randn(tbatch, pair.in_chans, size, size, device=run.device).contiguous(memory_format=fmt)
+        target = torch.randint(0, models[a_name].num_classes, (tbatch,), device=run.device)
         opts = {n: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for n, m in models.items()}
 
         def infer(m):
@@ -374,8 +408,10 @@ def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int
             loss.backward()
             opt.step()
 
-        row = dict(model=a_name, against=b_name)
-        for mode, batch in (('infer', infer_batch), ('train', train_batch)):
+        row = dict(model=a_name, against=b_name, layout='channels_last' if channels_last else 'nchw')
+        for mode, batch in (('infer', infer_batch), ('train', tbatch)):
+            if mode == 'infer' and pair.targets[0] is None:
+                continue
             speeds = {n: [] for n in models}
             for _ in range(rounds):
                 for n, m in models.items():
@@ -390,6 +426,43 @@ def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int
             print(f'  pair {a_name} / {b_name} {mode}: ' + ' '.join(f'{r:.2f}' for r in ratios), file=sys.stderr, flush=True)
         rows.append(row)
         del models, opts
+    return rows
+
+
+def pairs_in_processes(argv: List[str], processes: int) -> List[List[Dict]]:
+    """The pairs level run `processes` times, each in a fresh process (bench.py argv --level pairs), one after
+    another: each process's rows. Eager timings differ from one process to the next (allocator and oneDNN
+    state), more than from one round to the next."""
+    runs = []
+    for i in range(processes):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, 'pairs.json')
+            cmd = [sys.executable, os.path.abspath(__file__), *argv, '--level', 'pairs', '--processes', '1',
+                   '--pairs-json', out]
+            print(f'  pairs: process {i + 1} of {processes}', file=sys.stderr, flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                runs.append(json.load(f))
+    return runs
+
+
+def pair_summary(runs: List[List[Dict]]) -> List[Dict]:
+    """One row per pair and layout from each process's rows: the median over the processes of each figure (of
+    each process's median over its rounds), each process's ratio, and whether each target is met on the median."""
+    targets = {p.model: p.targets for p in PAIRS}
+    rows = []
+    for rs in zip(*runs):
+        row = {k: rs[0][k] for k in ('model', 'against', 'layout')}
+        checks = []
+        for mode, target in zip(('infer', 'train'), targets[row['model']]):
+            if target is None:
+                continue
+            for key in (f'{mode}_img_s', f'{mode}_img_s_against', f'{mode}_ratio'):
+                row[key] = statistics.median(r[key] for r in rs)
+            row[f'{mode}_ratio_each'] = ' '.join(f'{r[f"{mode}_ratio"]:.2f}' for r in rs)
+            checks.append(f'{mode} >= {target}: {"met" if row[f"{mode}_ratio"] >= target else "missed"}')
+        row['targets'] = '; '.join(checks)
+        rows.append(row)
     return rows
 
 
@@ -477,6 +550,12 @@ def main(argv=None) -> None:
     p.add_argument('--channels-last', action='store_true', help='operator level: channels_last inputs')
     p.add_argument('--level', default='all', choices=('op', 'infer', 'chunks', 'model', 'pairs', 'onnx', 'all'))
     p.add_argument('--rounds', type=int, default=None, help='pairs level: alternating rounds (default 4)')
+    p.add_argument('--layout', default='both', choices=('nchw', 'channels_last', 'both'),
+                   help='pairs level: the models\' and inputs\' memory format')
+    p.add_argument('--processes', type=int, default=None,
+                   help=f'pairs level: processes per measurement, the target on their median (default {PAIR_PROCESSES}, '
+                        'dry run 1)')
+    p.add_argument('--pairs-json', default=None, help=argparse.SUPPRESS)  # a pairs process's rows, for its parent
     p.add_argument('--quick', action='store_true', help='a short run: fewer shapes, models and repeats')
     p.add_argument('--dry-run', action='store_true', help='run every code path on tiny shapes (for tests)')
     p.add_argument('--repeats', type=int, default=None, help='timed runs per figure (median reported)')
@@ -484,6 +563,7 @@ def main(argv=None) -> None:
     p.add_argument('--no-compile', action='store_true', help='skip the torch.compile column')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
     p.add_argument('--out-dir', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results'))
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     if args.device not in ('cpu', 'cuda'):
         p.error(f'--device must be cpu or cuda, got {args.device!r}')
@@ -550,18 +630,29 @@ def main(argv=None) -> None:
                               'train_peak_mib']) + '\n')
     if args.level in ('pairs', 'all'):
         rounds = args.rounds or (1 if args.dry_run else 2 if args.quick else 4)
-        rows = bench_pairs(run, PAIRS, batches[0], batches[1], img, rounds)
-        for r in rows:
-            infer_t, train_t = PAIR_TARGETS[r['model']]
-            r['targets'] = f'infer >= {infer_t}: {"met" if r["infer_ratio"] >= infer_t else "missed"}; ' \
-                           f'train >= {train_t}: {"met" if r["train_ratio"] >= train_t else "missed"}'
+        processes = args.processes or (1 if args.dry_run else PAIR_PROCESSES)
+        layouts = list(LAYOUTS) if args.layout == 'both' else [args.layout]
+        pairs = [p._replace(img=None, train_batch=None) for p in PAIRS] if args.dry_run else PAIRS  # tiny shapes
+        if processes > 1:
+            runs = pairs_in_processes(argv, processes)
+        else:
+            runs = [[r for lay in layouts for r in bench_pairs(run, pairs, batches[0], batches[1], img, rounds,
+                                                                channels_last=lay == 'channels_last')]]
+        if args.pairs_json:
+            with open(args.pairs_json, 'w') as f:
+                json.dump(runs[0], f)
+        rows = pair_summary(runs)
         write_csv(rows, os.path.join(args.out_dir, f'pairs_{tag}.csv'))
-        print('## Model level: CADA against DW of the same k, in alternation ({} rounds; inference batch {}, training '
-              'batch {} with an SGD step, {} x {}; ratio = CADA img/s / DW img/s, median of the rounds)\n'.format(
-                  rounds, batches[0], batches[1], img, img))
-        print(markdown(rows, ['model', 'against', 'infer_img_s', 'infer_img_s_against', 'infer_ratio', 'infer_ratio_min',
-                              'infer_ratio_max', 'train_img_s', 'train_img_s_against', 'train_ratio', 'train_ratio_min',
-                              'train_ratio_max', 'targets']) + '\n')
+        study = pairs[PAIRS.index(STUDY_PAIR)]
+        print('## Model level: CADA against DW of the same k, in alternation ({} rounds in each of {} processes; '
+              'inference batch {}, training batch {} with an SGD step, {} x {}; the study\'s resnet26 pair in its recipe: '
+              'training batch {}, {} x {}, {} channel; ratio = CADA img/s / DW img/s: the median over the processes of '
+              'each one\'s median over its rounds)\n'.format(rounds, processes, batches[0], batches[1], img, img,
+                                                              study.train_batch or batches[1], study.img or img,
+                                                              study.img or img, study.in_chans))
+        print(markdown(rows, ['model', 'against', 'layout', 'infer_img_s', 'infer_img_s_against', 'infer_ratio',
+                              'infer_ratio_each', 'train_img_s', 'train_img_s_against', 'train_ratio',
+                              'train_ratio_each', 'targets']) + '\n')
     import importlib.util
     onnx_ready = importlib.util.find_spec('onnxruntime') is not None
     if args.level in ('onnx', 'all') and args.device == 'cpu' and amp is None and onnx_ready:

@@ -3,6 +3,9 @@ stride / dilation / rel_pos / broadcast case, gradcheck, batch chunking, channel
 autocast, TorchScript, FX, torch.compile, CUDA (skipped without a GPU) and the benchmark script's
 dry run. The 'triton' backend runs in Triton's interpreter here (tests/conftest.py sets TRITON_INTERPRET=1
 without a GPU); the 'native' backend's C kernels are built with this machine's compiler. Speed is measured by benchmarks/bench.py, never here. """
+import os
+import subprocess
+
 import pytest
 import timm
 import torch
@@ -326,7 +329,20 @@ def test_bench_dry_run_model_level(tmp_path, capsys):
     load_script('benchmarks/bench.py').main(['--dry-run', '--level', 'pairs', '--out-dir', str(tmp_path)])
     out = capsys.readouterr().out
     assert '| resnet50_cada_k13 | resnet50_dw_k13 |' in out and 'train >= 0.95' in out
+    for layout in ('nchw', 'channels_last'):  # the study's pair at training only
+        assert f'| resnet26_cada_k7 | resnet26_dw_k7 | {layout} |' in out
+    assert 'train >= 0.9: ' in out and 'infer >= 0.9: ' in out
     assert (tmp_path / 'pairs_cpu.csv').exists()
+
+
+def test_bench_pair_targets_on_the_median_of_processes():
+    """A pair's target is checked on the median of its processes' ratios, each of which is listed."""
+    bench = load_script('benchmarks/bench.py')
+    runs = [[dict(model='resnet26_cada_k7', against='resnet26_dw_k7', layout='channels_last', train_img_s=r,
+                  train_img_s_against=1.0, train_ratio=r)] for r in (0.5, 1.5, 0.95)]
+    row, = bench.pair_summary(runs)
+    assert row['train_ratio'] == 0.95 and row['train_ratio_each'] == '0.50 1.50 0.95'
+    assert row['targets'] == 'train >= 0.9: met' and 'infer_ratio' not in row
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -446,11 +462,15 @@ def test_fused_mixers_match_reference_backend(impl):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('threads', [2, 3])
-def test_native_runs_heads_on_torch_threads(threads):
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('threads,N', [(2, 5), (3, 5), (2, 1)])
+def test_native_runs_heads_on_torch_threads(threads, N, channels_last):
     """The (sample, head) tasks shared by torch's OpenMP threads (the suite runs on one), unevenly where the
-    threads do not divide them; the kernels' gradient in per-task partial sums."""
-    x, alpha, bases, rel_pos, attn = op_inputs(5, N=5, C=12, G=3, stride=2, dtype=torch.float32)
+    threads do not divide them; the kernels' gradient in per-task partial sums. In channels_last a task is a
+    whole sample where there are samples enough for the threads, else a head (N = 1)."""
+    x, alpha, bases, rel_pos, attn = op_inputs(5, N=N, C=12, G=3, stride=2, dtype=torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     inputs = [t.requires_grad_() for t in (x, alpha, bases, rel_pos, attn)]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -463,6 +483,38 @@ def test_native_runs_heads_on_torch_threads(threads):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for g, g_ref in zip(got, grads(ref, inputs)):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+# OP_CASES plus heads of 12 and 16 channels (the filter's 8-channel register blocks and the single channels after
+# them) and 6 or 8 bases (the bases' gradient's 4-base tiles and a remainder)
+NATIVE_LAYOUT_CASES = OP_CASES + [dict(k=7, C=24, G=2, B=6, H=11, W=13), dict(k=3, C=16, G=1, B=8, H=7, W=17),
+                                  dict(k=5, C=32, G=2, B=8, N=1, stride=2, dilation=2, H=13, W=12, batch1=True)]
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('case', NATIVE_LAYOUT_CASES, ids=str)
+def test_native_layouts_match_reference(case, channels_last):
+    """The native kernels in both layouts they read and write directly: y and grad_x come back in x's layout;
+    values and every gradient (CADA with rel_pos, and the pixel filter) to the float64 tolerance."""
+    k, stride, dilation, kw = split_case(case)
+    x, alpha, bases, rel_pos, attn = op_inputs(k, **kw)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xl = x.contiguous(memory_format=fmt)  # the reference takes it too
+    inputs = [t.requires_grad_() for t in (xl, alpha, bases, rel_pos, attn)]
+    out_c = cada_filter(xl, alpha, bases, rel_pos, stride, dilation, impl='native')
+    out_p = pixel_filter(xl, attn, k, stride, dilation, impl='native')
+    if x.shape[1] > 1:
+        assert out_c.is_contiguous(memory_format=fmt) and out_p.is_contiguous(memory_format=fmt)
+    ref_c = cada_reference(xl, alpha, bases, rel_pos, stride, dilation)
+    ref_p = pixel_filter_reference(xl, attn, k, stride, dilation)
+    torch.testing.assert_close(out_c, ref_c, **OP_TOL)
+    torch.testing.assert_close(out_p, ref_p, **OP_TOL)
+    # gy in the other layout for the pixel filter: the backward takes either
+    got = grads(out_c, inputs[:4]) + grads(out_p.contiguous(), [inputs[0], inputs[4]])
+    want = grads(ref_c, inputs[:4]) + grads(ref_p, [inputs[0], inputs[4]])
+    assert got[0].is_contiguous(memory_format=fmt) and got[4].is_contiguous(memory_format=fmt)
+    for g, g_ref in zip(got, want):
+        torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
 def test_native_rejects_what_its_kernels_would_read_past():
@@ -489,10 +541,13 @@ def fresh_native(monkeypatch, tmp_path):
     native._load.cache_clear()
 
 
-def test_native_builds_once_into_its_cache(fresh_native):
-    assert native.native_available()
+def test_native_builds_once_into_its_cache(fresh_native, caplog):
+    with caplog.at_level('WARNING', logger='timm_cada.ops.native'):
+        assert native.native_available()
+    assert not caplog.text  # a per-user cache is trusted
     built = list((fresh_native / 'native').glob('cada_cpu_*.so'))
     assert len(built) == 1
+    assert built[0].stat().st_mode & 0o077 == 0  # for this user only
     native._load.cache_clear()
     mtime = built[0].stat().st_mtime_ns
     x, alpha, bases, _, _ = op_inputs(3, dtype=torch.float32)
@@ -516,6 +571,45 @@ def test_native_without_a_compiler_falls_back(monkeypatch, fresh_native, caplog,
     with pytest.raises(RuntimeError, match=f"impl='native' needs its C kernels built: {why}"):
         cada_filter(x, alpha, bases, impl='native')
     assert not list(fresh_native.rglob('*.so'))
+
+
+PLANTED = """#include <stdio.h>
+__attribute__((constructor)) static void planted(void) { FILE *f = fopen(MARKER, "w"); if (f) fclose(f); }
+"""
+
+
+@pytest.mark.parametrize('how', ['trusted', 'group_writable_dir', 'world_writable_file', 'other_owner'])
+def test_native_loads_no_planted_library(fresh_native, caplog, how):
+    """A library under the expected name whose constructor leaves a marker: loaded from the user's own private
+    cache (the control: the marker shows a load), never from a cache directory others can write, nor as a file
+    others can write or own; the kernels are then built privately and work, and the log says why."""
+    if how == 'other_owner' and os.getuid() != 0:
+        pytest.skip('chown to another user needs root')
+    cache, marker, cc = fresh_native / 'native', fresh_native / 'marker', os.environ.get('CC', 'cc')
+    cache.mkdir(mode=0o700)
+    (fresh_native / 'planted.c').write_text(PLANTED)
+    for flags in ([*native._FLAGS, native._ARCH_FLAG], list(native._FLAGS)):
+        lib = cache / native._build_name(cc, flags)
+        subprocess.run([cc, '-shared', '-fPIC', f'-DMARKER="{marker}"', '-o', str(lib), str(fresh_native / 'planted.c')],
+                       check=True)
+        if how == 'world_writable_file':
+            lib.chmod(0o666)
+        if how == 'other_owner':
+            os.chown(lib, 65534, 65534)
+    if how == 'group_writable_dir':
+        cache.chmod(0o770)
+    with caplog.at_level('WARNING', logger='timm_cada.ops.native'):
+        available = native.native_available()
+    if how == 'trusted':
+        assert marker.exists()
+        return
+    assert available and not marker.exists()
+    why = {'group_writable_dir': f'{cache} is writable by its group or others (mode 770)',
+           'world_writable_file': 'is writable by its group or others (mode 666)',
+           'other_owner': 'belongs to another user (uid 65534)'}[how]
+    assert 'not loading the native CADA kernels' in caplog.text and why in caplog.text
+    x, alpha, bases, _, _ = op_inputs(3, dtype=torch.float32)
+    torch.testing.assert_close(cada_filter(x, alpha, bases, impl='native'), cada_reference(x, alpha, bases))
 
 
 def test_native_with_an_unwritable_cache_says_so(monkeypatch, fresh_native):

@@ -20,11 +20,15 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """x's layout: channels_last where x is channels_last and not also NCHW-contiguous, else NCHW."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 def out_like(x: torch.Tensor, Ho: int, Wo: int) -> torch.Tensor:
     """The (N, C, Ho, Wo) output buffer, in x's dtype and memory format."""
-    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.empty(x.shape[0], x.shape[1], Ho, Wo, dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last if cl else torch.contiguous_format)
+    return torch.empty(x.shape[0], x.shape[1], Ho, Wo, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
 
 
 def _no_autocast(fn: Callable) -> Callable:
@@ -44,13 +48,14 @@ def _fake_out(x: torch.Tensor, k: int, stride: int, dilation: int) -> torch.Tens
 
 
 def _grad_or_empty(g: torch.Tensor, t: torch.Tensor, need: bool) -> torch.Tensor:
-    """The gradient for input t, contiguous; for one not asked for, an empty tensor of t's dtype (the
-    fake kernels promise exactly that)."""
-    return g.contiguous() if need else t.new_empty(0)
+    """The gradient for input t, contiguous in t's memory format (x's gradient channels_last for a
+    channels_last x); for one not asked for, an empty tensor of t's dtype (the fake kernels promise
+    exactly that)."""
+    return g.contiguous(memory_format=memory_format(t)) if need else t.new_empty(0)
 
 
 def _fake_grad(t: torch.Tensor, need: bool) -> torch.Tensor:
-    return torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty(0)
+    return torch.empty_like(t, memory_format=memory_format(t)) if need else t.new_empty(0)
 
 
 def _public(fn: Callable, name: str, doc: str, like: Callable) -> Callable:

@@ -6,20 +6,27 @@ zero-padded stride phases, build each output row's per-pixel kernels from the CA
 (or take the given per-pixel kernels), and accumulate every tap in vector registers, several channels at
 once; the backward is two such kernels (the input's gradient scattered into padded phases, the kernels'
 gradient summed over a head's channels and folded into alpha's, the bases' and rel_pos' gradients row by
-row). The compute dtype follows x: float64 for float64, float32 for float32, float16 and bfloat16 (the output
+row). x, y, gy and grad_x are read and written in x's memory format, NCHW or channels_last, without a
+conversion pass (only the copies into and out of a task's buffers see the layout; in channels_last a task
+is a whole sample where the batch keeps the threads busy), and y and grad_x come back in x's layout. The
+compute dtype follows x: float64 for float64, float32 for float32, float16 and bfloat16 (the output
 in x's dtype, each gradient in its input's); any stride and dilation. Shapes and devices are checked before
 any C runs (`_check`): the kernels index without bounds checks.
 
 The source is plain C with GCC / Clang vector extensions and OpenMP, and no PyTorch headers: the first call
 builds it with the system C compiler ($CC, else cc) in about a second, with -march=native, into a cache
 directory ($TIMM_CADA_CACHE, else ~/.cache/timm_cada) keyed by the source, the compiler, its flags and the
-CPU, and loads it with ctypes (the calls release the GIL). The (sample, head) tasks of a call run on
+CPU, and loads it with ctypes (the calls release the GIL). A cached build is loaded only from a file and a
+directory chain that belong to this user (or root) and that no one else can write, as ssh treats its key
+files; otherwise (a cache shared with others) it is built into a private temporary directory, with a warning
+that says why (`_untrusted`). The (sample, head) tasks of a call run on
 `torch.get_num_threads()` OpenMP threads; where PyTorch ships its own libgomp (Linux wheels) the library
 binds to that one, already loaded, so the kernels run on PyTorch's intra-op threads (a pool of our own would
 compete with PyTorch's spin-waiting threads for the cores after every op). Without a compiler (with
 OpenMP) `native_available()` is False and 'auto' picks another backend; impl='native' raises.
 Both operators are torch.library custom ops (`custom_ops.py`).
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -27,6 +34,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -34,7 +42,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .custom_ops import out_like, register_cada, register_pixel_filter
+from .custom_ops import memory_format, register_cada, register_pixel_filter
 from .reference import filter_output_size
 
 __all__ = ['native_available', 'pixel_filter_native', 'cada_native']
@@ -66,10 +74,25 @@ def _cpu_identity() -> str:
     return ident
 
 
+def _untrusted(path: Path) -> Optional[str]:
+    """Why path (a file or directory) and every directory above it could hold another user's code, or None: as
+    ssh checks its key files, each must belong to this user or root and be writable by no one else (a directory
+    with the sticky bit, like /tmp, may be: others cannot rename or remove what is ours there)."""
+    uid = os.getuid()
+    p = Path(os.path.realpath(path))
+    for part in (p, *p.parents):
+        st = part.lstat()
+        if st.st_uid not in (uid, 0):
+            return f'{part} belongs to another user (uid {st.st_uid})'
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (part != p and st.st_mode & stat.S_ISVTX):
+            return f'{part} is writable by its group or others (mode {stat.S_IMODE(st.st_mode):o})'
+    return None
+
+
 def _compile(cc: str, src_dir: Path, flags: List[str], out: Path) -> Optional[str]:
-    """Build the library into out (atomically); the compiler's complaint on failure, else None. OSError: the cache
-    directory cannot be made or written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Build the library into out (atomically, mode 0700: a per-user cache is shared with no one); the compiler's
+    complaint on failure, else None. OSError: the cache directory cannot be made or written."""
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
     os.close(fd)
     try:
@@ -79,7 +102,7 @@ def _compile(cc: str, src_dir: Path, flags: List[str], out: Path) -> Optional[st
             return str(e)
         if proc.returncode != 0:
             return proc.stderr.strip()[-2000:] or f'{cc} exited with {proc.returncode}'
-        os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache from loading it
+        os.chmod(tmp, 0o700)  # the linker's own mode follows the umask
         os.replace(tmp, out)
         return None
     finally:
@@ -87,40 +110,74 @@ def _compile(cc: str, src_dir: Path, flags: List[str], out: Path) -> Optional[st
             os.remove(tmp)
 
 
+def _build_name(cc: str, flags: List[str]) -> str:
+    """The cached library's file name: keyed by the source, the compiler, its flags and the CPU."""
+    src_dir = Path(__file__).with_name('csrc')
+    text = b''.join((src_dir / name).read_bytes() for name in _SOURCES)
+    key = hashlib.sha256(b'\0'.join([text, cc.encode(), ' '.join(flags).encode(), _cpu_identity().encode()]))
+    return f'cada_cpu_{key.hexdigest()[:16]}.so'
+
+
+def _distrust_cache(cache: Path) -> Optional[str]:
+    """Why the cache directory cannot be trusted with the build (see `_untrusted`), or None. It is made (0700)
+    if missing."""
+    try:
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None  # _compile reports it
+    return _untrusted(cache)
+
+
 @functools.lru_cache(maxsize=None)
 def _load() -> Tuple[Optional[ctypes.CDLL], str]:
-    """(the loaded library, '') or (None, why not); built once per source, compiler and CPU."""
+    """(the loaded library, '') or (None, why not); built once per source, compiler and CPU into the cache, or,
+    where the cache or the build found there could hold another user's code, into a private temporary directory
+    for this process (saying why once)."""
     cc = os.environ.get('CC', 'cc')
     if shutil.which(cc) is None:
         return None, f'no C compiler: {cc!r} is not on PATH (set CC to one)'
     src_dir = Path(__file__).with_name('csrc')
-    text = b''.join((src_dir / name).read_bytes() for name in _SOURCES)
+    cache = _cache_dir()
+    dir_why = _distrust_cache(cache)
     errors = []
     for flags in ([*_FLAGS, _ARCH_FLAG], list(_FLAGS)):  # without -march=native where the compiler lacks it
-        key = hashlib.sha256(b'\0'.join([text, cc.encode(), ' '.join(flags).encode(), _cpu_identity().encode()]))
-        path = _cache_dir() / f'cada_cpu_{key.hexdigest()[:16]}.so'
-        if not path.exists():
-            _logger.info('building the native CADA kernels: %s', path)
-            try:
-                err = _compile(cc, src_dir, flags, path)
-            except OSError as e:
-                errors.append(f'cannot build into {path.parent} ({e}); set TIMM_CADA_CACHE to a writable directory')
-                break
-            if err is not None:
-                errors.append(f'the C compiler failed ({cc} {" ".join(flags)}): {err}')
-                continue
-        try:
-            lib = ctypes.CDLL(str(path))
-            for name, nargs in _FUNCTIONS.items():
-                for suffix, _ in _TYPES.values():
-                    fn = getattr(lib, f'{name}_{suffix}')
-                    fn.argtypes = [ctypes.c_void_p] * (nargs - 1) + [ctypes.c_int64]  # pointers, then threads
-                    fn.restype = ctypes.c_int
-        except (OSError, AttributeError) as e:  # an unloadable build: say so rather than fail every call
-            errors.append(f'the build {path} failed to load: {e}')
-            continue
-        return lib, ''
+        path = cache / _build_name(cc, flags)
+        why = dir_why or (_untrusted(path) if path.exists() else None)
+        with contextlib.ExitStack() as stack:
+            if why is not None:
+                _logger.warning('not loading the native CADA kernels from %s: %s; building them privately', cache, why)
+                # a fresh 0700 directory, removed once the library is loaded (which outlives it)
+                path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='timm_cada_'))) / path.name
+            if not path.exists():
+                _logger.info('building the native CADA kernels: %s', path)
+                try:
+                    err = _compile(cc, src_dir, flags, path)
+                except OSError as e:
+                    errors.append(f'cannot build into {path.parent} ({e}); set TIMM_CADA_CACHE to a writable directory')
+                    break
+                if err is not None:
+                    errors.append(f'the C compiler failed ({cc} {" ".join(flags)}): {err}')
+                    continue
+            lib = _bind(path, errors)
+        if lib is not None:
+            return lib, ''
     return None, '; '.join(errors)
+
+
+def _bind(path: Path, errors: List[str]) -> Optional[ctypes.CDLL]:
+    """The library at path with its functions' signatures set; None (the reason appended to errors) if it fails
+    to load."""
+    try:
+        lib = ctypes.CDLL(str(path))
+        for name, nargs in _FUNCTIONS.items():
+            for suffix, _ in _TYPES.values():
+                fn = getattr(lib, f'{name}_{suffix}')
+                fn.argtypes = [ctypes.c_void_p] * (nargs - 1) + [ctypes.c_int64]  # pointers, then threads
+                fn.restype = ctypes.c_int
+    except (OSError, AttributeError) as e:  # an unloadable build: say so rather than fail every call
+        errors.append(f'the build {path} failed to load: {e}')
+        return None
+    return lib
 
 
 @torch.compiler.assume_constant_result  # torch.compile runs it while tracing, never traces its file system calls
@@ -187,19 +244,15 @@ def _params(x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation: 
     N, C, H, W = x.shape
     Ho, Wo = filter_output_size(H, k, stride, dilation), filter_output_size(W, k, stride, dilation)
     prm = torch.tensor([N, C, H, W, maps.shape[1], k, stride, dilation, Ho, Wo, nk, int(synth),
-                        int(maps.shape[0] == N), _TYPES[dtype][1]], dtype=torch.int64)
+                        int(maps.shape[0] == N), _TYPES[dtype][1], int(memory_format(x) == torch.channels_last)],
+                       dtype=torch.int64)
     return prm, Ho, Wo
 
 
-def _c(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    return t.to(dtype).contiguous() if t is not None else None
-
-
-def _as_input(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """y (contiguous, compute dtype) in like's dtype and memory format."""
-    if y.dtype == like.dtype and not (like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()):
-        return y
-    return out_like(like, y.shape[-2], y.shape[-1]).copy_(y)
+def _c(t: Optional[torch.Tensor], dtype: torch.dtype,
+       fmt: torch.memory_format = torch.contiguous_format) -> Optional[torch.Tensor]:
+    """t in the compute dtype, contiguous in fmt (a no-op where it is already)."""
+    return t.to(dtype).contiguous(memory_format=fmt) if t is not None else None
 
 
 def _map_grad(ga: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
@@ -212,10 +265,11 @@ def _forward(x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation:
     _check(x, maps, k, stride, dilation, nk, bases, rel_pos)
     dt = _dtype(x)
     prm, Ho, Wo = _params(x, maps, k, stride, dilation, nk, bases is not None, dt)
-    xc, mc, bc, rc = _c(x, dt), _c(maps, dt), _c(bases, dt), _c(rel_pos, dt)
-    y = torch.empty(x.shape[0], x.shape[1], Ho, Wo, dtype=dt)
+    fmt = memory_format(x)
+    xc, mc, bc, rc = _c(x, dt, fmt), _c(maps, dt), _c(bases, dt), _c(rel_pos, dt)
+    y = torch.empty(x.shape[0], x.shape[1], Ho, Wo, dtype=dt, memory_format=fmt)
     _run('cada_cpu_forward', dt, prm, [xc, mc, bc, rc, y])
-    return _as_input(y, x)
+    return y.to(x.dtype)  # keeps y's layout
 
 
 def _backward(gy: torch.Tensor, x: torch.Tensor, maps: torch.Tensor, k: int, stride: int, dilation: int, nk: int,
@@ -226,11 +280,12 @@ def _backward(gy: torch.Tensor, x: torch.Tensor, maps: torch.Tensor, k: int, str
     G = maps.shape[1]
     dt = _dtype(x)
     prm, Ho, Wo = _params(x, maps, k, stride, dilation, nk, bases is not None, dt)
-    gyc, mc, bc, rc = _c(gy, dt), _c(maps, dt), _c(bases, dt), _c(rel_pos, dt)
+    fmt = memory_format(x)  # the kernels' layout of x, gy and grad_x: x's
+    gyc, mc, bc, rc = _c(gy, dt, fmt), _c(maps, dt), _c(bases, dt), _c(rel_pos, dt)
     empty = x.new_empty(0)
     grad_x = grad_maps = grad_bases = grad_rel = empty
     if need_x:
-        gx = torch.empty(N, C, H, W, dtype=dt)
+        gx = torch.empty(N, C, H, W, dtype=dt, memory_format=fmt)
         _run('cada_cpu_backward_x', dt, prm, [gyc, mc, bc, rc, gx])
         grad_x = gx.to(x.dtype)
     need_bases = need_bases and bases is not None
@@ -239,7 +294,7 @@ def _backward(gy: torch.Tensor, x: torch.Tensor, maps: torch.Tensor, k: int, str
         ga = torch.empty(N, G, nk, Ho, Wo, dtype=dt) if need_maps else None
         gw = torch.empty(N, G, nk, k, k, dtype=dt) if need_bases else None
         gr = torch.empty(N, G, k, k, dtype=dt) if need_rel else None
-        _run('cada_cpu_backward_k', dt, prm, [gyc, _c(x, dt), mc, bc, ga, gw, gr])
+        _run('cada_cpu_backward_k', dt, prm, [gyc, _c(x, dt, fmt), mc, bc, ga, gw, gr])
         if ga is not None:
             grad_maps = _map_grad(ga, maps)
         if gw is not None and bases is not None:

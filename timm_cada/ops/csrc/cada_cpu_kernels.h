@@ -1,6 +1,8 @@
 /* The kernels for one element type: CADA_T, CADA_L lanes per vector, CADA_NAME(f) the exported name.
-Included by cada_cpu.c once per type. Tensors are contiguous: x, y, gy (N, C, H or Ho, W or Wo); alpha / attn
-(N or 1, G, nk, Ho, Wo); bases (G, nk, k, k); rel_pos (G, k, k). */
+Included by cada_cpu.c once per type. Tensors are contiguous: x, y, gy, gx (N, C, H or Ho, W or Wo), or
+(N, H or Ho, W or Wo, C) where geo_t.nhwc says channels_last; alpha / attn (N or 1, G, nk, Ho, Wo); bases
+(G, nk, k, k); rel_pos (G, k, k). Only the copies in and out of a task's buffers (phases, unphase, gy_rows and
+filter_block's stores) see the layout: the compute loops run on the same per-channel rows in both. */
 #define T CADA_T
 #define L CADA_L
 #define V CADA_NAME(vec)
@@ -14,25 +16,29 @@ static inline void F(st)(T *p, V v) { memcpy(p, &v, sizeof v); }
 /* channels per register block of the filter, and taps per block of the kernels' gradient */
 #define CB 8
 #define TB 8
-/* bases per register block of the kernels' synthesis */
+/* bases per register block of the kernels' synthesis and of alpha's gradient */
 #define NB 8
+/* bases x taps per register tile of the bases' gradient */
+#define FB 4
+#define FT 4
 
-/* one thread's scratch, for whichever kernel: a head's padded phases (of x or of grad_x), one row of the kernels
-or of their gradient, gy's rows of the head, alpha's row, alpha's gradient row, the vector partial sums of the
-bases' and rel_pos' gradients, one vector */
+/* one thread's scratch, for whichever kernel: a task's padded phases (of x or of grad_x; a head's after another's),
+one row of the kernels or of their gradient, gy's rows of the task's channels, alpha's row, alpha's gradient row,
+the vector partial sums of the bases' and rel_pos' gradients of each head, CB vectors (an output block on its way
+out) */
 typedef struct {
     T *xb, *K, *gyb, *ab, *gab, *gwv, *grv, *tail;
 } F(work_t);
 
 static int F(work_init)(F(work_t) *w, const geo_t *g) {
-    w->xb = malloc(sizeof(T) * g->hd * g->phsz);
+    w->xb = malloc(sizeof(T) * g->cpt * g->phsz);
     w->K = malloc(sizeof(T) * g->kk * g->Wop);
-    w->gyb = malloc(sizeof(T) * g->hd * g->Wop);
+    w->gyb = malloc(sizeof(T) * g->cpt * g->Wop);
     w->ab = malloc(sizeof(T) * g->nk * g->Wop);
     w->gab = malloc(sizeof(T) * g->nk * g->Wop);
-    w->gwv = malloc(sizeof(T) * g->nk * g->kk * L);
-    w->grv = malloc(sizeof(T) * g->kk * L);
-    w->tail = malloc(sizeof(T) * L);
+    w->gwv = malloc(sizeof(T) * g->hpt * g->nk * g->kk * L);
+    w->grv = malloc(sizeof(T) * g->hpt * g->kk * L);
+    w->tail = malloc(sizeof(T) * CB * L);
     return w->xb && w->K && w->gyb && w->ab && w->gab && w->gwv && w->grv && w->tail;
 }
 
@@ -40,11 +46,28 @@ static void F(work_free)(F(work_t) *w) {
     free(w->xb); free(w->K); free(w->gyb); free(w->ab); free(w->gab); free(w->gwv); free(w->grv); free(w->tail);
 }
 
-/* sample n's head gi as zero-padded stride phases, (hd, s * s, Hph, Wph): phase (pi, pj) holds the padded
-input's rows pi, pi + s, ... and columns pj, pj + s, ... */
+/* the task's channels, from head gi on, of sample n of channels_last x (or, with `out`, of gx, from buf): pixel
+by pixel, the channels a contiguous run of each */
+static void F(phases_nhwc)(const geo_t *g, T *x, long n, long gi, T *buf, int out) {
+    for (long ih = 0; ih < g->H; ih++) {
+        T *px = x + (n * g->H + ih) * g->W * g->C + gi * g->hd, *row = buf + phase_row(g, ih);
+        for (long iw = 0; iw < g->W; iw++, px += g->C) {
+            T *b = row + g->coloff[iw];
+            if (out) for (long c = 0; c < g->cpt; c++) px[c] = b[c * g->phsz];
+            else for (long c = 0; c < g->cpt; c++) b[c * g->phsz] = px[c];
+        }
+    }
+}
+
+/* the task's channels (from head gi on) of sample n as zero-padded stride phases, (cpt, s * s, Hph, Wph): phase
+(pi, pj) holds the padded input's rows pi, pi + s, ... and columns pj, pj + s, ... */
 static void F(phases)(const geo_t *g, const T *x, long n, long gi, T *buf) {
-    memset(buf, 0, sizeof(T) * g->hd * g->phsz);
-    for (long c = 0; c < g->hd; c++) {
+    memset(buf, 0, sizeof(T) * g->cpt * g->phsz);
+    if (g->nhwc) {
+        F(phases_nhwc)(g, (T *)x, n, gi, buf, 0);  /* reads x only */
+        return;
+    }
+    for (long c = 0; c < g->cpt; c++) {
         const T *src = x + ((n * g->C) + gi * g->hd + c) * g->H * g->W;
         for (long pi = 0; pi < g->s; pi++) {
             for (long pj = 0; pj < g->s; pj++) {
@@ -66,9 +89,13 @@ static void F(phases)(const geo_t *g, const T *x, long n, long gi, T *buf) {
     }
 }
 
-/* the inverse of phases, dropping the padding: buf (hd, s * s, Hph, Wph) -> sample n's head gi of gx */
+/* the inverse of phases, dropping the padding: buf (cpt, s * s, Hph, Wph) -> the task's channels of gx */
 static void F(unphase)(const geo_t *g, const T *buf, long n, long gi, T *gx) {
-    for (long c = 0; c < g->hd; c++) {
+    if (g->nhwc) {
+        F(phases_nhwc)(g, gx, n, gi, (T *)buf, 1);  /* reads buf only */
+        return;
+    }
+    for (long c = 0; c < g->cpt; c++) {
         T *dst = gx + ((n * g->C) + gi * g->hd + c) * g->H * g->W;
         for (long pi = 0; pi < g->s; pi++) {
             for (long pj = 0; pj < g->s; pj++) {
@@ -142,8 +169,9 @@ static void F(kernel_row)(const geo_t *g, const T *a, const T *bases, const T *r
     }
 }
 
-/* y rows oh of channels c0 .. c0 + cb (rows Ho * Wo apart) = the filter of output row oh on those channels of
-the phases xb; the last vector of a row, where it reaches past Wo, goes through tail */
+/* y's row oh of channels c0 .. c0 + cb (y points at its first element; NCHW rows Ho * Wo apart, channels_last
+pixels C apart) = the filter of output row oh on those channels of the phases xb. A channels_last block, and
+the last vector of an NCHW row where it reaches past Wo, go through tail (CB vectors). */
 static inline __attribute__((always_inline)) void F(filter_block)(
         const geo_t *g, const T *K, const T *xb, long oh, long c0, int cb, T *y, T *tail) {
     for (long ow = 0; ow < g->Wop; ow += L) {
@@ -154,6 +182,13 @@ static inline __attribute__((always_inline)) void F(filter_block)(
             V kv = F(ld)(K + d * g->Wop + ow);
             const T *xp = xo + g->tapoff[d];
             for (int c = 0; c < cb; c++) acc[c] += kv * F(ld)(xp + c * g->phsz);
+        }
+        if (g->nhwc) {
+            for (int c = 0; c < cb; c++) F(st)(tail + c * L, acc[c]);
+            long np = g->Wo - ow < L ? g->Wo - ow : L;
+            for (long l = 0; l < np; l++)
+                for (int c = 0; c < cb; c++) y[(ow + l) * g->C + c] = tail[c * L + l];
+            continue;
         }
         long plane = g->Ho * g->Wo;
         if (ow + L <= g->Wo) {
@@ -170,7 +205,7 @@ static inline __attribute__((always_inline)) void F(filter_block)(
 int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bases, const T *rel, T *y,
                         int64_t threads) {
     geo_t g;
-    if (geo_init(&g, prm)) return -1;
+    if (geo_init(&g, prm, threads)) return -1;
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
@@ -178,31 +213,38 @@ int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bas
     int ok = F(work_init)(&w, &g);
     rc |= !ok;
 #pragma omp for schedule(static)
-    for (long t = 0; t < g.N * g.G; t++) {
+    for (long t = 0; t < g.N * g.G / g.hpt; t++) {
         if (!ok) continue;
-        long n = t / g.G, gi = t % g.G;
-        F(phases)(&g, x, n, gi, w.xb);
+        long n = t * g.hpt / g.G, g0 = t * g.hpt % g.G;
+        F(phases)(&g, x, n, g0, w.xb);
         for (long oh = 0; oh < g.Ho; oh++) {
-            F(kernel_row)(&g, a, bases, rel, n, gi, oh, w.K, w.ab);
-            for (long c0 = 0; c0 < g.hd; ) {
-                T *yo = y + ((n * g.C + gi * g.hd + c0) * g.Ho + oh) * g.Wo;
-                if (g.hd - c0 >= CB) F(filter_block)(&g, w.K, w.xb, oh, c0, CB, yo, w.tail);
-                else F(filter_block)(&g, w.K, w.xb, oh, c0, 1, yo, w.tail);
-                c0 += g.hd - c0 >= CB ? CB : 1;
+            for (long gi = g0; gi < g0 + g.hpt; gi++) {
+                F(kernel_row)(&g, a, bases, rel, n, gi, oh, w.K, w.ab);
+                const T *xh = w.xb + (gi - g0) * g.hd * g.phsz;
+                for (long c0 = 0; c0 < g.hd; ) {
+                    long ch = gi * g.hd + c0;
+                    T *yo = y + (g.nhwc ? (n * g.Ho + oh) * g.Wo * g.C + ch : ((n * g.C + ch) * g.Ho + oh) * g.Wo);
+                    if (g.hd - c0 >= CB) F(filter_block)(&g, w.K, xh, oh, c0, CB, yo, w.tail);
+                    else F(filter_block)(&g, w.K, xh, oh, c0, 1, yo, w.tail);
+                    c0 += g.hd - c0 >= CB ? CB : 1;
+                }
             }
         }
     }
     F(work_free)(&w);
     }
-    free(g.tapoff);
+    geo_free(&g);
     return rc ? -1 : 0;
 }
 
-/* this task's gy rows oh of every channel of the head, (hd, Wop), zero beyond Wo */
+/* gy's rows oh of the task's channels (from head gi on) of sample n, (cpt, Wop), zero beyond Wo */
 static void F(gy_rows)(const geo_t *g, const T *gy, long n, long gi, long oh, T *gyb) {
-    for (long c = 0; c < g->hd; c++) {
+    const T *pg = gy + (n * g->Ho + oh) * g->Wo * g->C + gi * g->hd;  /* channels_last: pixel by pixel */
+    for (long ow = 0; g->nhwc && ow < g->Wo; ow++, pg += g->C)
+        for (long c = 0; c < g->cpt; c++) gyb[c * g->Wop + ow] = pg[c];
+    for (long c = 0; c < g->cpt; c++) {
         T *dst = gyb + c * g->Wop;
-        memcpy(dst, gy + ((n * g->C + gi * g->hd + c) * g->Ho + oh) * g->Wo, sizeof(T) * g->Wo);
+        if (!g->nhwc) memcpy(dst, gy + ((n * g->C + gi * g->hd + c) * g->Ho + oh) * g->Wo, sizeof(T) * g->Wo);
         for (long ow = g->Wo; ow < g->Wop; ow++) dst[ow] = 0;
     }
 }
@@ -211,7 +253,7 @@ static void F(gy_rows)(const geo_t *g, const T *gy, long n, long gi, long oh, T 
 int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T *bases, const T *rel, T *gx,
                            int64_t threads) {
     geo_t g;
-    if (geo_init(&g, prm)) return -1;
+    if (geo_init(&g, prm, threads)) return -1;
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
@@ -220,37 +262,41 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
     rc |= !ok;
     T *gxb = w.xb, *K = w.K, *gyb = w.gyb, *ab = w.ab;  /* the phases hold grad_x here */
 #pragma omp for schedule(static)
-    for (long t = 0; t < g.N * g.G; t++) {
+    for (long t = 0; t < g.N * g.G / g.hpt; t++) {
         if (!ok) continue;
-        long n = t / g.G, gi = t % g.G;
-        memset(gxb, 0, sizeof(T) * g.hd * g.phsz);
+        long n = t * g.hpt / g.G, g0 = t * g.hpt % g.G;
+        memset(gxb, 0, sizeof(T) * g.cpt * g.phsz);
         for (long oh = 0; oh < g.Ho; oh++) {
-            F(kernel_row)(&g, a, bases, rel, n, gi, oh, K, ab);
-            F(gy_rows)(&g, gy, n, gi, oh, gyb);
-            /* the taps column by column: consecutive taps then write different rows, where taps of one
-               window row would each reload the vectors the previous one stored, shifted by a column */
-            for (long e = 0; e < g.kk; e++) {
-                long d = (e % g.k) * g.k + e / g.k;
-                const T *kd = K + d * g.Wop;
-                T *go = gxb + g.tapoff[d] + oh * g.Wph;
-                for (long ow = 0; ow < g.Wop; ow += L) {
-                    V kv = F(ld)(kd + ow);
-                    for (long c = 0; c < g.hd; c++) {
-                        T *p = go + c * g.phsz + ow;
-                        F(st)(p, F(ld)(p) + kv * F(ld)(gyb + c * g.Wop + ow));
+            F(gy_rows)(&g, gy, n, g0, oh, gyb);
+            for (long gi = g0; gi < g0 + g.hpt; gi++) {
+                F(kernel_row)(&g, a, bases, rel, n, gi, oh, K, ab);
+                const T *gyh = gyb + (gi - g0) * g.hd * g.Wop;
+                /* the taps column by column: consecutive taps then write different rows, where taps of one
+                   window row would each reload the vectors the previous one stored, shifted by a column */
+                for (long e = 0; e < g.kk; e++) {
+                    long d = (e % g.k) * g.k + e / g.k;
+                    const T *kd = K + d * g.Wop;
+                    T *go = gxb + (gi - g0) * g.hd * g.phsz + g.tapoff[d] + oh * g.Wph;
+                    for (long ow = 0; ow < g.Wop; ow += L) {
+                        V kv = F(ld)(kd + ow);
+                        for (long c = 0; c < g.hd; c++) {
+                            T *p = go + c * g.phsz + ow;
+                            F(st)(p, F(ld)(p) + kv * F(ld)(gyh + c * g.Wop + ow));
+                        }
                     }
                 }
             }
         }
-        F(unphase)(&g, gxb, n, gi, gx);
+        F(unphase)(&g, gxb, n, g0, gx);
     }
     F(work_free)(&w);
     }
-    free(g.tapoff);
+    geo_free(&g);
     return rc ? -1 : 0;
 }
 
-/* gK rows (tb, Wop) of taps d0 .. d0 + tb: sum over the head's channels of gy * the tap's input */
+/* gK rows (tb, Wop) of taps d0 .. d0 + tb: sum over a head's channels of gy * the tap's input (gyb and xb: the
+head's rows and phases) */
 static inline __attribute__((always_inline)) void F(kgrad_block)(
         const geo_t *g, const T *gyb, const T *xb, long oh, long d0, int tb, T *gK) {
     for (long ow = 0; ow < g->Wop; ow += L) {
@@ -265,6 +311,33 @@ static inline __attribute__((always_inline)) void F(kgrad_block)(
     }
 }
 
+/* the bases' gradient's vector partial sums gwv (nk, kk, L) of bases b0 .. b0 + nb and taps d0 .. d0 + tb
++= alpha's row ab * the kernels' gradient row gK, summed over the row in a register tile */
+static inline __attribute__((always_inline)) void F(bgrad_tile)(
+        const geo_t *g, const T *ab, const T *gK, long b0, int nb, long d0, int tb, T *gwv) {
+    V acc[FB][FT];
+    for (int b = 0; b < nb; b++)
+        for (int t = 0; t < tb; t++) acc[b][t] = F(ld)(gwv + ((b0 + b) * g->kk + d0 + t) * L);
+    for (long ow = 0; ow < g->Wop; ow += L) {
+        V gk[FT];
+        for (int t = 0; t < tb; t++) gk[t] = F(ld)(gK + (d0 + t) * g->Wop + ow);
+        for (int b = 0; b < nb; b++) {
+            V av = F(ld)(ab + (b0 + b) * g->Wop + ow);
+            for (int t = 0; t < tb; t++) acc[b][t] += av * gk[t];
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        for (int t = 0; t < tb; t++) F(st)(gwv + ((b0 + b) * g->kk + d0 + t) * L, acc[b][t]);
+}
+
+/* the bases' tiles of taps d0 .. d0 + tb: FB bases at a time, then one at a time */
+static inline __attribute__((always_inline)) void F(bgrad_taps)(
+        const geo_t *g, const T *ab, const T *gK, long d0, int tb, T *gwv) {
+    long b0 = 0;
+    for (; b0 + FB <= g->nk; b0 += FB) F(bgrad_tile)(g, ab, gK, b0, FB, d0, tb, gwv);
+    for (; b0 < g->nk; b0++) F(bgrad_tile)(g, ab, gK, b0, 1, d0, tb, gwv);
+}
+
 /* The kernels' gradient gK (kk, Wop) row by row, folded at once into what the caller asks for (NULL: not asked):
 ga, the gradient of alpha / attn with one map per sample, (N, G, nk, Ho, Wo), whether or not alpha is shared by
 the batch (the caller sums it then); gw, the bases' gradient per task, (N * G, nk, kk); gr, rel_pos's per task,
@@ -272,7 +345,7 @@ the batch (the caller sums it then); gw, the bases' gradient per task, (N * G, n
 int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T *a, const T *bases,
                            T *ga, T *gw, T *gr, int64_t threads) {
     geo_t g;
-    if (geo_init(&g, prm)) return -1;
+    if (geo_init(&g, prm, threads)) return -1;
     long plane = g.Ho * g.Wo;
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
@@ -284,66 +357,75 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
        summed at the task's end) */
     T *xb = w.xb, *gK = w.K, *gyb = w.gyb, *ab = w.ab, *gab = w.gab, *gwv = w.gwv, *grv = w.grv;
 #pragma omp for schedule(static)
-    for (long t = 0; t < g.N * g.G; t++) {
+    for (long t = 0; t < g.N * g.G / g.hpt; t++) {
         if (!ok) continue;
-        long n = t / g.G, gi = t % g.G;
-        F(phases)(&g, x, n, gi, xb);
-        memset(gwv, 0, sizeof(T) * g.nk * g.kk * L);
-        memset(grv, 0, sizeof(T) * g.kk * L);
+        long n = t * g.hpt / g.G, g0 = t * g.hpt % g.G;
+        F(phases)(&g, x, n, g0, xb);
+        memset(gwv, 0, sizeof(T) * g.hpt * g.nk * g.kk * L);
+        memset(grv, 0, sizeof(T) * g.hpt * g.kk * L);
         for (long oh = 0; oh < g.Ho; oh++) {
-            F(gy_rows)(&g, gy, n, gi, oh, gyb);
-            long d0 = 0;
-            for (; d0 + TB <= g.kk; d0 += TB) F(kgrad_block)(&g, gyb, xb, oh, d0, TB, gK);
-            for (; d0 < g.kk; d0++) F(kgrad_block)(&g, gyb, xb, oh, d0, 1, gK);
-            T *gap = ga ? ga + (n * g.G + gi) * g.nk * plane + oh * g.Wo : NULL;
-            if (!g.synth) {
-                for (long d = 0; gap && d < g.kk; d++) memcpy(gap + d * plane, gK + d * g.Wop, sizeof(T) * g.Wo);
-                continue;
-            }
-            const T *wg = bases + gi * g.nk * g.kk;
-            F(alpha_row)(&g, a, n, gi, oh, ab);
-            for (long ow = 0; ow < g.Wop; ow += L) {
-                for (long b0 = 0; b0 < g.nk; b0 += NB) {
-                    int nb = g.nk - b0 < NB ? (int)(g.nk - b0) : NB;
-                    V acc[NB], av[NB];
-                    for (int b = 0; b < nb; b++) {
-                        acc[b] = (V){0};
-                        av[b] = F(ld)(ab + (b0 + b) * g.Wop + ow);
-                    }
-                    for (long d = 0; d < g.kk; d++) {
-                        V gk = F(ld)(gK + d * g.Wop + ow);
-                        for (int b = 0; b < nb; b++) {
-                            acc[b] += wg[(b0 + b) * g.kk + d] * gk;  /* alpha's gradient */
-                            T *p = gwv + ((b0 + b) * g.kk + d) * L;  /* the bases' */
-                            F(st)(p, F(ld)(p) + av[b] * gk);
-                        }
-                    }
-                    for (int b = 0; b < nb; b++) F(st)(gab + (b0 + b) * g.Wop + ow, acc[b]);
+            F(gy_rows)(&g, gy, n, g0, oh, gyb);
+            for (long gi = g0; gi < g0 + g.hpt; gi++) {
+                const T *gyh = gyb + (gi - g0) * g.hd * g.Wop, *xh = xb + (gi - g0) * g.hd * g.phsz;
+                T *gwh = gwv + (gi - g0) * g.nk * g.kk * L, *grh = grv + (gi - g0) * g.kk * L;
+                long d0 = 0;
+                for (; d0 + TB <= g.kk; d0 += TB) F(kgrad_block)(&g, gyh, xh, oh, d0, TB, gK);
+                for (; d0 < g.kk; d0++) F(kgrad_block)(&g, gyh, xh, oh, d0, 1, gK);
+                T *gap = ga ? ga + (n * g.G + gi) * g.nk * plane + oh * g.Wo : NULL;
+                if (!g.synth) {
+                    for (long d = 0; gap && d < g.kk; d++) memcpy(gap + d * plane, gK + d * g.Wop, sizeof(T) * g.Wo);
+                    continue;
                 }
-                for (long d = 0; d < g.kk; d++) F(st)(grv + d * L, F(ld)(grv + d * L) + F(ld)(gK + d * g.Wop + ow));
+                const T *wg = bases + gi * g.nk * g.kk;
+                for (long ow = 0; gap && ow < g.Wop; ow += L) {  /* alpha's gradient: bases x taps per vector */
+                    for (long b0 = 0; b0 < g.nk; b0 += NB) {
+                        int nb = g.nk - b0 < NB ? (int)(g.nk - b0) : NB;
+                        V acc[NB];
+                        for (int b = 0; b < nb; b++) acc[b] = (V){0};
+                        for (long d = 0; d < g.kk; d++) {
+                            V gk = F(ld)(gK + d * g.Wop + ow);
+                            for (int b = 0; b < nb; b++) acc[b] += wg[(b0 + b) * g.kk + d] * gk;
+                        }
+                        for (int b = 0; b < nb; b++) F(st)(gab + (b0 + b) * g.Wop + ow, acc[b]);
+                    }
+                }
+                if (gw) {  /* the bases': alpha x gK over the row, in tiles of taps */
+                    F(alpha_row)(&g, a, n, gi, oh, ab);
+                    long d1 = 0;
+                    for (; d1 + FT <= g.kk; d1 += FT) F(bgrad_taps)(&g, ab, gK, d1, FT, gwh);
+                    for (; d1 < g.kk; d1++) F(bgrad_taps)(&g, ab, gK, d1, 1, gwh);
+                }
+                for (long d = 0; gr && d < g.kk; d++) {  /* rel_pos': gK over the row */
+                    V s = F(ld)(grh + d * L);
+                    for (long ow = 0; ow < g.Wop; ow += L) s += F(ld)(gK + d * g.Wop + ow);
+                    F(st)(grh + d * L, s);
+                }
+                for (long b = 0; gap && b < g.nk; b++) memcpy(gap + b * plane, gab + b * g.Wop, sizeof(T) * g.Wo);
             }
-            for (long b = 0; gap && b < g.nk; b++) memcpy(gap + b * plane, gab + b * g.Wop, sizeof(T) * g.Wo);
         }
-        for (long i = 0; gw && i < g.nk * g.kk; i++) {
+        /* the lanes summed: head gi's partial sums at (n * G + gi) */
+        for (long i = 0; gw && i < g.hpt * g.nk * g.kk; i++) {
             T s = 0;
             for (int l = 0; l < L; l++) s += gwv[i * L + l];
-            gw[t * g.nk * g.kk + i] = s;
+            gw[(n * g.G + g0) * g.nk * g.kk + i] = s;
         }
-        for (long d = 0; gr && d < g.kk; d++) {
+        for (long i = 0; gr && i < g.hpt * g.kk; i++) {
             T s = 0;
-            for (int l = 0; l < L; l++) s += grv[d * L + l];
-            gr[t * g.kk + d] = s;
+            for (int l = 0; l < L; l++) s += grv[i * L + l];
+            gr[(n * g.G + g0) * g.kk + i] = s;
         }
     }
     F(work_free)(&w);
     }
-    free(g.tapoff);
+    geo_free(&g);
     return rc ? -1 : 0;
 }
 
 #undef CB
 #undef TB
 #undef NB
+#undef FB
+#undef FT
 #undef T
 #undef L
 #undef V
