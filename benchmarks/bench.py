@@ -67,8 +67,8 @@ class Pair(NamedTuple):
 
 
 # the study's model as train/study.py trains it: its recipe's model kwargs, image size, channels and batch
-_STUDY = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'train', 'configs',
-                                          'fashion_mnist.yaml')))
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'train', 'configs', 'fashion_mnist.yaml')) as f:
+    _STUDY = yaml.safe_load(f)
 STUDY_PAIR = Pair('resnet26_cada_k7', 'resnet26_dw_k7', (None, 0.9),
                   dict(_STUDY['model_kwargs'], num_classes=_STUDY['num_classes']), _STUDY['in_chans'], _STUDY['img_size'],
                   _STUDY['batch_size'])

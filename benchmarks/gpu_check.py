@@ -23,7 +23,7 @@ from typing import Dict, List
 import torch
 
 import timm_cada  # noqa: F401  (registers the models)
-from bench import PAIRS, STAGES, Runner, bench_pairs, markdown  # benchmarks/bench.py, this script's neighbour
+from bench import PAIRS, STAGES, STUDY_PAIR, Runner, bench_pairs, markdown  # benchmarks/bench.py, this script's neighbour
 from timm_cada.layers import Cada2d, DwConv2d
 from timm_cada.ops import cada_filter, filter_output_size, pixel_filter
 from timm_cada.ops.reference import cada_reference, pixel_filter_reference
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
                f'B={BASES}, head_dim {HEAD_DIM} (target: op_x_dw <= {OP_TARGET})', '',
                markdown(ops, list(ops[0])), '', f'op target met at {sum(r["ok"] for r in ops)} of {len(ops)} shapes.', ''])
         rounds = 1 if args.quick else 3
-        models = bench_pairs(run, PAIRS, 64, 64, 224, rounds, channels_last=True)
+        models = bench_pairs(run, [p for p in PAIRS if p is not STUDY_PAIR], 64, 64, 224, rounds, channels_last=True)
         cada = next(r for r in models if r['model'] == 'resnet50_cada_k7')
         write([f'## Model level: CADA against DW of the same k in alternation ({rounds} rounds), batch 64 at 224 px, '
                f'bf16 autocast, channels_last, SGD step (target: resnet50_cada_k7 train_ratio >= {MODEL_TARGET})', '',

@@ -555,6 +555,22 @@ def test_native_builds_once_into_its_cache(fresh_native, caplog):
     assert list((fresh_native / 'native').glob('cada_cpu_*.so')) == built and built[0].stat().st_mtime_ns == mtime
 
 
+def test_native_cache_made_private_under_a_group_umask(fresh_native, monkeypatch, caplog):
+    """Every directory the cache needs is made 0700 whatever the umask (002 with user-private groups), so the
+    cache we made passes our own check: no private rebuild, no warning."""
+    monkeypatch.setenv('TIMM_CADA_CACHE', str(fresh_native / 'a' / 'b'))
+    old = os.umask(0o002)
+    try:
+        with caplog.at_level('WARNING', logger='timm_cada.ops.native'):
+            assert native.native_available()
+    finally:
+        os.umask(old)
+    assert not caplog.text
+    for d in (fresh_native / 'a', fresh_native / 'a' / 'b', fresh_native / 'a' / 'b' / 'native'):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    assert len(list((fresh_native / 'a' / 'b' / 'native').glob('cada_cpu_*.so'))) == 1
+
+
 @pytest.mark.parametrize('cc,why', [('no-such-cc', "no C compiler: 'no-such-cc' is not on PATH"),
                                     ('false', 'the C compiler failed')])
 def test_native_without_a_compiler_falls_back(monkeypatch, fresh_native, caplog, cc, why):

@@ -1,5 +1,6 @@
 """ The shared recipes and the ablation driver: recipes parse, name registered models, and train/ablate.py compares. """
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,13 @@ def test_ablate_trains_and_writes_table_csv_plot(tmp_path):
     # A second call reuses the finished runs instead of training again.
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV, timeout=600)
     assert again.returncode == 0 and again.stdout.count('reused (delete it to train again)') == 2
+    # A longer recipe resumes them; stopped early (--stop-after), they are tabulated as they stand.
+    (out / 'ablation.csv').unlink()
+    at = cmd.index('--epochs') + 1
+    longer = cmd[:at] + ['3'] + cmd[at + 1:] + ['--stop-after', '1']
+    stopped = subprocess.run(longer, capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV, timeout=600)
+    assert stopped.returncode == 0 and 'reused' not in stopped.stdout, stopped.stderr[-4000:]
+    with open(out / 'ablation.csv') as f:
+        assert [r['model'] for r in csv.DictReader(f)] == models
+    for m in models:
+        assert json.loads((out / m / 'results.json').read_text())['epochs'] == 2

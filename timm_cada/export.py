@@ -165,6 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         parser.error(e.named('--model', '--checkpoint'))
     except NoPretrainedWeightsError as e:
         parser.error(f'--pretrained: {e}')
+    except ValueError as e:  # e.g. timm.create_model refusing a checkpoint's model kwargs
+        parser.error(str(e))
     # the size the run trained at (its data arguments), else the model's pretrained cfg
     chans, height, width = resolve_data_config(data_args, model=model)['input_size']
     if args.img_size is not None:

@@ -95,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     jobs = [Job(model, os.path.join(args.output, model), options, tuple(extra)) for model in models]
     try:
         rows = [describe(job.model, job.run_dir, results, wall) for job, results, wall in run_jobs(
-            jobs, epochs=run_args.epochs, nproc_per_node=args.nproc_per_node)]
+            jobs, epochs=run_args.epochs, nproc_per_node=args.nproc_per_node, stopped=True)]
     except RunFailed as e:
         sys.exit(f'ablate.py: error: {e}')
 

@@ -62,24 +62,32 @@ def train_command(job: Job, nproc_per_node: int = 1) -> List[str]:
     return cmd + list(job.extra)
 
 
-def finished_results(run_dir: str, epochs: int = 0, tested: bool = False) -> Optional[Dict[str, Any]]:
-    """results.json of the run in `run_dir` when it completed its schedule (and `epochs` epochs: a recipe may
-    ask for more now) and, with `tested`, was evaluated on its test split; else None."""
+def run_results(run_dir: str) -> Optional[Dict[str, Any]]:
+    """results.json of the run in `run_dir` (written at its last epoch, finished or stopped), or None."""
     path = os.path.join(run_dir, RESULTS)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        results = json.load(f)
-    if results['epochs'] < max(epochs, results.get('num_epochs', 0)) or (tested and 'test_top1' not in results):
+        return json.load(f)
+
+
+def finished_results(run_dir: str, epochs: int = 0, tested: bool = False) -> Optional[Dict[str, Any]]:
+    """results.json of the run in `run_dir` when it completed its schedule (and `epochs` epochs: a recipe may
+    ask for more now) and, with `tested`, was evaluated on its test split; else None."""
+    results = run_results(run_dir)
+    if results is None or results['epochs'] < max(epochs, results.get('num_epochs', 0)) or (
+            tested and 'test_top1' not in results):
         return None
     return results
 
 
 def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_runs: Optional[int] = None,
-             nproc_per_node: int = 1) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
+             nproc_per_node: int = 1, stopped: bool = False) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
     """(job, its results, the wall minutes of its training or None when reused) for each job, in order: a
     finished run is reused, any other trained (or resumed). Once `max_runs` were trained, the unfinished
-    jobs left are skipped. A RunFailed error stops the set at a run that fails."""
+    jobs left are skipped. A RunFailed error stops the set at a run that fails, or, unless `stopped`, that
+    exits before the end of its schedule (train.py's --stop-after); with `stopped` such a run's results are
+    taken as they stand (the next start resumes it)."""
     trained = 0
     for job in jobs:
         results, wall = finished_results(job.run_dir, epochs, tested), None
@@ -94,7 +102,7 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
                 raise RunFailed(f'{job.label} failed (exit {code}, its log above); {job.run_dir} keeps its '
                                 f'finished epochs, and the next start resumes it')
             wall, trained = (time.time() - tic) / 60, trained + 1
-            results = finished_results(job.run_dir, epochs, tested)
+            results = run_results(job.run_dir) if stopped else finished_results(job.run_dir, epochs, tested)
             if results is None:
                 raise RunFailed(f'{job.run_dir} did not finish its schedule (see its log above)')
         else:

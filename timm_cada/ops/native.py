@@ -89,10 +89,21 @@ def _untrusted(path: Path) -> Optional[str]:
     return None
 
 
+def _make_dirs(path: Path) -> None:
+    """path and every missing directory above it, each made 0700 (mkdir's parents would follow the umask, and a
+    group-writable directory that we made would then fail our own check)."""
+    for part in reversed([path, *path.parents]):
+        if not part.exists():
+            try:
+                part.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+
+
 def _compile(cc: str, src_dir: Path, flags: List[str], out: Path) -> Optional[str]:
     """Build the library into out (atomically, mode 0700: a per-user cache is shared with no one); the compiler's
     complaint on failure, else None. OSError: the cache directory cannot be made or written."""
-    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_dirs(out.parent)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
     os.close(fd)
     try:
@@ -118,16 +129,6 @@ def _build_name(cc: str, flags: List[str]) -> str:
     return f'cada_cpu_{key.hexdigest()[:16]}.so'
 
 
-def _distrust_cache(cache: Path) -> Optional[str]:
-    """Why the cache directory cannot be trusted with the build (see `_untrusted`), or None. It is made (0700)
-    if missing."""
-    try:
-        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError:
-        return None  # _compile reports it
-    return _untrusted(cache)
-
-
 @functools.lru_cache(maxsize=None)
 def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     """(the loaded library, '') or (None, why not); built once per source, compiler and CPU into the cache, or,
@@ -137,17 +138,30 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     if shutil.which(cc) is None:
         return None, f'no C compiler: {cc!r} is not on PATH (set CC to one)'
     src_dir = Path(__file__).with_name('csrc')
-    cache = _cache_dir()
-    dir_why = _distrust_cache(cache)
+    # Resolved once, then checked, built into and loaded from as this one path: no link on the way to re-point.
+    cache = Path(os.path.realpath(_cache_dir()))
+    try:
+        _make_dirs(cache)
+        cache_why = _untrusted(cache)
+    except OSError:
+        cache_why = None  # _compile says that the cache cannot be written
     errors = []
-    for flags in ([*_FLAGS, _ARCH_FLAG], list(_FLAGS)):  # without -march=native where the compiler lacks it
-        path = cache / _build_name(cc, flags)
-        why = dir_why or (_untrusted(path) if path.exists() else None)
-        with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        private = None  # a fresh 0700 directory, removed on return (a loaded library outlives its file)
+        for flags in ([*_FLAGS, _ARCH_FLAG], list(_FLAGS)):  # without -march=native where the compiler lacks it
+            path = cache / _build_name(cc, flags)
+            why = cache_why or (_untrusted(path) if path.exists() else None)
             if why is not None:
-                _logger.warning('not loading the native CADA kernels from %s: %s; building them privately', cache, why)
-                # a fresh 0700 directory, removed once the library is loaded (which outlives it)
-                path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='timm_cada_'))) / path.name
+                if private is None:
+                    _logger.warning('not loading the native CADA kernels from %s: %s (make it writable by you alone, '
+                                    'or set TIMM_CADA_CACHE to a private directory); building them privately',
+                                    cache, why)
+                    private = Path(os.path.realpath(stack.enter_context(tempfile.TemporaryDirectory('', 'timm_cada_'))))
+                    private_why = _untrusted(private)
+                    if private_why is not None:
+                        errors.append(f'no private directory to build the kernels in: {private_why}')
+                        break
+                path = private / path.name
             if not path.exists():
                 _logger.info('building the native CADA kernels: %s', path)
                 try:
@@ -159,8 +173,8 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
                     errors.append(f'the C compiler failed ({cc} {" ".join(flags)}): {err}')
                     continue
             lib = _bind(path, errors)
-        if lib is not None:
-            return lib, ''
+            if lib is not None:
+                return lib, ''
     return None, '; '.join(errors)
 
 

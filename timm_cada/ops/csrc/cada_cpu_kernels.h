@@ -36,7 +36,8 @@ static int F(work_init)(F(work_t) *w, const geo_t *g) {
     w->gyb = malloc(sizeof(T) * g->cpt * g->Wop);
     w->ab = malloc(sizeof(T) * g->nk * g->Wop);
     w->gab = malloc(sizeof(T) * g->nk * g->Wop);
-    w->gwv = malloc(sizeof(T) * g->hpt * g->nk * g->kk * L);
+    /* the bases' partial sums only where there are bases: per-pixel kernels (nk = k * k) would need hpt * k^4 */
+    w->gwv = malloc(sizeof(T) * (g->synth ? g->hpt * g->nk * g->kk : 1) * L);
     w->grv = malloc(sizeof(T) * g->hpt * g->kk * L);
     w->tail = malloc(sizeof(T) * CB * L);
     return w->xb && w->K && w->gyb && w->ab && w->gab && w->gwv && w->grv && w->tail;
@@ -361,7 +362,7 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
         if (!ok) continue;
         long n = t * g.hpt / g.G, g0 = t * g.hpt % g.G;
         F(phases)(&g, x, n, g0, xb);
-        memset(gwv, 0, sizeof(T) * g.hpt * g.nk * g.kk * L);
+        if (gw) memset(gwv, 0, sizeof(T) * g.hpt * g.nk * g.kk * L);
         memset(grv, 0, sizeof(T) * g.hpt * g.kk * L);
         for (long oh = 0; oh < g.Ho; oh++) {
             F(gy_rows)(&g, gy, n, g0, oh, gyb);
