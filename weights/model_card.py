@@ -101,8 +101,10 @@ def table_section(rows: List[Dict[str, object]], throughput_measured: bool, mani
     notes = [
         'Params and GMACs at 224 x 224 with 1000 classes (`timm_cada.profile`; CADA-family mixers counted as '
         'their operator is defined).',
-        'CPU img/s: inference throughput from the first model table of `benchmarks/RESULTS.md`, which names the '
-        'machine and settings.' if throughput_measured else
+        'CPU img/s: eager inference throughput in NCHW (batch 16, 224 x 224) from the first model table of '
+        '`benchmarks/RESULTS.md`, which names the machine, the run and the code; its section "CADA against DW of '
+        'the same k" times the current kernels in both layouts, and channels_last is the faster one for every '
+        'model there.' if throughput_measured else
         'CPU img/s: not measured yet (no `benchmarks/RESULTS.md` with a throughput column).',
         'top-1: only results measured on published weights, with their dataset and pretrained tag (details in '
         '"Published weights"); "—" means no weights exist for that model.',
