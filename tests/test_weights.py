@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from PIL import Image
 
 import timm
 import timm_cada
@@ -171,6 +172,27 @@ def test_publish_takes_preprocessing_from_the_training_run(tmp_path, model_name,
         assert result['manifest_entry']['input_size'] == [3, 32, 32] and result['manifest_entry']['crop_pct'] == 1.0
     else:
         assert result['manifest_entry'] is None and result['extra_args'] == dict(mean=(0.5, 0.5, 0.5))
+
+
+def test_published_small_stem_model_keeps_its_training_size(tmp_path):
+    """A study-style run (small stem, 1 channel, 28 px; img_size not among the model kwargs, which only a size
+    that sizes parameters needs) loads through local-dir: at 28 px, so timm's own data config and transform give
+    28 x 28 inputs (not 224), and with the final map's size of that input."""
+    kwargs = dict(num_classes=10, small_stem=True, channels=[16, 32, 64, 128], in_chans=1)
+    model = timm.create_model(MODEL, **kwargs).eval()
+    ckpt = tmp_path / 'last.pth.tar'
+    torch.save(dict(arch=MODEL, model_kwargs=kwargs, epoch=0, top1=80.0, eval_metric='top1', metric=80.0,
+                    state_dict=model.state_dict(), args=dict(img_size=28, in_chans=1, mean=[0.286], std=[0.353],
+                                                             crop_pct=1.0, interpolation='bilinear')), ckpt)
+    publish.export(ckpt, MODEL, REPO, tmp_path / 'out', dataset='fashion_mnist')
+    loaded = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+    assert loaded.pretrained_cfg['input_size'] == (1, 28, 28) and loaded.pretrained_cfg['pool_size'] == (4, 4)
+    config = timm.data.resolve_data_config({}, model=loaded)
+    assert config['input_size'] == (1, 28, 28) and tuple(config['mean']) == (0.286,)
+    x = timm.data.create_transform(**config)(Image.new('L', (28, 28), 128)).unsqueeze(0)
+    assert x.shape == (1, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 def test_publish_bare_state_dict_and_safetensors(trained, published, tmp_path):

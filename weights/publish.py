@@ -262,6 +262,8 @@ def export(
     data_config = {k: v for k, v in run_data_config(model, meta).items() if k in _DATA_CFG}
     registered = model.pretrained_cfg
     model.pretrained_cfg = dict(registered, **data_config)
+    if tuple(data_config['input_size'][1:]) != tuple(registered['input_size'][1:]):
+        model.pretrained_cfg['pool_size'] = None  # the registered one is that of another size (as timm's export says)
     out.mkdir(parents=True, exist_ok=True)
     save_for_hf(model, out, model_args=meta['model_kwargs'], safe_serialization=True, data_config=data_config)
     _check_rebuild(model, out, data_config['input_size'])

@@ -220,13 +220,21 @@ def _check_out_indices(out_indices: Any) -> None:
         raise ValueError(f'out_indices={out_indices!r} is out of range; {accepted}')
 
 
+def _given_cfg_size(cfg) -> Optional[Tuple[int, int]]:
+    """(H, W) of a pretrained cfg given to create_model as a dict or PretrainedCfg, if it names an input size."""
+    size = cfg.get('input_size') if isinstance(cfg, dict) else getattr(cfg, 'input_size', None)
+    return tuple(size[-2:]) if size else None
+
+
 def _create_cada_resnet(variant: str, pretrained: bool = False, **kwargs) -> CadaResNet:
     if kwargs.get('features_only') and 'out_indices' in kwargs:
         _check_out_indices(kwargs['out_indices'])
     if kwargs.get('img_size') is not None or kwargs.get('small_stem'):
         # img_size is the resolution the model is built for (it sizes 'position' and fixes 'local' kernels):
-        # its pretrained cfg, which data configs are resolved from, says so, and the final map's size
-        h, w = to_2tuple(kwargs.get('img_size') or _cfg()['input_size'][1:])
+        # its pretrained cfg, which data configs are resolved from, says so, and the final map's size. Without
+        # img_size, a given pretrained cfg's size (config.json's, for hf-hub: and local-dir:) stands.
+        h, w = to_2tuple(kwargs.get('img_size') or _given_cfg_size(kwargs.get('pretrained_cfg')) or
+                         _cfg()['input_size'][1:])
         stride = _stage_reduction(32, bool(kwargs.get('small_stem')))
         kwargs['pretrained_cfg_overlay'] = dict(
             kwargs.get('pretrained_cfg_overlay') or {}, input_size=(kwargs.get('in_chans', 3), h, w),
