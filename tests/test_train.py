@@ -134,6 +134,28 @@ def test_ablate_reuses_only_runs_that_finished_the_recipe(first_epoch, resumed):
     assert not runs.finished_results(first_epoch / 'missing', 3)
 
 
+def test_run_jobs_reuses_finished_runs_and_prints_progress(tmp_path, monkeypatch, capsys):
+    """A set of four runs, one already finished: three are trained (a stand-in for train.py writes their
+    results.json), at most two in this sitting, and each trained run prints the set's progress."""
+    def write_results(folder, epochs=2):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / runs.RESULTS).write_text(json.dumps(dict(epochs=epochs, num_epochs=2, top1=50.0)))
+
+    def fake_train(cmd):
+        write_results(Path(cmd[cmd.index('--output') + 1]))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runs.subprocess, 'run', fake_train)
+    jobs = [runs.Job('resnet26_dw_k3', str(tmp_path / f'run{i}')) for i in range(4)]
+    write_results(tmp_path / 'run1')
+    done = [job.run_dir for job, _, _ in runs.run_jobs(jobs, epochs=2, max_runs=2)]
+    assert done == [jobs[0].run_dir, jobs[1].run_dir, jobs[2].run_dir]  # run3 left for the next sitting
+    out = capsys.readouterr().out
+    assert '==> 2 of 4 runs done; 1 more to train in this sitting, about ' in out
+    assert '==> 3 of 4 runs done; 0 more to train in this sitting, about 0 min' in out
+    assert out.count('reused (delete it to train again)') == 1
+
+
 def test_make_digits_regenerates_when_parameters_change(tmp_path):
     make_digits = load_script('train/make_digits.py')
     root = tmp_path / 'digits'

@@ -87,8 +87,12 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
     finished run is reused, any other trained (or resumed). Once `max_runs` were trained, the unfinished
     jobs left are skipped. A RunFailed error stops the set at a run that fails, or, unless `stopped`, that
     exits before the end of its schedule (train.py's --stop-after); with `stopped` such a run's results are
-    taken as they stand (the next start resumes it)."""
-    trained = 0
+    taken as they stand (the next start resumes it). After each trained run it prints the set's progress: runs
+    done of the total, and the time left at the mean minutes a run of this sitting."""
+    jobs = list(jobs)
+    pending = sum(finished_results(job.run_dir, epochs, tested) is None for job in jobs)
+    to_train = pending if max_runs is None else min(pending, max_runs)
+    trained, minutes = 0, 0.0
     for job in jobs:
         results, wall = finished_results(job.run_dir, epochs, tested), None
         if results is None:
@@ -105,6 +109,10 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             results = run_results(job.run_dir) if stopped else finished_results(job.run_dir, epochs, tested)
             if results is None:
                 raise RunFailed(f'{job.run_dir} did not finish its schedule (see its log above)')
+            minutes += wall
+            print(f'==> {len(jobs) - pending + trained} of {len(jobs)} runs done; {to_train - trained} more to train in '
+                  f'this sitting, about {(to_train - trained) * minutes / trained:.0f} min at its '
+                  f'{minutes / trained:.1f} min a run', flush=True)
         else:
             print(f'==> {job.label}: finished run in {job.run_dir} reused (delete it to train again)', flush=True)
         yield job, results, wall
