@@ -318,6 +318,8 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
     int ok = F(work_init)(&w, &g);
     rc |= !ok;
     T *gxb = w.xb, *K = w.K, *gyb = w.gyb, *ab = w.ab;  /* the phases hold grad_x here */
+    /* in registers: the stores (memcpy, so of any type) would otherwise reload them from g in the inner loop */
+    const long hd = g.hd, phsz = g.phsz, Wop = g.Wop;
 #pragma omp for schedule(static)
     for (long t = 0; t < g.N * g.G / g.hpt; t++) {
         if (!ok) continue;
@@ -334,11 +336,11 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
                     long d = (e % g.k) * g.k + e / g.k;
                     const T *kd = K + d * g.Wop;
                     T *go = gxb + (gi - g0) * g.hd * g.phsz + g.tapoff[d] + oh * g.Wph;
-                    for (long ow = 0; ow < g.Wop; ow += L) {
+                    for (long ow = 0; ow < Wop; ow += L) {
                         V kv = F(ld)(kd + ow);
-                        for (long c = 0; c < g.hd; c++) {
-                            T *p = go + c * g.phsz + ow;
-                            F(st)(p, F(ld)(p) + kv * F(ld)(gyh + c * g.Wop + ow));
+                        for (long c = 0; c < hd; c++) {
+                            T *p = go + c * phsz + ow;
+                            F(st)(p, F(ld)(p) + kv * F(ld)(gyh + c * Wop + ow));
                         }
                     }
                 }
