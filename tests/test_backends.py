@@ -517,6 +517,34 @@ def test_native_layouts_match_reference(case, channels_last):
         torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
+@pytest.mark.parametrize('stride', [1, 2, 3])
+def test_native_channels_last_float32_tiles(stride):
+    """float32 channels_last, whose copies transpose 8 x 8 tiles in registers: every stride phase's runs of a row
+    8 pixels or more and no multiple of 8 (a last tile overlapping the one before), output rows of 8 pixels and a
+    remainder, tasks of 24 channels (a whole sample) and of 12 (a head, N = 1 on two threads), against the float64
+    reference."""
+    for N, threads in ((2, 1), (1, 2)):
+        x, alpha, bases, rel_pos, attn = op_inputs(5, N=N, C=24, G=2, B=4, H=6, W=18 * stride + 1, stride=stride,
+                                                   dtype=torch.float32)
+        xl = x.contiguous(memory_format=torch.channels_last)
+        inputs = [t.requires_grad_() for t in (xl, alpha, bases, rel_pos, attn)]
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = cada_filter(xl, alpha, bases, rel_pos, stride, impl='native') + pixel_filter(xl, attn, 5, stride,
+                                                                                               impl='native')
+            got = grads(out.square().sum() / 2, inputs)
+        finally:
+            torch.set_num_threads(before)
+        d64 = [t.detach().double().requires_grad_() for t in inputs]
+        ref = cada_reference(d64[0], d64[1], d64[2], d64[3], stride) + pixel_filter_reference(d64[0], d64[4], 5,
+                                                                                              stride)
+        want = grads(ref.square().sum() / 2, d64)
+        for a, b in zip([out] + list(got), [ref] + list(want)):
+            scale = b.abs().max().item()
+            torch.testing.assert_close(a.double() / scale, b / scale, rtol=1e-5, atol=1e-5)
+
+
 def test_native_rejects_what_its_kernels_would_read_past():
     """The C kernels index without bounds checks: every shape they rely on is checked first, by name."""
     x, alpha, bases, rel_pos, attn = op_inputs(3, N=2, C=4, H=8, W=8, G=2, B=3, dtype=torch.float32)

@@ -77,6 +77,17 @@ static inline long phase_row(const geo_t *g, long ih) {
     return (ih + g->pad) % g->s * g->s * g->Hph * g->Wph + (ih + g->pad) / g->s * g->Wph;
 }
 
+/* 1 where the compiler has __builtin_shufflevector (GCC >= 12, Clang): channels_last copies then transpose L x L
+tiles in registers */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define CADA_SHUFFLE 1
+#endif
+#endif
+#ifndef CADA_SHUFFLE
+#define CADA_SHUFFLE 0
+#endif
+
 #define CADA_T float
 #define CADA_L 8
 #define CADA_NAME(f) f##_f32

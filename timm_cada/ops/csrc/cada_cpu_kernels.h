@@ -47,15 +47,62 @@ static void F(work_free)(F(work_t) *w) {
     free(w->xb); free(w->K); free(w->gyb); free(w->ab); free(w->gab); free(w->gwv); free(w->grv); free(w->tail);
 }
 
-/* the task's channels, from head gi on, of sample n of channels_last x (or, with `out`, of gx, from buf): pixel
-by pixel, the channels a contiguous run of each */
+#if CADA_SHUFFLE && (L == 8 || L == 4)
+#define TR_FAST 1
+#if L == 8
+#define ZIP_LO 0, 8, 1, 9, 2, 10, 3, 11
+#define ZIP_HI 4, 12, 5, 13, 6, 14, 7, 15
+#else
+#define ZIP_LO 0, 4, 1, 5
+#define ZIP_HI 2, 6, 3, 7
+#endif
+/* r (L vectors of L) transposed in registers: log2(L) rounds of interleaving row i with row i + L / 2 */
+static inline __attribute__((always_inline)) void F(tr)(V *r) {
+    for (int round = 1; round < L; round *= 2) {
+        V t[L];
+        for (int i = 0; i < L / 2; i++) {
+            t[2 * i] = __builtin_shufflevector(r[i], r[i + L / 2], ZIP_LO);
+            t[2 * i + 1] = __builtin_shufflevector(r[i], r[i + L / 2], ZIP_HI);
+        }
+        for (int i = 0; i < L; i++) r[i] = t[i];
+    }
+}
+#else
+#define TR_FAST 0
+#endif
+
+/* dst[j * dj + i] = src[i * si + j] for i < ni, j < nj (a copy between pixel and channel rows): in L x L tiles
+transposed in registers, a row's or a column's last tile overlapping the one before it; scalar where ni or nj is
+under L or the compiler lacks __builtin_shufflevector */
+static void F(transpose)(const T *src, long si, T *dst, long dj, long ni, long nj) {
+#if TR_FAST
+    if (ni >= L && nj >= L) {
+        for (long i0 = 0; i0 < ni; i0 += L) {
+            long i = i0 + L <= ni ? i0 : ni - L;
+            for (long j0 = 0; j0 < nj; j0 += L) {
+                long j = j0 + L <= nj ? j0 : nj - L;
+                V r[L];
+                for (int l = 0; l < L; l++) r[l] = F(ld)(src + (i + l) * si + j);
+                F(tr)(r);
+                for (int l = 0; l < L; l++) F(st)(dst + (j + l) * dj + i, r[l]);
+            }
+        }
+        return;
+    }
+#endif
+    for (long i = 0; i < ni; i++)
+        for (long j = 0; j < nj; j++) dst[j * dj + i] = src[i * si + j];
+}
+
+/* the task's channels, from head gi on, of sample n of channels_last x (or, with `out`, of gx, from buf): an
+input row's pixels r, r + s, r + 2 s, ... are consecutive in one phase, so each such run is one transpose */
 static void F(phases_nhwc)(const geo_t *g, T *x, long n, long gi, T *buf, int out) {
     for (long ih = 0; ih < g->H; ih++) {
         T *px = x + (n * g->H + ih) * g->W * g->C + gi * g->hd, *row = buf + phase_row(g, ih);
-        for (long iw = 0; iw < g->W; iw++, px += g->C) {
-            T *b = row + g->coloff[iw];
-            if (out) for (long c = 0; c < g->cpt; c++) px[c] = b[c * g->phsz];
-            else for (long c = 0; c < g->cpt; c++) b[c * g->phsz] = px[c];
+        for (long r = 0; r < g->s && r < g->W; r++) {
+            long np = (g->W - r + g->s - 1) / g->s;
+            if (out) F(transpose)(row + g->coloff[r], g->phsz, px + r * g->C, g->s * g->C, g->cpt, np);
+            else F(transpose)(px + r * g->C, g->s * g->C, row + g->coloff[r], g->phsz, np, g->cpt);
         }
     }
 }
@@ -185,8 +232,19 @@ static inline __attribute__((always_inline)) void F(filter_block)(
             for (int c = 0; c < cb; c++) acc[c] += kv * F(ld)(xp + c * g->phsz);
         }
         if (g->nhwc) {
-            for (int c = 0; c < cb; c++) F(st)(tail + c * L, acc[c]);
             long np = g->Wo - ow < L ? g->Wo - ow : L;
+#if TR_FAST
+            if (cb % L == 0) {  /* L channels at a time: transposed, a vector per pixel */
+                for (int c = 0; c < cb; c += L) {
+                    V r[L];
+                    for (int l = 0; l < L; l++) r[l] = acc[c + l];
+                    F(tr)(r);
+                    for (long l = 0; l < np; l++) F(st)(y + (ow + l) * g->C + c, r[l]);
+                }
+                continue;
+            }
+#endif
+            for (int c = 0; c < cb; c++) F(st)(tail + c * L, acc[c]);
             for (long l = 0; l < np; l++)
                 for (int c = 0; c < cb; c++) y[(ow + l) * g->C + c] = tail[c * L + l];
             continue;
@@ -240,9 +298,7 @@ int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bas
 
 /* gy's rows oh of the task's channels (from head gi on) of sample n, (cpt, Wop), zero beyond Wo */
 static void F(gy_rows)(const geo_t *g, const T *gy, long n, long gi, long oh, T *gyb) {
-    const T *pg = gy + (n * g->Ho + oh) * g->Wo * g->C + gi * g->hd;  /* channels_last: pixel by pixel */
-    for (long ow = 0; g->nhwc && ow < g->Wo; ow++, pg += g->C)
-        for (long c = 0; c < g->cpt; c++) gyb[c * g->Wop + ow] = pg[c];
+    if (g->nhwc) F(transpose)(gy + (n * g->Ho + oh) * g->Wo * g->C + gi * g->hd, g->C, gyb, g->Wop, g->Wo, g->cpt);
     for (long c = 0; c < g->cpt; c++) {
         T *dst = gyb + c * g->Wop;
         if (!g->nhwc) memcpy(dst, gy + ((n * g->C + gi * g->hd + c) * g->Ho + oh) * g->Wo, sizeof(T) * g->Wo);
@@ -262,6 +318,8 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
     int ok = F(work_init)(&w, &g);
     rc |= !ok;
     T *gxb = w.xb, *K = w.K, *gyb = w.gyb, *ab = w.ab;  /* the phases hold grad_x here */
+    /* in registers: the stores (memcpy, so of any type) would otherwise reload them from g in the inner loop */
+    const long hd = g.hd, phsz = g.phsz, Wop = g.Wop;
 #pragma omp for schedule(static)
     for (long t = 0; t < g.N * g.G / g.hpt; t++) {
         if (!ok) continue;
@@ -278,11 +336,11 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
                     long d = (e % g.k) * g.k + e / g.k;
                     const T *kd = K + d * g.Wop;
                     T *go = gxb + (gi - g0) * g.hd * g.phsz + g.tapoff[d] + oh * g.Wph;
-                    for (long ow = 0; ow < g.Wop; ow += L) {
+                    for (long ow = 0; ow < Wop; ow += L) {
                         V kv = F(ld)(kd + ow);
-                        for (long c = 0; c < g.hd; c++) {
-                            T *p = go + c * g.phsz + ow;
-                            F(st)(p, F(ld)(p) + kv * F(ld)(gyh + c * g.Wop + ow));
+                        for (long c = 0; c < hd; c++) {
+                            T *p = go + c * phsz + ow;
+                            F(st)(p, F(ld)(p) + kv * F(ld)(gyh + c * Wop + ow));
                         }
                     }
                 }
@@ -427,6 +485,9 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
 #undef NB
 #undef FB
 #undef FT
+#undef TR_FAST
+#undef ZIP_LO
+#undef ZIP_HI
 #undef T
 #undef L
 #undef V
