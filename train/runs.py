@@ -89,12 +89,12 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
     exits before the end of its schedule (train.py's --stop-after); with `stopped` such a run's results are
     taken as they stand (the next start resumes it). After each trained run it prints the set's progress: runs
     done of the total, and the time left at the mean minutes a run of this sitting."""
-    jobs = list(jobs)
-    pending = sum(finished_results(job.run_dir, epochs, tested) is None for job in jobs)
+    found = [(job, finished_results(job.run_dir, epochs, tested)) for job in jobs]  # read once, before any run
+    pending = sum(results is None for _, results in found)
     to_train = pending if max_runs is None else min(pending, max_runs)
     trained, minutes = 0, 0.0
-    for job in jobs:
-        results, wall = finished_results(job.run_dir, epochs, tested), None
+    for job, results in found:
+        wall = None
         if results is None:
             if max_runs is not None and trained >= max_runs:
                 continue
@@ -110,7 +110,7 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             if results is None:
                 raise RunFailed(f'{job.run_dir} did not finish its schedule (see its log above)')
             minutes += wall
-            print(f'==> {len(jobs) - pending + trained} of {len(jobs)} runs done; {to_train - trained} more to train in '
+            print(f'==> {len(found) - pending + trained} of {len(found)} runs done; {to_train - trained} more to train in '
                   f'this sitting, about {(to_train - trained) * minutes / trained:.0f} min at its '
                   f'{minutes / trained:.1f} min a run', flush=True)
         else:
