@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # One worker a core, a test file a worker (module fixtures built once); most tests run one thread.
 PYTEST_XDIST ?= -n auto --dist loadfile
 
-.PHONY: install test test-all demo zoo bench study clean
+.PHONY: install test test-all demo zoo bench bench-study study clean
 
 install: $(STAMP)
 
@@ -74,6 +74,12 @@ BENCH_ENV ?=
 
 bench: $(STAMP)
 	$(BENCH_ENV) $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
+
+# The Fashion-MNIST study's training throughput as main trained it before against as train/study.py trains it
+# now, measured in one run (benchmarks/study_speed.py; about 10 minutes on 2 cores; needs Debian's
+# dataset-fashion-mnist, like `make study`). BENCH_ARGS="--models ... --images-per-class N" for fewer.
+bench-study: $(STAMP)
+	PYTHONPATH=train $(PYTHON) benchmarks/study_speed.py $(BENCH_ARGS)
 
 # The ablation study on Fashion-MNIST (train/study.py; results in results/fashion_mnist/): 16 models x 3 seeds,
 # about 4 hours on 2 CPU cores. Needs Debian's dataset-fashion-mnist (installed with apt-get when run as root,

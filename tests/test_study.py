@@ -158,7 +158,7 @@ def test_finished_runs_are_reused(quick, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError(f'a finished run was trained again: {args}')
 
-    monkeypatch.setattr(runs.subprocess, 'run', no_training)
+    monkeypatch.setattr(runs.subprocess, 'Popen', no_training)
     study.main(argv)  # every row in runs.csv
     assert runs_csv.read_text() == before
     lines = before.splitlines()
@@ -182,7 +182,7 @@ def test_rows_of_another_protocol_are_kept(quick):
 
 def test_max_runs_stops_before_training(quick, tmp_path, monkeypatch):
     root, argv, _ = quick
-    monkeypatch.setattr(runs.subprocess, 'run', lambda *a, **k: pytest.fail('trained despite --max-runs 0'))
+    monkeypatch.setattr(runs.subprocess, 'Popen', lambda *a, **k: pytest.fail('trained despite --max-runs 0'))
     out = tmp_path / 'out'
     study.main(argv[:argv.index('--output')] + ['--output', str(out), '--work', str(tmp_path / 'work'),
                                                 '--max-runs', '0'])
@@ -197,7 +197,7 @@ def test_interrupted_runs_resume(tmp_path):
     cmd = runs.train_command(study.job('m', 1, str(run_dir), 'data', study.RECIPE, ['--workers', '1']))
     assert cmd[cmd.index('--resume') + 1] == str(run_dir / 'last.pth.tar')
     assert cmd[cmd.index('--seed') + 1] == '1' and cmd[-2:] == ['--workers', '1']
-    assert cmd[cmd.index('--test-split') + 1] == 'test'
+    assert cmd[cmd.index('--test-split') + 1] == 'test' and '--preload-images' in cmd
 
 
 def test_protocol_changes_with_recipe_data_and_options(tmp_path):
@@ -223,3 +223,69 @@ def test_readme_and_model_card_quote_the_committed_verdicts():
             assert f'{report.QUOTE_START}\n{quote}\n{report.QUOTE_END}' in f.read(), (
                 f'{path}: the quoted verdicts are not those of results/fashion_mnist/runs.csv; run '
                 f'`python train/study.py --max-runs 0` to rewrite them')
+
+
+# ---- the converged protocol's pilot (train/pilot.py) ----
+
+pilot = load_script('train/pilot.py')
+
+
+def pilot_stats(means, std=0.1):
+    """(model, epochs) -> Stats for every pilot model at every pilot schedule: means[i] at PILOT_EPOCHS[i]."""
+    return {(m, e): findings.Stats(len(findings.PILOT_SEEDS), mean, std)
+            for m in findings.PILOT_MODELS for e, mean in zip(findings.PILOT_EPOCHS, means)}
+
+
+def test_converged_schedule_is_the_shortest_whose_doubling_settles():
+    assert findings.PILOT_EPOCHS == (1, 2, 4, 8, 16) and findings.PILOT_TOLERANCE == 0.3
+    assert findings.converged_epochs(pilot_stats([80, 85, 88, 88.2, 88.3])) == 4  # 4 -> 8 moves 0.2
+    assert findings.converged_epochs(pilot_stats([80, 85, 88, 89, 89.5])) is None  # no doubling settles
+    assert findings.converged_epochs(pilot_stats([80, 85, 88, 88.5, 88.6], std=0.6)) == 4  # within the seed spread
+    falling = pilot_stats([80, 85, 88, 88.2, 88.3])
+    falling[findings.PILOT_MODELS[2], 8] = findings.Stats(2, 87.5, 0.1)  # one model loses 0.5 from 4 to 8
+    falling[findings.PILOT_MODELS[2], 16] = findings.Stats(2, 87.6, 0.1)
+    assert findings.converged_epochs(falling) == 8
+    partial = pilot_stats([80, 85, 88, 88.2, 88.3])
+    partial[findings.PILOT_MODELS[0], 4] = findings.Stats(1, 88.0, 0.0)  # a seed missing at 4: undecided
+    assert findings.converged_epochs(partial) is None
+
+
+def test_pilot_report_from_synthetic_rows(tmp_path):
+    rows = [dict(model=m, seed=str(s), epochs=str(e), val_top1=str(mean + (0.1 if s else -0.1)), val_top5='99',
+                 train_images='50000', train_minutes=str(3 * e), wall_minutes=str(3.2 * e), runs_at_once='2', machine='m',
+                 protocol='p')
+            for m in findings.PILOT_MODELS for s in findings.PILOT_SEEDS
+            for e, mean in zip(findings.PILOT_EPOCHS, (80, 85, 88, 88.2, 88.3))]
+    assert pilot.write_pilot(str(tmp_path), rows + [dict(rows[0], protocol='q', val_top1='10')], 'p', len(rows)) == 4
+    text = (tmp_path / 'pilot.md').read_text()
+    assert f'{len(rows)} of {len(rows)} runs done' in text and '**4 epochs**' in text
+    assert '| resnet26_dw_k7 | 80.00 ± 0.14 (2) | 85.00 ± 0.14 (2)<br>+5.00 from 1 ep |' in text
+    # 16 models x 3 seeds x 4 epochs x 50,000 images at 2 x 50,000 images / 3.2 min = 520.8 img/s: 5.1 hours
+    assert '(520 training images/s' not in text and '(521 training images/s' in text and 'about 5.1 hours' in text
+    with Image.open(tmp_path / 'pilot.png') as img:
+        assert img.format == 'PNG' and img.size[0] > 400
+
+
+def test_pilot_end_to_end_on_the_validation_split(tmp_path, monkeypatch):
+    """Two schedules of one model side by side, on synthetic idx files: pilot.csv's rows, each run its own
+    schedule in channels_last with its images preloaded, no test evaluation; a second start trains nothing."""
+    monkeypatch.setattr(pilot, 'CONVERGED_DATA', findings.DataSpec(train_per_class=None, val_per_class=10))
+    source = fake_fashion_mnist(tmp_path / 'source', 40, 5)
+    argv = ['--models', 'resnet26_dw_k7', '--seeds', '0', '--epochs', '2', '1', '--at-once', '2', '--source',
+            str(source), '--data-dir', str(tmp_path / 'data'), '--output', str(tmp_path / 'out'),
+            '--work', str(tmp_path / 'work')]
+    assert pilot.main(argv) is None  # three pilot models are needed for a decision
+    rows = study.read_rows(str(tmp_path / 'out' / 'pilot.csv'))
+    assert [(r['model'], r['epochs'], r['train_images'], r['runs_at_once']) for r in rows] == [
+        ('resnet26_dw_k7', '1', '300', '2'), ('resnet26_dw_k7', '2', '300', '2')]
+    for r in rows:
+        folder = tmp_path / 'work' / r['protocol'] / f'resnet26_dw_k7-e{r["epochs"]}-s0'
+        results = json.loads((folder / 'results.json').read_text())
+        assert results['epochs'] == results['num_epochs'] == int(r['epochs']) and 'test_top1' not in results
+        assert results['top1'] == pytest.approx(float(r['val_top1']), abs=0.01)
+        args = (folder / 'args.yaml').read_text()
+        assert 'channels_last: true' in args and 'preload_images: true' in args
+        assert (folder / runs.LOG).is_file()
+    assert '2 of 2 runs done' in (tmp_path / 'out' / 'pilot.md').read_text()
+    monkeypatch.setattr(runs.subprocess, 'Popen', lambda *a, **k: pytest.fail('a finished pilot run trained again'))
+    pilot.main(argv)

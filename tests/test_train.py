@@ -134,26 +134,59 @@ def test_ablate_reuses_only_runs_that_finished_the_recipe(first_epoch, resumed):
     assert not runs.finished_results(first_epoch / 'missing', 3)
 
 
-def test_run_jobs_reuses_finished_runs_and_prints_progress(tmp_path, monkeypatch, capsys):
-    """A set of four runs, one already finished: three are trained (a stand-in for train.py writes their
-    results.json), at most two in this sitting, and each trained run prints the set's progress."""
-    def write_results(folder, epochs=2):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / runs.RESULTS).write_text(json.dumps(dict(epochs=epochs, num_epochs=2, top1=50.0)))
+# A stand-in for train.py: notes when it ran and with how many threads, writes results.json (exit 3 for 'fail').
+FAKE_TRAIN = """
+import json, os, sys, time
+folder = sys.argv[1]
+os.makedirs(folder, exist_ok=True)
+start = time.time()
+time.sleep(0.5)
+print('training', folder)
+if folder.endswith('fail'):
+    sys.exit(3)
+with open(os.path.join(folder, 'results.json'), 'w') as f:
+    json.dump(dict(epochs=2, num_epochs=2, top1=50.0, start=start, end=time.time(),
+                   threads=os.environ.get('OMP_NUM_THREADS')), f)
+"""
 
-    def fake_train(cmd):
-        write_results(Path(cmd[cmd.index('--output') + 1]))
-        return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(runs.subprocess, 'run', fake_train)
+@pytest.fixture()
+def fake_train(monkeypatch):
+    monkeypatch.setattr(runs, 'train_command', lambda job, nproc: [sys.executable, '-c', FAKE_TRAIN, job.run_dir])
+
+
+def test_run_jobs_reuses_finished_runs_and_prints_progress(tmp_path, fake_train, capsys):
+    """A set of four runs, one already finished: three are trained, at most two in this sitting, and each
+    trained run prints the set's progress."""
     jobs = [runs.Job('resnet26_dw_k3', str(tmp_path / f'run{i}')) for i in range(4)]
-    write_results(tmp_path / 'run1')
+    (tmp_path / 'run1').mkdir()
+    (tmp_path / 'run1' / runs.RESULTS).write_text(json.dumps(dict(epochs=2, num_epochs=2, top1=50.0)))
     done = [job.run_dir for job, _, _ in runs.run_jobs(jobs, epochs=2, max_runs=2)]
-    assert done == [jobs[0].run_dir, jobs[1].run_dir, jobs[2].run_dir]  # run3 left for the next sitting
+    assert done == [jobs[1].run_dir, jobs[0].run_dir, jobs[2].run_dir]  # run3 left for the next sitting
     out = capsys.readouterr().out
     assert '==> 2 of 4 runs done; 1 more to train in this sitting, about ' in out
     assert '==> 3 of 4 runs done; 0 more to train in this sitting, about 0 min' in out
-    assert out.count('reused (delete it to train again)') == 1
+    assert out.count('reused (delete it to train again)') == 1 and 'training' in out  # output not redirected
+
+
+def test_run_jobs_side_by_side(tmp_path, fake_train):
+    """at_once=2: two runs at a time, each on its share of the cores and with its output in its run folder;
+    a failed run starts no other, the one beside it finishes, and RunFailed names the failed run."""
+    jobs = [runs.Job('resnet26_dw_k3', str(tmp_path / name)) for name in ('a', 'b', 'c', 'd')]
+    finished = list(runs.run_jobs(jobs, epochs=2, at_once=2))
+    assert sorted(job.run_dir for job, _, _ in finished) == [job.run_dir for job in jobs]
+    results = {job.run_dir: r for job, r, _ in finished}
+    a, b = results[jobs[0].run_dir], results[jobs[1].run_dir]
+    assert a['start'] < b['end'] and b['start'] < a['end']  # a and b overlapped
+    assert a['threads'] == str(max(1, runs.cores() // 2))
+    assert (tmp_path / 'a' / runs.LOG).read_text().startswith('training')
+
+    jobs = [runs.Job('resnet26_dw_k3', str(tmp_path / name)) for name in ('fail', 'e', 'f')]
+    got = []
+    with pytest.raises(runs.RunFailed, match='resnet26_dw_k3 failed \\(exit 3, its log .*fail/train.log\\)'):
+        for job, _, _ in runs.run_jobs(jobs, epochs=2, at_once=2):
+            got.append(job.run_dir)
+    assert got == [jobs[1].run_dir] and not (tmp_path / 'f').exists()
 
 
 def test_make_digits_regenerates_when_parameters_change(tmp_path):

@@ -159,6 +159,12 @@ def test_truncated_image_is_named_or_skipped_and_counted(data, tmp_path):
         dataset[index]
     skipping = StrictImageDataset.from_dataset(ImageDataset(str(bad_data / 'train')), 'RGB', skip_bad=True)
     assert skipping[index][1] == skipping[index + 1][1] and skipping.skipped == 1
+    preloaded = StrictImageDataset.from_dataset(ImageDataset(str(bad_data / 'train')), 'RGB', preload=True)
+    with pytest.raises(BadImageError, match=f'Cannot read image file {bad}'):  # when met, as without preload
+        preloaded[index]
+    preloaded_skipping = StrictImageDataset.from_dataset(
+        ImageDataset(str(bad_data / 'train')), 'RGB', skip_bad=True, preload=True)
+    assert np.array_equal(preloaded_skipping[index][0], skipping[index][0]) and preloaded_skipping.skipped == 1
 
     argv = ['--data-dir', bad_data, '--epochs', 2, *TINY]
     with pytest.raises(BadImageError, match=str(bad)):
@@ -211,6 +217,14 @@ def test_stopped_and_resumed_run_is_the_uninterrupted_run(reference, argv, tmp_p
     run_train([*argv, '--output', out, '--resume', out / 'last.pth.tar'])
     assert_same_run(reference, out)
     assert_run_files_agree(out)
+
+
+def test_preloaded_images_give_the_same_run(reference, argv, tmp_path):
+    """--preload-images decodes every image once instead of once per epoch; the run is bit for bit the same
+    (in a loader worker too)."""
+    out = tmp_path / 'preloaded'
+    run_train([*argv, '--output', out, '--preload-images'])
+    assert_same_run(reference, out)
 
 
 def test_resume_in_another_process_count_keeps_the_global_batch(reference, argv, tmp_path, caplog):
@@ -392,6 +406,7 @@ def test_kill_loop(data, tmp_path):
     (['--warm-start', 'not_a_model'], ['--warm-start', 'neither an existing checkpoint file nor a timm model']),
     (['--model-kwargs', 'no_such_kwarg=1'], ['--model-kwargs / model options', 'no_such_kwarg']),
     (['--device-modules', 'no_such_module'], ["--device-modules: cannot import 'no_such_module'"]),
+    (['--preload-images', '--dataset', 'hfds/fashion_mnist'], ['--preload-images: applies to a folder dataset']),
 ])
 def test_bad_option_is_named_before_anything_is_written(data, tmp_path, extra, fragments):
     out = tmp_path / 'out'

@@ -1,6 +1,7 @@
 """ A set of train/train.py runs, one per model (and seed), each in its own run folder: the train.py command,
 telling a finished run, training the others (an interrupted run resumes from its last.pth.tar) and describing
 a finished run (parameters, MACs, results). train/ablate.py and train/study.py run their sets with it. """
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,6 +17,8 @@ from timm_cada.checkpoint import read_checkpoint
 from timm_cada.profile import count_macs, count_params
 
 from run_folder import LAST, RESULTS  # train/run_folder.py
+
+LOG = 'train.log'  # a run's output when runs train side by side
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 
@@ -81,41 +84,79 @@ def finished_results(run_dir: str, epochs: int = 0, tested: bool = False) -> Opt
     return results
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+def _next_exit(running: Iterable[subprocess.Popen]) -> subprocess.Popen:
+    """The first of the `running` processes to exit (waited for)."""
+    while True:
+        for proc in running:
+            if proc.poll() is not None:
+                return proc
+        time.sleep(0.2)
+
+
 def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_runs: Optional[int] = None,
-             nproc_per_node: int = 1, stopped: bool = False) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
-    """(job, its results, the wall minutes of its training or None when reused) for each job, in order: a
-    finished run is reused, any other trained (or resumed). Once `max_runs` were trained, the unfinished
-    jobs left are skipped. A RunFailed error stops the set at a run that fails, or, unless `stopped`, that
-    exits before the end of its schedule (train.py's --stop-after); with `stopped` such a run's results are
-    taken as they stand (the next start resumes it). After each trained run it prints the set's progress: runs
-    done of the total, and the time left at the mean minutes a run of this sitting."""
+             nproc_per_node: int = 1, stopped: bool = False, at_once: int = 1,
+             ) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
+    """(job, its results, the wall minutes of its training or None when reused) for each job: the finished runs
+    first (reused), then each trained (or resumed) run as it finishes. Once `max_runs` were started, the
+    unfinished jobs left are skipped. With `at_once` > 1, that many runs train side by side, each on its share
+    of the cores (OMP_NUM_THREADS) with its output in RUN_DIR/train.log (small models train faster so than one
+    run on every core). A run that fails, or, unless `stopped`, exits before the end of its schedule
+    (train.py's --stop-after), starts no further run and raises RunFailed once the runs under way finished;
+    with `stopped` such a run's results are taken as they stand (the next start resumes it). After each trained
+    run it prints the set's progress: runs done of the total, and the time left at this sitting's pace."""
     found = [(job, finished_results(job.run_dir, epochs, tested)) for job in jobs]  # read once, before any run
-    pending = sum(results is None for _, results in found)
-    to_train = pending if max_runs is None else min(pending, max_runs)
-    trained, minutes = 0, 0.0
+    queue = [job for job, results in found if results is None][:max_runs]
     for job, results in found:
-        wall = None
-        if results is None:
-            if max_runs is not None and trained >= max_runs:
+        if results is not None:
+            print(f'==> {job.label}: finished run in {job.run_dir} reused (delete it to train again)', flush=True)
+            yield job, results, None
+    done, env = len(found) - sum(results is None for _, results in found), None
+    if at_once > 1:
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores() // at_once)))
+    running: Dict[subprocess.Popen, Tuple[Job, float]] = {}
+    failures: List[str] = []
+    start, trained = time.time(), 0
+    try:
+        while queue or running:
+            while queue and not failures and len(running) < at_once:
+                job = queue.pop(0)
+                cmd, log = train_command(job, nproc_per_node), None
+                if at_once > 1:
+                    os.makedirs(job.run_dir, exist_ok=True)
+                    log = open(os.path.join(job.run_dir, LOG), 'a')
+                print(f'==> {job.label}: {" ".join(cmd)}' + (f'  (output: {log.name})' if log else ''), flush=True)
+                with log or contextlib.nullcontext():
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None, env=env)
+                running[proc] = (job, time.time())
+            if not running:
+                break
+            proc = _next_exit(running)
+            job, tic = running.pop(proc)
+            where = f'{os.path.join(job.run_dir, LOG)}' if at_once > 1 else 'above'
+            if proc.returncode != 0:
+                failures.append(f'{job.label} failed (exit {proc.returncode}, its log {where}); {job.run_dir} '
+                                f'keeps its finished epochs, and the next start resumes it')
                 continue
-            cmd = train_command(job, nproc_per_node)
-            print(f'==> {job.label}: {" ".join(cmd)}', flush=True)
-            tic = time.time()
-            code = subprocess.run(cmd).returncode
-            if code != 0:
-                raise RunFailed(f'{job.label} failed (exit {code}, its log above); {job.run_dir} keeps its '
-                                f'finished epochs, and the next start resumes it')
-            wall, trained = (time.time() - tic) / 60, trained + 1
             results = run_results(job.run_dir) if stopped else finished_results(job.run_dir, epochs, tested)
             if results is None:
-                raise RunFailed(f'{job.run_dir} did not finish its schedule (see its log above)')
-            minutes += wall
-            print(f'==> {len(found) - pending + trained} of {len(found)} runs done; {to_train - trained} more to train in '
-                  f'this sitting, about {(to_train - trained) * minutes / trained:.0f} min at its '
-                  f'{minutes / trained:.1f} min a run', flush=True)
-        else:
-            print(f'==> {job.label}: finished run in {job.run_dir} reused (delete it to train again)', flush=True)
-        yield job, results, wall
+                failures.append(f'{job.run_dir} did not finish its schedule (its log {where})')
+                continue
+            done, trained = done + 1, trained + 1
+            left, pace = len(queue) + len(running), (time.time() - start) / 60 / trained
+            print(f'==> {done} of {len(found)} runs done; {left} more to train in this sitting, about '
+                  f'{left * pace:.0f} min at its pace (a run finished every {pace:.1f} min)', flush=True)
+            yield job, results, (time.time() - tic) / 60
+    finally:
+        for proc in running:  # only when the caller stopped early: each resumes from its last epoch next time
+            proc.terminate()
+            proc.wait()
+    if failures:
+        raise RunFailed('; '.join(failures))
 
 
 @dataclasses.dataclass(frozen=True)

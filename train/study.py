@@ -24,7 +24,7 @@ import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import fashion_mnist  # train/fashion_mnist.py, the data step
-from runs import Job, RunFailed, finished_results, model_size, run_jobs, split_argv  # train/runs.py
+from runs import LOG, Job, RunFailed, cores, finished_results, model_size, run_jobs, split_argv  # train/runs.py
 from run_folder import LAST  # train/run_folder.py
 from study_findings import (  # train/study_findings.py
     BIAS_IMAGES_PER_CLASS, DATA, MODELS, QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec)
@@ -34,8 +34,10 @@ RECIPE = os.path.join(REPO, 'train', 'configs', 'fashion_mnist.yaml')
 RESULTS = os.path.join(REPO, 'results', 'fashion_mnist')
 
 COLUMNS = ('model', 'seed', 'top1', 'top5', 'val_top1', 'epochs', 'train_images', 'params_M', 'MMACs',
-           'train_minutes', 'wall_minutes', 'spatial_variation', 'context_sensitivity', 'machine', 'protocol')
+           'train_minutes', 'wall_minutes', 'runs_at_once', 'spatial_variation', 'context_sensitivity', 'machine', 'protocol')
 ROW_KEY = ('model', 'seed', 'protocol')  # a run's identity in runs.csv
+# train.py options that make a run faster without changing it (not part of the protocol)
+FAST = ('--preload-images',)
 # train.py options the study sets for each run itself: not accepted after `--`
 STUDY_SETS = ('-c', '--config', '--model', '--seed', '--data-dir', '--data', '--output', '--resume', '--test-split')
 
@@ -56,27 +58,34 @@ def read_rows(path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def write_rows(path: str, rows: Sequence[Mapping[str, object]]) -> None:
-    """runs.csv, sorted by the study's model order then seed, replaced atomically."""
+def write_rows(path: str, rows: Sequence[Mapping[str, object]], columns: Sequence[str] = COLUMNS,
+               order: Sequence[str] = ('model', 'seed')) -> None:
+    """A CSV of `rows` with `columns`, sorted by the `order` columns (models in the study's order, numbers as
+    numbers), replaced atomically."""
     from timm_cada.checkpoint import atomic_file
-    order = {m: i for i, m in enumerate(MODELS)}
-    rows = sorted(rows, key=lambda r: (order.get(str(r['model']), len(order)), str(r['model']), int(r['seed'])))
+    rank = {m: i for i, m in enumerate(MODELS)}
+
+    def key(r):
+        return tuple((rank.get(str(r[c]), len(rank)), str(r[c])) if c == 'model' else int(r[c]) for c in order)
+
     text = io.StringIO(newline='')
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
-    writer.writerows([{c: r.get(c, '') for c in COLUMNS} for r in rows])
+    writer.writerows([{c: r.get(c, '') for c in columns} for r in sorted(rows, key=key)])
     with atomic_file(path) as f:
         f.write(text.getvalue().encode())
 
 
 def job(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, extra: Sequence[str]) -> Job:
     """The train.py run of `model` at `seed`: the recipe, the data, and an evaluation on the test split."""
-    return Job(model, run_dir, ('-c', recipe, '--data-dir', data_dir, '--test-split', 'test'), tuple(extra), seed)
+    return Job(model, run_dir, ('-c', recipe, '--data-dir', data_dir, '--test-split', 'test', *FAST), tuple(extra),
+               seed)
 
 
 def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, object], train_images: int,
-                 wall_minutes: Optional[float], protocol: str, where: str) -> Dict[str, object]:
-    """The runs.csv row of a finished run: test accuracy, size and MACs of the trained model, its time."""
+                 wall_minutes: Optional[float], at_once: int, protocol: str, where: str) -> Dict[str, object]:
+    """The runs.csv row of a finished run: test accuracy, size and MACs of the trained model, its time (and
+    how many runs trained side by side, sharing the machine, when it was trained in this sitting)."""
     size = model_size(model, run_dir)
     return {
         'model': model, 'seed': seed, 'top1': round(results['test_top1'], 2), 'top5': round(results['test_top5'], 2),
@@ -84,6 +93,7 @@ def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, obje
         'params_M': round(size.params / 1e6, 4), 'MMACs': round(size.macs / 1e6, 2),
         'train_minutes': round(results['train_minutes'], 2),
         'wall_minutes': round(wall_minutes, 2) if wall_minutes is not None else '',
+        'runs_at_once': at_once if wall_minutes is not None else '',
         'machine': where, 'protocol': protocol,
     }
 
@@ -117,6 +127,9 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
     parser.add_argument('--quick', action='store_true', help=f'{" and ".join(QUICK_MODELS)}, seed 0, '
                         f'{QUICK_DATA.train_per_class} train images per class: a minute or two')
     parser.add_argument('--max-runs', type=int, default=None, help='stop after training this many runs')
+    parser.add_argument('--at-once', type=int, default=cores(),
+                        help=f'runs trained side by side, each on its share of the cores (default: one per core, '
+                             f'{cores()} here); each run\'s output goes to its run folder\'s {LOG} when > 1')
     args = parser.parse_args(argv)
     import timm_cada  # noqa: F401  (registers the models)
     from timm_cada.load import check_model_name
@@ -135,6 +148,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
                      f'use --models, --seeds, --data-dir, --output')
     if args.max_runs is not None and args.max_runs < 0:
         parser.error(f'--max-runs must be >= 0, got {args.max_runs}')
+    if args.at_once < 1:
+        parser.error(f'--at-once must be >= 1, got {args.at_once}')
     args.output = args.output or (os.path.join('output', 'study-quick') if args.quick else RESULTS)
     args.data_dir = args.data_dir or os.path.join('.cache', 'fashion_mnist-quick' if args.quick else 'fashion_mnist')
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -181,9 +196,9 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
             write_rows(runs_csv, rows)
     jobs = [job(m, s, run_dir(m, s), args.data_dir, RECIPE, extra) for m, s in todo if (m, s) not in done]
     try:
-        for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs):
+        for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once):
             row = describe_run(finished.model, finished.seed, finished.run_dir, results, counts['train'], wall,
-                               protocol, where)
+                               args.at_once, protocol, where)
             row.update(bias_figures(finished.model, finished.run_dir, args.data_dir))
             key = tuple(str(row[c]) for c in ROW_KEY)
             rows = [r for r in rows if tuple(str(r[c]) for c in ROW_KEY) != key] + [row]

@@ -33,6 +33,20 @@ class DataSpec:
 
 
 DATA = DataSpec(train_per_class=4000, val_per_class=1000)
+# The converged protocol trains every model on the whole training split (all but the validation images), in its
+# fastest layout: the train.py options it adds to the recipe, besides the number of epochs that its pilot
+# (train/pilot.py) chooses.
+CONVERGED_DATA = DataSpec(train_per_class=None, val_per_class=1000)
+CONVERGED_OPTIONS = ('--channels-last',)
+# The pilot, on the validation split only: validation top-1 against the schedule's length (each its own cosine
+# schedule), for a model of each kind (strict, relaxed and no spatial invariance), two seeds. The converged
+# schedule is the shortest whose doubling moves every pilot model's mean validation top-1 by less than
+# PILOT_TOLERANCE points or by less than the larger seed standard deviation of the two schedules.
+PILOT_MODELS = tuple(model_name(v) for v in ('dw_k7', 'cada_k7', 'local_k7'))
+PILOT_SEEDS = (0, 1)
+PILOT_EPOCHS = (1, 2, 4, 8, 16)
+PILOT_TOLERANCE = 0.3
+BUDGET_HOURS = 20  # the converged protocol's 16 models x 3 seeds, on the 2-core machine
 # --quick: the same recipe on 100 training images per class, for the test suite and a first look
 QUICK_MODELS, QUICK_SEEDS, QUICK_DATA = (model_name('dw_k7'), model_name('cada_k7')), (0,), DataSpec(100, 20)
 # timm_cada.analysis' two figures of a trained model, on the first images (by file name) of each test class
@@ -106,11 +120,11 @@ class Stats:
     std: float  # sample standard deviation (0 for one seed)
 
 
-def model_stats(rows: Sequence[Mapping[str, object]]) -> Dict[str, Stats]:
-    """Test top-1 per model over its seeds."""
+def model_stats(rows: Sequence[Mapping[str, object]], metric: str = 'top1') -> Dict[str, Stats]:
+    """Test top-1 (or another column, `metric`) per model over its seeds."""
     by_model: Dict[str, List[float]] = {}
     for r in rows:
-        by_model.setdefault(str(r['model']), []).append(float(r['top1']))
+        by_model.setdefault(str(r['model']), []).append(float(r[metric]))
     out = {}
     for model, values in by_model.items():
         mean = sum(values) / len(values)
@@ -158,3 +172,17 @@ def judge_findings(stats: Mapping[str, Stats]) -> List[Tuple[Finding, List[Judge
         judged = [judge(c, stats) for c in f.claims]
         out.append((f, judged, finding_verdict(judged)))
     return out
+
+
+def converged_epochs(stats: Mapping[Tuple[str, int], Stats]) -> Optional[int]:
+    """The converged schedule by the pilot's rule (see PILOT_TOLERANCE), from validation top-1 per (model,
+    epochs); None while the schedules before it lack runs, or when no doubling in PILOT_EPOCHS settles."""
+    for epochs in PILOT_EPOCHS:
+        if 2 * epochs not in PILOT_EPOCHS:
+            return None
+        pairs = [(stats.get((m, epochs)), stats.get((m, 2 * epochs))) for m in PILOT_MODELS]
+        if any(a is None or b is None or min(a.n, b.n) < len(PILOT_SEEDS) for a, b in pairs):
+            return None
+        if all(abs(b.mean - a.mean) < max(PILOT_TOLERANCE, a.std, b.std) for a, b in pairs):
+            return epochs
+    return None

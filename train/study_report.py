@@ -111,6 +111,15 @@ def findings_section(stats: Mapping[str, Stats], plots: Mapping[str, str]) -> Tu
     return '\n'.join(parts), verdicts
 
 
+def throughput(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int, float]]:
+    """(training images per second of the machine, images, machine minutes) over the rows of runs trained in one
+    sitting: a run's wall minutes count 1/k of the machine when k runs trained side by side. None if none."""
+    timed = [r for r in rows if r.get('wall_minutes') not in (None, '') and r.get('runs_at_once') not in (None, '')]
+    images = sum(int(r['train_images']) * int(r['epochs']) for r in timed)
+    minutes = sum(float(r['wall_minutes']) / int(r['runs_at_once']) for r in timed)
+    return (images / (minutes * 60), images, minutes) if minutes else None
+
+
 def write_report(out: str, rows: Sequence[Mapping[str, object]], expected: int, protocol: str, data: DataSpec,
                  recipe: str, quick: bool) -> List[Tuple[str, str]]:
     """README.md and the PNGs of OUTPUT from runs.csv's rows; returns each finding's (axis, verdict)."""
@@ -124,12 +133,14 @@ def write_report(out: str, rows: Sequence[Mapping[str, object]], expected: int, 
     findings, verdicts = findings_section(stats, plots)
     train_minutes = sum(float(r['train_minutes']) for r in rows)
     wall = sum(float(r['wall_minutes'] or r['train_minutes']) for r in rows)
+    speed = throughput(rows)
     machines = sorted({str(r['machine']) for r in rows})
     counts = f'{data.train_per_class} per class' if data.train_per_class else 'all'
     with open(recipe) as fh:
         recipe_text = fh.read()
     pilot = ('The pilot (seed spread against the differences looked for, before the full run) and what it decided: '
-             '[pilot.md](pilot.md).' if os.path.isfile(os.path.join(out, 'pilot.md')) else '')
+             '[pilot-one-epoch.md](pilot-one-epoch.md).' if os.path.isfile(os.path.join(out, 'pilot-one-epoch.md'))
+             else '')
     status = (f'{len(rows)} of {expected} runs done' + ('' if len(rows) >= expected else
               ' (the study is in progress: `make study` continues it; rows below are the runs finished so far)'))
     text = f'''# The ablation on Fashion-MNIST{" (--quick)" if quick else ""}
@@ -162,7 +173,8 @@ Protocol `{protocol}`; runs.csv holds one row per model and seed.
 - **Machine**: {"; ".join(machines) or "-"}. Training time of the runs (every epoch, over every sitting):
   {train_minutes:.0f} min; wall time of the train.py processes the study started, start-up and the test
   evaluation included: {wall:.0f} min (a resumed run counts its last sitting, a run rebuilt from its folder its
-  training time).
+  training time).{speed and f" Throughput of the study's runs trained in one sitting: {speed[0]:.0f} training images/s in "
+  f"all ({speed[1]:,} images in {speed[2]:.0f} min of the machine; runs side by side share it)."}
 
 {pilot}
 

@@ -57,7 +57,7 @@ from run_folder import LAST, RunError, RunFolder, held_run_files  # train/run_fo
 _logger = logging.getLogger('train')
 
 # Options of this trainer that timm's train.py does not have; shared recipes must not use them.
-OURS_ONLY = ('warm_start', 'stop_after', 'skip_bad_images', 'test_split')
+OURS_ONLY = ('warm_start', 'stop_after', 'skip_bad_images', 'preload_images', 'test_split')
 # Options that belong on the command line, never in a shared recipe.
 NOT_IN_RECIPE = ('config', 'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'warm_start', 'local_rank')
 
@@ -89,6 +89,9 @@ def build_options() -> Options:
                      '16-bit images are scaled to 8 bits')
     options.add(group, '--skip-bad-images', action='store_true', default=False,
                 help='skip (log and count) images that cannot be decoded, instead of stopping the run')
+    options.add(group, '--preload-images', action='store_true', default=False,
+                help='read and decode every image of a folder dataset once, at the start, and keep it in memory '
+                     '(small datasets: no file is decoded per sample); the run is the same as without it')
     options.add(group, '--input-key', default=None, type=str)
     options.add(group, '--target-key', default=None, type=str)
 
@@ -294,6 +297,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f'--resume: checkpoint {args.resume} does not exist (give the run\'s last.pth.tar).')
     if args.initial_checkpoint and not args.resume and not os.path.isfile(args.initial_checkpoint):
         raise InputError(f'--initial-checkpoint: {args.initial_checkpoint} does not exist.')
+    if args.preload_images and not _is_folder_dataset(args):
+        raise InputError(f'--preload-images: applies to a folder dataset (an ImageFolder in --data-dir), not to '
+                         f'--dataset {args.dataset}{" with a tar file" if args.data_dir else ""}.')
 
 
 def _is_folder_dataset(args: argparse.Namespace) -> bool:
@@ -313,7 +319,7 @@ def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any, Optional[Any]]:
     val = create_dataset(
         args.dataset, split=args.val_split, is_training=False, num_samples=args.val_num_samples, **common)
     test = create_dataset(args.dataset, split=args.test_split, is_training=False, **common) if args.test_split else None
-    return tuple(StrictImageDataset.from_dataset(d, args.input_img_mode, args.skip_bad_images)
+    return tuple(StrictImageDataset.from_dataset(d, args.input_img_mode, args.skip_bad_images, args.preload_images)
                  if type(d) is ImageDataset else d for d in (train, val, test))
 
 
