@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # One worker a core, a test file a worker (module fixtures built once); most tests run one thread.
 PYTEST_XDIST ?= -n auto --dist loadfile
 
-.PHONY: install test test-all demo zoo bench bench-study study clean
+.PHONY: install test test-all demo zoo bench bench-study pilot study clean
 
 install: $(STAMP)
 
@@ -81,11 +81,17 @@ bench: $(STAMP)
 bench-study: $(STAMP)
 	PYTHONPATH=train $(PYTHON) benchmarks/study_speed.py $(BENCH_ARGS)
 
-# The ablation study on Fashion-MNIST (train/study.py; results in results/fashion_mnist/): 16 models x 3 seeds,
-# about 4 hours on 2 CPU cores. Needs Debian's dataset-fashion-mnist (installed with apt-get when run as root,
-# else the command says how). Resumable: finished runs are reused, an interrupted one resumes, and the results
-# are rewritten after each run. STUDY_ARGS=--quick: two models, one seed, a tiny split, a minute or two.
+# The ablation study on Fashion-MNIST (train/study.py; results in results/fashion_mnist/): 16 models x 3 seeds at
+# the converged protocol's schedule, which its pilot chooses first (make pilot, on the validation split);
+# STUDY_ARGS="--protocol one-epoch" for the short budget (one epoch of 40,000 images, about 4 h). Both need Debian's
+# dataset-fashion-mnist (installed with apt-get when run as root, else the command says how). Resumable:
+# finished runs are reused, an interrupted one resumes, and the results are rewritten after each run; runs train
+# side by side, one per core. STUDY_ARGS=--quick: two models, one seed, a tiny split, a minute or two.
 STUDY_ARGS ?=
+PILOT_ARGS ?=
+
+pilot: $(STAMP)
+	$(PYTHON) train/pilot.py $(PILOT_ARGS)
 
 study: $(STAMP)
 	$(PYTHON) train/study.py $(STUDY_ARGS)

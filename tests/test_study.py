@@ -15,6 +15,7 @@ import study_report as report
 from helpers import fake_fashion_mnist, load_script
 
 study = load_script('train/study.py')
+pilot = load_script('train/pilot.py')
 
 
 def rows_for(means, spread=0.1, seeds=(0, 1, 2), protocol='p'):
@@ -80,31 +81,80 @@ def test_every_finding_is_an_axis_and_names_study_models():
             assert sum(claim.weights.values()) == 0, claim.text  # a contrast: a shift of every model cancels
 
 
+SYNTHETIC_MEANS = {m: 90.0 for m in findings.MODELS}
+SYNTHETIC_MEANS.update({'resnet26_cada_k7': 91.0, 'resnet26_cada_k7_rpe': 92.0, 'resnet26_position_k7': 89.0,
+                        'resnet26_dw_k3': 88.0, 'resnet26_cada_k3': 89.0, 'resnet26_cada_k13': 91.1,
+                        'resnet26_local_k7': 80.0, 'resnet26_cada_k7_dsconv3': 93.0})
+
+
 def test_report_from_a_synthetic_runs_csv(tmp_path):
     """Every model of the study at three seeds: the table, the six findings with the verdicts the rule gives,
-    and one PNG per axis."""
-    means = {m: 90.0 for m in findings.MODELS}
-    means.update({'resnet26_cada_k7': 91.0, 'resnet26_cada_k7_rpe': 92.0, 'resnet26_position_k7': 89.0,
-                  'resnet26_dw_k3': 88.0, 'resnet26_cada_k3': 89.0, 'resnet26_cada_k13': 91.1,
-                  'resnet26_local_k7': 80.0, 'resnet26_cada_k7_dsconv3': 93.0})
-    rows = rows_for(means)
+    and two PNGs per axis."""
+    rows = rows_for(SYNTHETIC_MEANS)
     study.write_rows(str(tmp_path / 'runs.csv'), rows)
     back = study.read_rows(str(tmp_path / 'runs.csv'))
     assert [r['model'] for r in back[::3]] == list(findings.MODELS)  # the study's order
-    verdicts = dict(report.write_report(str(tmp_path), back, len(rows), 'p', findings.DATA, study.RECIPE, quick=False))
-    assert verdicts == {'locality': 'reproduced', 'context_awareness': 'reproduced', 'ca_context': 'reproduced',
-                        'spatial_invariance': 'reproduced', 'rel_pos': 'reproduced', 'downsampling': 'contradicted'}
+    budget = report.Budget(findings.ONE_EPOCH, 'p', len(rows))
+    verdicts = dict(report.write_report(str(tmp_path), back, [budget], study.RECIPE))
+    assert verdicts == {'locality': ['reproduced'], 'context_awareness': ['reproduced'], 'ca_context': ['reproduced'],
+                        'spatial_invariance': ['reproduced'], 'rel_pos': ['reproduced'], 'downsampling': ['contradicted']}
     text = (tmp_path / 'README.md').read_text()
-    assert '48 of 48 runs done' in text and '| resnet26_cada_k7_rpe | relative position encoding (on) | 3 | 92.00 ± 0.10 |' in text
-    assert '- downsampling: **contradicted**' in text and 'contrast - 2 SE > -m' in text
+    assert '48 of 48 runs done' in text and '| downsampling | **contradicted** |' in text
+    assert '| resnet26_cada_k7_rpe | relative position encoding (on) | 0.5 | 30 | 92.00 ± 0.10 (3) | 4.0 |' in text
+    assert 'contrast - 2 SE > -m' in text and '- **one-epoch** (`p`): 48 of 48 runs' in text
     for f in findings.FINDINGS:
-        with Image.open(tmp_path / f'{f.axis}.png') as img:
-            assert img.format == 'PNG' and img.size[0] > 400
-        assert f'![{f.axis}]({f.axis}.png)' in text
+        for name in (f'{f.axis}.png', f'{f.axis}-budgets.png'):
+            with Image.open(tmp_path / name) as img:
+                assert img.format == 'PNG' and img.size[0] > 400
+            assert f']({name})' in text
     # another protocol's rows are left out of the report
-    report.write_report(str(tmp_path), back + rows_for({'resnet26_dw_k7': 10.0}, protocol='q'), len(rows), 'p',
-                       findings.DATA, study.RECIPE, quick=False)
-    assert '| resnet26_dw_k7 | locality (k=7, DW) | 3 | 90.00 ± 0.10 |' in (tmp_path / 'README.md').read_text()
+    report.write_report(str(tmp_path), back + rows_for({'resnet26_dw_k7': 10.0}, protocol='q'), [budget], study.RECIPE)
+    assert '| resnet26_dw_k7 | locality (k=7, DW) | 0.5 | 30 | 90.00 ± 0.10 (3) |' in (tmp_path / 'README.md').read_text()
+
+
+def test_report_of_two_budgets(tmp_path):
+    """The one-epoch and the converged budget side by side: verdicts and means at each, the claims judged at each,
+    their contrasts plotted against the budget, and the converged budget's evidence of convergence."""
+    short = rows_for(SYNTHETIC_MEANS, protocol='short')
+    means = dict(SYNTHETIC_MEANS, resnet26_cada_k7_dsconv3=91.0, resnet26_local_k7=91.5)  # at convergence
+    long = [dict(r, epochs='8', train_images='50000', runs_at_once='2') for r in rows_for(means, protocol='long')]
+    long = long[:-3]  # the last model not run yet
+    budgets = [report.Budget(findings.ONE_EPOCH, 'short', 48), report.Budget(findings.converged(8), 'long', 48)]
+    verdicts = dict(report.write_report(str(tmp_path), short + long, budgets, study.RECIPE,
+                                        convergence='Convergence: the pilot chose 8 epochs.'))
+    assert verdicts['spatial_invariance'] == ['reproduced', 'contradicted']  # local_k7 caught up
+    assert verdicts['downsampling'] == ['contradicted', 'pending']  # cada_k7_dsdw3 is missing at 8 epochs
+    text = (tmp_path / 'README.md').read_text()
+    assert '93 of 96 runs done' in text and '| spatial_invariance | **reproduced** | **contradicted** |' in text
+    assert '| resnet26_local_k7 | spatial invariance (none: locally connected, no context) | 0.5 | 30 | 80.00 ± 0.10 (3) | ' \
+           '91.50 ± 0.10 (3) | 4.0 / 4.0 |' in text
+    assert '- **converged** (`long`): 45 of 48 runs; every image' in text and '8 epoch(s) (400,000 training' in text
+    assert '`--channels-last --epochs 8`' in text and 'Convergence: the pilot chose 8 epochs.' in text
+    # 45 runs x 400,000 images in 45 x 4.5 / 2 machine-minutes: 2963 images/s
+    assert 'Throughput of its runs trained in one sitting: 2963 training images/s' in text
+    assert '| dw_k7 (strict) > local_k7 (none, locally connected) | converged | -1.50 | 0.08 | 0 | contradicted |' in text
+    with Image.open(tmp_path / 'spatial_invariance-budgets.png') as img:
+        assert img.format == 'PNG'
+    quote = report.verdict_quote(verdicts.items(), [('one-epoch', 48, 48), ('converged', 45, 48)])
+    assert 'one-epoch: complete, 48 runs; converged: 45 of 48 runs' in quote and '"pending"' in quote
+    assert quote.splitlines()[2] == '| finding (the abstract) | one-epoch | converged |'
+
+
+def test_converged_protocol_waits_for_the_pilot(tmp_path, monkeypatch, capsys):
+    """--protocol converged needs the pilot's decision (pilot.csv of the results folder): without it the study
+    stops and says what to run; with it, the protocol adds --epochs E to the converged options."""
+    monkeypatch.setattr(study, 'RESULTS', str(tmp_path))
+    with pytest.raises(SystemExit, match='its pilot has not chosen the schedule yet .0 pilot runs done.*train/pilot.py'):
+        study.main(['--protocol', 'converged', '--max-runs', '0'])
+    rows = [dict(model=m, seed=str(s), epochs=str(e), val_top1=str(mean + 0.1 * s), val_top5='99',
+                 train_images='50000', train_minutes='1', wall_minutes='1', runs_at_once='2', machine='m',
+                 protocol=study.pilot_protocol_id())
+            for m in findings.PILOT_MODELS for s in findings.PILOT_SEEDS
+            for e, mean in zip(findings.PILOT_EPOCHS, (80, 85, 88, 88.2, 88.3))]
+    study.write_rows(str(tmp_path / 'pilot.csv'), rows, pilot.COLUMNS, ('epochs', 'model', 'seed'))
+    epochs, evidence = study.pilot_decision(str(tmp_path))
+    assert epochs == 4 and 'chose 4 epochs' in evidence and 'resnet26_dw_k7 +0.20' in evidence
+    assert findings.converged(4).options == (*findings.CONVERGED_OPTIONS, '--epochs', '4')
 
 
 def test_bad_arguments_are_named(capsys):
@@ -143,7 +193,7 @@ def test_quick_runs_end_to_end(quick):
     dw, cada = rows
     assert float(dw['spatial_variation']) == 0.0 and float(dw['context_sensitivity']) == 0.0  # strict, no context
     assert float(cada['spatial_variation']) > 0 and float(cada['context_sensitivity']) > 0
-    assert all(v == 'pending' for _, v in verdicts)  # one seed: no verdict
+    assert all(v == ['pending'] for _, v in verdicts)  # one seed: no verdict
     text = (root / 'out' / 'README.md').read_text()
     assert '2 of 2 runs done' in text and '(--quick)' in text
     with Image.open(root / 'out' / 'locality.png') as img:
@@ -191,13 +241,15 @@ def test_max_runs_stops_before_training(quick, tmp_path, monkeypatch):
 
 def test_interrupted_runs_resume(tmp_path):
     run_dir = tmp_path / 'run'
-    assert '--resume' not in runs.train_command(study.job('m', 0, str(run_dir), 'data', study.RECIPE, []))
+    assert '--resume' not in runs.train_command(study.job('m', 0, str(run_dir), 'data', study.RECIPE, (), []))
     run_dir.mkdir()
     (run_dir / 'last.pth.tar').write_bytes(b'')
-    cmd = runs.train_command(study.job('m', 1, str(run_dir), 'data', study.RECIPE, ['--workers', '1']))
+    cmd = runs.train_command(study.job('m', 1, str(run_dir), 'data', study.RECIPE, findings.converged(8).options,
+                                       ['--workers', '1']))
     assert cmd[cmd.index('--resume') + 1] == str(run_dir / 'last.pth.tar')
     assert cmd[cmd.index('--seed') + 1] == '1' and cmd[-2:] == ['--workers', '1']
     assert cmd[cmd.index('--test-split') + 1] == 'test' and '--preload-images' in cmd
+    assert cmd[cmd.index('--epochs') + 1] == '8' and '--channels-last' in cmd
 
 
 def test_protocol_changes_with_recipe_data_and_options(tmp_path):
@@ -214,10 +266,15 @@ def test_protocol_changes_with_recipe_data_and_options(tmp_path):
 def test_readme_and_model_card_quote_the_committed_verdicts():
     """README.md and MODEL_CARD.md show the verdicts that results/fashion_mnist/runs.csv gives, as they are."""
     rows = study.read_rows(os.path.join(study.RESULTS, 'runs.csv'))
-    protocol = study.protocol_id(study.RECIPE, findings.DATA, [])
-    mine = [r for r in rows if r['protocol'] == protocol]
-    verdicts = [(f.axis, verdict) for f, _, verdict in findings.judge_findings(findings.model_stats(mine))]
-    quote = report.verdict_quote(verdicts, len(mine), len(findings.MODELS) * len(findings.SEEDS))
+    epochs, _ = study.pilot_decision()
+    protocols = [findings.ONE_EPOCH] + ([findings.converged(epochs)] if epochs else [])
+    judged, done = [], []
+    for p in protocols:
+        mine = [r for r in rows if r['protocol'] == study.protocol_id(study.RECIPE, p.data, p.options)]
+        judged.append(findings.judge_findings(findings.model_stats(mine)))
+        done.append((p.name, len(mine), len(findings.MODELS) * len(findings.SEEDS)))
+    verdicts = [(f.axis, [js[i][2] for js in judged]) for i, f in enumerate(findings.FINDINGS)]
+    quote = report.verdict_quote(verdicts, done)
     for path in report.QUOTED_IN:
         with open(path) as f:
             assert f'{report.QUOTE_START}\n{quote}\n{report.QUOTE_END}' in f.read(), (
@@ -226,9 +283,6 @@ def test_readme_and_model_card_quote_the_committed_verdicts():
 
 
 # ---- the converged protocol's pilot (train/pilot.py) ----
-
-pilot = load_script('train/pilot.py')
-
 
 def pilot_stats(means, std=0.1):
     """(model, epochs) -> Stats for every pilot model at every pilot schedule: means[i] at PILOT_EPOCHS[i]."""

@@ -16,14 +16,14 @@ the schedule, the models and the seeds are train/study_findings.py's, fixed befo
 import argparse
 import os
 import sys
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import fashion_mnist  # train/fashion_mnist.py, the data step
 from runs import Job, RunFailed, cores, run_jobs  # train/runs.py
-from study import FAST, RECIPE, RESULTS, protocol_id, read_rows, write_rows  # train/study.py
+from study import FAST, RECIPE, RESULTS, pilot_protocol_id, read_rows, write_rows  # train/study.py
 from study_findings import (  # train/study_findings.py
     BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, PILOT_EPOCHS, PILOT_MODELS, PILOT_SEEDS,
-    PILOT_TOLERANCE, SEEDS, Stats, converged_epochs, model_stats)
+    PILOT_TOLERANCE, SEEDS, Stats, converged_epochs, pilot_stats)
 from study_report import throughput  # train/study_report.py
 
 COLUMNS = ('model', 'seed', 'epochs', 'val_top1', 'val_top5', 'train_images', 'train_minutes', 'wall_minutes',
@@ -34,15 +34,6 @@ ROW_KEY = ('model', 'seed', 'epochs', 'protocol')
 def pilot_options(epochs: int) -> Tuple[str, ...]:
     """train.py options of a pilot run of `epochs` epochs on top of the recipe (FAST ones apart)."""
     return (*CONVERGED_OPTIONS, '--epochs', str(epochs))
-
-
-def pilot_stats(rows: Sequence[Mapping[str, object]]) -> Dict[Tuple[str, int], Stats]:
-    """Validation top-1 over seeds per (model, epochs)."""
-    out = {}
-    for epochs in sorted({int(r['epochs']) for r in rows}):
-        for model, stats in model_stats([r for r in rows if int(r['epochs']) == epochs], 'val_top1').items():
-            out[model, epochs] = stats
-    return out
 
 
 def plot(stats: Mapping[Tuple[str, int], Stats], rows: Sequence[Mapping[str, object]], path: str) -> None:
@@ -151,7 +142,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='schedules, in epochs (default: 1 2 4 8 16)')
     parser.add_argument('--output', default=RESULTS, help='folder of pilot.csv, pilot.md and pilot.png')
     parser.add_argument('--work', default=os.path.join('output', 'pilot'), help='folder of the run folders')
-    parser.add_argument('--data-dir', default=os.path.join('.cache', 'fashion_mnist-all'),
+    parser.add_argument('--data-dir', default=os.path.join('.cache', 'fashion_mnist-converged'),
                         help='the ImageFolder to write and train on')
     parser.add_argument('--source', default=None, help='folder of the Fashion-MNIST idx files (default: Debian\'s)')
     parser.add_argument('--max-runs', type=int, default=None, help='stop after starting this many runs')
@@ -182,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[int]:
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f'pilot.py: error: {e}')
     os.makedirs(args.output, exist_ok=True)
-    protocol = protocol_id(RECIPE, data, CONVERGED_OPTIONS)
+    protocol = pilot_protocol_id(data)
     csv_path = os.path.join(args.output, 'pilot.csv')
     rows = read_rows(csv_path)
     done = {(r['model'], int(r['seed']), int(r['epochs'])) for r in rows if r['protocol'] == protocol}

@@ -27,8 +27,9 @@ import fashion_mnist  # train/fashion_mnist.py, the data step
 from runs import LOG, Job, RunFailed, cores, finished_results, model_size, run_jobs, split_argv  # train/runs.py
 from run_folder import LAST  # train/run_folder.py
 from study_findings import (  # train/study_findings.py
-    BIAS_IMAGES_PER_CLASS, DATA, MODELS, QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec)
-from study_report import REPO, update_quotes, verdict_quote, write_report  # train/study_report.py
+    BIAS_IMAGES_PER_CLASS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, ONE_EPOCH, QUICK, QUICK_DATA, QUICK_MODELS,
+    QUICK_SEEDS, SEEDS, DataSpec, converged, converged_epochs, pilot_stats)
+from study_report import REPO, Budget, update_quotes, verdict_quote, write_report  # train/study_report.py
 
 RECIPE = os.path.join(REPO, 'train', 'configs', 'fashion_mnist.yaml')
 RESULTS = os.path.join(REPO, 'results', 'fashion_mnist')
@@ -76,10 +77,32 @@ def write_rows(path: str, rows: Sequence[Mapping[str, object]], columns: Sequenc
         f.write(text.getvalue().encode())
 
 
-def job(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, extra: Sequence[str]) -> Job:
-    """The train.py run of `model` at `seed`: the recipe, the data, and an evaluation on the test split."""
-    return Job(model, run_dir, ('-c', recipe, '--data-dir', data_dir, '--test-split', 'test', *FAST), tuple(extra),
-               seed)
+def pilot_protocol_id(data: DataSpec = CONVERGED_DATA) -> str:
+    """The hash of the converged protocol's pilot runs (train/pilot.py): the recipe, the data and the converged
+    options; each run adds its --epochs."""
+    return protocol_id(RECIPE, data, CONVERGED_OPTIONS)
+
+
+def pilot_decision(folder: Optional[str] = None) -> Tuple[Optional[int], str]:
+    """(the converged schedule in epochs that the pilot's runs in FOLDER/pilot.csv (default: the study's results)
+    chose, None while undecided; the evidence in words: what doubling that schedule moved each pilot model's
+    validation top-1)."""
+    rows = [r for r in read_rows(os.path.join(folder or RESULTS, 'pilot.csv')) if r['protocol'] == pilot_protocol_id()]
+    stats = pilot_stats(rows)
+    epochs = converged_epochs(stats)
+    if epochs is None:
+        return None, f'{len(rows)} pilot runs done, no schedule chosen yet'
+    moves = ', '.join(f'{m} {stats[m, 2 * epochs].mean - s.mean:+.2f}' for (m, e), s in stats.items() if e == epochs)
+    return epochs, (f'Convergence: the pilot ([pilot.md](pilot.md), validation split) chose {epochs} epochs; doubling '
+                    f'them moved the mean validation top-1 by {moves} points.')
+
+
+def job(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, options: Sequence[str],
+        extra: Sequence[str]) -> Job:
+    """The train.py run of `model` at `seed`: the recipe with a protocol's `options`, the data, and an evaluation on
+    the test split."""
+    return Job(model, run_dir, ('-c', recipe, '--data-dir', data_dir, '--test-split', 'test', *FAST, *options),
+               tuple(extra), seed)
 
 
 def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, object], train_images: int,
@@ -115,6 +138,9 @@ def bias_figures(model: str, run_dir: str, data_dir: str) -> Dict[str, float]:
 def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[str]]:
     argv, extra = split_argv(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--protocol', choices=('converged', 'one-epoch'), default='converged',
+                        help='the budget: the converged protocol at the schedule its pilot chose (train/pilot.py; '
+                             'default), or one epoch of 4,000 images per class')
     parser.add_argument('--models', nargs='+', default=None, help=f'models to run (default: the {len(MODELS)} of the study)')
     parser.add_argument('--seeds', nargs='+', type=int, default=None, help='seeds (default: 0 1 2)')
     parser.add_argument('--output', default=None,
@@ -151,54 +177,72 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
     if args.at_once < 1:
         parser.error(f'--at-once must be >= 1, got {args.at_once}')
     args.output = args.output or (os.path.join('output', 'study-quick') if args.quick else RESULTS)
-    args.data_dir = args.data_dir or os.path.join('.cache', 'fashion_mnist-quick' if args.quick else 'fashion_mnist')
+    args.data_dir = args.data_dir or os.path.join('.cache', f'fashion_mnist-{"quick" if args.quick else args.protocol}')
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f'--output: {args.output} is a file')
     return args, extra
 
 
-def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
+def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     args, extra = parse_args(argv)
     from timm_cada.profile import machine
-    data = QUICK_DATA if args.quick else DATA
+    chosen, convergence = pilot_decision()
+    if args.quick:
+        protocol = QUICK
+    elif args.protocol == 'one-epoch':
+        protocol = ONE_EPOCH
+    elif chosen is None:
+        sys.exit(f'study.py: error: --protocol converged: its pilot has not chosen the schedule yet ({convergence} in '
+                 f'{os.path.join(RESULTS, "pilot.csv")}); run python train/pilot.py first, or pass --protocol one-epoch')
+    else:
+        protocol = converged(chosen)
+    data = protocol.data
     try:
         counts = fashion_mnist.write_fashion_mnist(args.data_dir, args.source, data.val_per_class, data.seed,
                                                    train_per_class=data.train_per_class)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f'study.py: error: {e}')
     os.makedirs(args.output, exist_ok=True)
-    protocol = protocol_id(RECIPE, data, extra)
+    pid = protocol_id(RECIPE, data, (*protocol.options, *extra))
     runs_csv = os.path.join(args.output, 'runs.csv')
     rows = read_rows(runs_csv)
-    done = {(r['model'], int(r['seed'])) for r in rows if r['protocol'] == protocol}
+    done = {(r['model'], int(r['seed'])) for r in rows if r['protocol'] == pid}
     where = machine()
     todo = [(m, s) for m in args.models for s in args.seeds]
     full_study = os.path.abspath(args.output) == RESULTS and not args.quick and not extra  # the committed one
-    expected = len(MODELS) * len(SEEDS) if full_study else len(todo)
+    if full_study:  # the report shows both budgets
+        budgets = [Budget(ONE_EPOCH, protocol_id(RECIPE, ONE_EPOCH.data, ONE_EPOCH.options), len(MODELS) * len(SEEDS))]
+        if chosen is not None:
+            budgets.append(Budget(protocol, pid, len(MODELS) * len(SEEDS)) if protocol.name == 'converged' else Budget(
+                converged(chosen), protocol_id(RECIPE, CONVERGED_DATA, converged(chosen).options), len(MODELS) * len(SEEDS)))
+    else:
+        budgets = [Budget(protocol, pid, len(todo))]
 
     def run_dir(model: str, seed: int) -> str:
-        return os.path.join(args.work, protocol, f'{model}-s{seed}')
+        return os.path.join(args.work, pid, f'{model}-s{seed}')
 
-    def report() -> List[Tuple[str, str]]:
+    def report() -> List[Tuple[str, List[str]]]:
         """README.md and the plots from runs.csv; for the study itself, the verdicts quoted in the docs too."""
         rows = read_rows(runs_csv)
-        verdicts = write_report(args.output, rows, expected, protocol, data, RECIPE, args.quick)
+        verdicts = write_report(args.output, rows, budgets, RECIPE, args.quick, convergence if chosen else '')
         if full_study:
-            update_quotes(verdict_quote(verdicts, sum(r['protocol'] == protocol for r in rows), expected))
+            update_quotes(verdict_quote(verdicts, [(b.protocol.name, len(b.rows(rows)), b.expected) for b in budgets]))
         return verdicts
 
-    print(f'Study {protocol}: {len(todo)} runs, {len(done & set(todo))} already in {runs_csv}', flush=True)
+    print(f'Study, {protocol.name} protocol {pid}: {len(todo)} runs, {len(done & set(todo))} already in {runs_csv}',
+          flush=True)
     # rows written before runs.csv had the analysis figures get them from their run folder, where it is here
     for r in rows:
         folder = run_dir(r['model'], r['seed'])
-        if r['protocol'] == protocol and not r.get('spatial_variation') and finished_results(folder, tested=True):
+        if r['protocol'] == pid and not r.get('spatial_variation') and finished_results(folder, tested=True):
             r.update(bias_figures(r['model'], folder, args.data_dir))
             write_rows(runs_csv, rows)
-    jobs = [job(m, s, run_dir(m, s), args.data_dir, RECIPE, extra) for m, s in todo if (m, s) not in done]
+    jobs = [job(m, s, run_dir(m, s), args.data_dir, RECIPE, protocol.options, extra)
+            for m, s in todo if (m, s) not in done]
     try:
         for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once):
             row = describe_run(finished.model, finished.seed, finished.run_dir, results, counts['train'], wall,
-                               args.at_once, protocol, where)
+                               args.at_once, pid, where)
             row.update(bias_figures(finished.model, finished.run_dir, args.data_dir))
             key = tuple(str(row[c]) for c in ROW_KEY)
             rows = [r for r in rows if tuple(str(r[c]) for c in ROW_KEY) != key] + [row]
@@ -210,8 +254,8 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, str]]:
     verdicts = report()
     print(f'Wrote {runs_csv}, {os.path.join(args.output, "README.md")} and the plots'
           + ('; the verdicts quoted in README.md and MODEL_CARD.md' if full_study else ''))
-    for axis, verdict in verdicts:
-        print(f'  {axis}: {verdict}')
+    for axis, vs in verdicts:
+        print(f'  {axis}: ' + ', '.join(f'{b.protocol.name} {v}' for b, v in zip(budgets, vs)))
     return verdicts
 
 

@@ -32,12 +32,30 @@ class DataSpec:
     seed: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A training budget of the study: the data its runs train on and the train.py options it adds to the recipe
+    (train/configs/fashion_mnist.yaml); its runs are named by a hash of the three (train/study.py)."""
+    name: str
+    data: DataSpec
+    options: Tuple[str, ...] = ()
+
+
 DATA = DataSpec(train_per_class=4000, val_per_class=1000)
+# The short budget: one epoch of 4,000 images per class, the recipe as it is.
+ONE_EPOCH = Protocol('one-epoch', DATA)
 # The converged protocol trains every model on the whole training split (all but the validation images), in its
 # fastest layout: the train.py options it adds to the recipe, besides the number of epochs that its pilot
 # (train/pilot.py) chooses.
 CONVERGED_DATA = DataSpec(train_per_class=None, val_per_class=1000)
 CONVERGED_OPTIONS = ('--channels-last',)
+
+
+def converged(epochs: int) -> Protocol:
+    """The converged protocol at the pilot's schedule of `epochs` epochs."""
+    return Protocol('converged', CONVERGED_DATA, (*CONVERGED_OPTIONS, '--epochs', str(epochs)))
+
+
 # The pilot, on the validation split only: validation top-1 against the schedule's length (each its own cosine
 # schedule), for a model of each kind (strict, relaxed and no spatial invariance), two seeds. The converged
 # schedule is the shortest whose doubling moves every pilot model's mean validation top-1 by less than
@@ -49,6 +67,7 @@ PILOT_TOLERANCE = 0.3
 BUDGET_HOURS = 20  # the converged protocol's 16 models x 3 seeds, on the 2-core machine
 # --quick: the same recipe on 100 training images per class, for the test suite and a first look
 QUICK_MODELS, QUICK_SEEDS, QUICK_DATA = (model_name('dw_k7'), model_name('cada_k7')), (0,), DataSpec(100, 20)
+QUICK = Protocol('quick', QUICK_DATA)
 # timm_cada.analysis' two figures of a trained model, on the first images (by file name) of each test class
 BIAS_IMAGES_PER_CLASS = 2
 
@@ -171,6 +190,15 @@ def judge_findings(stats: Mapping[str, Stats]) -> List[Tuple[Finding, List[Judge
     for f in FINDINGS:
         judged = [judge(c, stats) for c in f.claims]
         out.append((f, judged, finding_verdict(judged)))
+    return out
+
+
+def pilot_stats(rows: Sequence[Mapping[str, object]]) -> Dict[Tuple[str, int], Stats]:
+    """Validation top-1 over seeds per (model, epochs) of the pilot's rows."""
+    out = {}
+    for epochs in sorted({int(r['epochs']) for r in rows}):
+        for model, stats in model_stats([r for r in rows if int(r['epochs']) == epochs], 'val_top1').items():
+            out[model, epochs] = stats
     return out
 
 

@@ -1,12 +1,14 @@
 """ The study's report: OUTPUT/README.md (protocol, results table, findings with their verdicts), one PNG per
 ablation axis, and the verdicts quoted in README.md and MODEL_CARD.md. Written by train/study.py from runs.csv's
 rows, judged by train/study_findings.py. """
+import dataclasses
 import os
 import textwrap
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from study_findings import (  # train/study_findings.py
-    BIAS_IMAGES_PER_CLASS, DEPTH, FINDINGS, DataSpec, MARGIN, MODELS, SE_FACTOR, Stats, judge_findings, model_name, model_stats)
+    BIAS_IMAGES_PER_CLASS, DEPTH, FINDINGS, MARGIN, MODELS, SE_FACTOR, Finding, Judged, Protocol, Stats,
+    judge_findings, model_name, model_stats)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # README.md and MODEL_CARD.md quote the verdicts between these markers; a study into the default --output
@@ -76,37 +78,119 @@ def _fmt(x: Optional[float], digits: int = 2) -> str:
     return '' if x is None else f'{x:+.{digits}f}'
 
 
-def results_table(rows: Sequence[Mapping[str, object]], stats: Mapping[str, Stats]) -> str:
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """One protocol of the report: its definition, its hash in runs.csv, and how many runs make it complete."""
+    protocol: Protocol
+    hash: str
+    expected: int
+
+    def rows(self, rows: Sequence[Mapping[str, object]]) -> List[Mapping[str, object]]:
+        return [r for r in rows if r['protocol'] == self.hash]
+
+    def label(self) -> str:
+        return f'{self.protocol.name} (`{self.hash}`)'
+
+
+def images_per_run(rows: Sequence[Mapping[str, object]]) -> Optional[int]:
+    """Training images a run of these rows saw (images of the split x epochs), None without rows."""
+    return int(rows[0]['train_images']) * int(rows[0]['epochs']) if rows else None
+
+
+def results_table(rows: Sequence[Mapping[str, object]], budgets: Sequence[Budget]) -> str:
+    """Test top-1 mean ± std (seeds) per model at each budget, the train minutes of a run at each, and the
+    analysis figures of the trained models at the last budget that has them."""
     from timm_cada.models import VARIANTS
-    lines = ['| model | axis (setting) | seeds | test top-1 mean ± std | params (M) | MMACs | train min / run '
-             '| spatial variation | context sensitivity |', '|---|---|---|---|---|---|---|---|---|']
-    order = [m for m in MODELS if m in stats] + sorted(m for m in stats if m not in MODELS)
-    for m in order:
-        mine = [r for r in rows if r['model'] == m]
-        minutes = sum(float(r['train_minutes']) for r in mine) / len(mine)
+    per = [(b, b.rows(rows), model_stats(b.rows(rows))) for b in budgets]
+    names = ' | '.join(b.protocol.name for b in budgets)
+    lines = [f'| model | axis (setting) | params (M) | MMACs | {names} | train min / run ({names}) '
+             f'| spatial variation | context sensitivity |',
+             '|---|---|---|---|' + '---|' * len(budgets) + '---|---|---|']
+    models = {m for _, _, stats in per for m in stats}
+    for m in [m for m in MODELS if m in models] + sorted(models - set(MODELS)):
         v = VARIANTS.get(m)
-        figures = []
-        for key in ('spatial_variation', 'context_sensitivity'):
-            values = [float(r[key]) for r in mine if r.get(key) not in (None, '')]
-            figures.append(f'{sum(values) / len(values):.3g}' if values else '')
-        lines.append(f'| {m} | {v.axis_label if v else ""} | {stats[m].n} | {stats[m].mean:.2f} ± {stats[m].std:.2f} '
-                     f'| {mine[0]["params_M"]} | {mine[0]["MMACs"]} | {minutes:.1f} | {" | ".join(figures)} |')
+        cells, minutes, figures, first = [], [], ['', ''], None
+        for _, mine, stats in per:
+            mine = [r for r in mine if r['model'] == m]
+            if not mine:
+                cells.append('')
+                minutes.append('')
+                continue
+            first = first or mine[0]
+            s = stats[m]
+            cells.append(f'{s.mean:.2f} ± {s.std:.2f} ({s.n})')
+            minutes.append(f'{sum(float(r["train_minutes"]) for r in mine) / len(mine):.1f}')
+            values = [[float(r[k]) for r in mine if r.get(k) not in (None, '')]
+                      for k in ('spatial_variation', 'context_sensitivity')]
+            figures = [f'{sum(x) / len(x):.3g}' if x else f for x, f in zip(values, figures)]
+        lines.append(f'| {m} | {v.axis_label if v else ""} | {first["params_M"]} | {first["MMACs"]} | '
+                     f'{" | ".join(cells)} | {" / ".join(minutes)} | {" | ".join(figures)} |')
     return '\n'.join(lines)
 
 
-def findings_section(stats: Mapping[str, Stats], plots: Mapping[str, str]) -> Tuple[str, List[Tuple[str, str]]]:
-    """The findings in markdown and (axis, verdict) of each."""
+def plot_contrasts(finding: Finding, judged: Sequence[Tuple[Budget, Sequence[Judged], int]], path: str) -> bool:
+    """Each claim's contrast (± SE_FACTOR SE) against the training images per run of each budget; False when no
+    budget judged a claim yet."""
+    points = [(images, j) for _, js, images in judged for j in js if j.value is not None]
+    if not points:
+        return False
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
     from timm_cada.models import ABLATION_AXES
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, claim in enumerate(finding.claims):
+        mine = [(images, j) for images, j in points if j.claim == claim]
+        shift = 1.06 ** (i - (len(finding.claims) - 1) / 2)  # side by side on the log axis
+        ax.errorbar([images * shift for images, _ in mine], [j.value for _, j in mine],
+                    yerr=[SE_FACTOR * j.se for _, j in mine], marker='o', capsize=4, color=f'C{i}',
+                    label=textwrap.shorten(claim.text, 70))
+        if claim.margin:
+            ax.axhline(-claim.margin, color=f'C{i}', linestyle=':', linewidth=1)
+    ax.axhline(0, color='black', linewidth=0.8)
+    ax.set_xscale('log')
+    ax.minorticks_off()
+    budgets = sorted({images for images, _ in points})
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([f'{b // 1000:,}k' for b in budgets])
+    ax.set_xlim(budgets[0] / 1.5, budgets[-1] * 1.5)
+    ax.set_xlabel('training images per run (the budgets of the study)')
+    ax.set_ylabel(f'contrast of test top-1 (pp, ± {SE_FACTOR:g} SE)')
+    margins = ' (dotted: -margin)' if any(c.margin for c in finding.claims) else ''
+    ax.set_title(f'{ABLATION_AXES[finding.axis].title}: the claims\' contrasts against the budget{margins}',
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def findings_section(rows: Sequence[Mapping[str, object]], budgets: Sequence[Budget], out: str, primary: Budget,
+                     ) -> Tuple[str, List[Tuple[str, List[str]]]]:
+    """The findings in markdown, each with its claims judged at every budget, the plot of their contrasts
+    against the budget and the plot of the primary budget's top-1 along the axis; and (axis, the verdict at each
+    budget) of each finding."""
+    from timm_cada.models import ABLATION_AXES
+    judged = [(b, judge_findings(model_stats(b.rows(rows))), images_per_run(b.rows(rows))) for b in budgets]
     parts, verdicts = [], []
-    for i, (f, judged, verdict) in enumerate(judge_findings(stats), 1):
-        verdicts.append((f.axis, verdict))
-        parts.append(f'### {i}. {ABLATION_AXES[f.axis].title}: **{verdict}**\n\n> {f.statement} (the abstract)\n')
-        parts.append('| claim | contrast (pp) | SE | margin | verdict |\n|---|---|---|---|---|')
-        for j in judged:
-            parts.append(f'| {j.claim.text} | {_fmt(j.value)} | {"" if j.se is None else f"{j.se:.2f}"} | '
-                         f'{j.claim.margin:g} | {j.verdict} |')
-        if f.axis in plots:
-            parts.append(f'\n![{f.axis}]({plots[f.axis]})')
+    for i, f in enumerate(FINDINGS):
+        at = [(b, js[i][1], js[i][2], images) for b, js, images in judged]
+        verdicts.append((f.axis, [v for _, _, v, _ in at]))
+        summary = ', '.join(f'{b.protocol.name} **{v}**' for b, _, v, _ in at)
+        parts.append(f'### {i + 1}. {ABLATION_AXES[f.axis].title}: {summary}\n\n> {f.statement} (the abstract)\n')
+        parts.append('| claim | budget | contrast (pp) | SE | margin | verdict |\n|---|---|---|---|---|---|')
+        for j in range(len(f.claims)):
+            for b, js, _, _ in at:
+                c = js[j]
+                parts.append(f'| {c.claim.text} | {b.protocol.name} | {_fmt(c.value)} | '
+                             f'{"" if c.se is None else f"{c.se:.2f}"} | {c.claim.margin:g} | {c.verdict} |')
+        if plot_contrasts(f, [(b, js, images) for b, js, _, images in at if images], os.path.join(out, f'{f.axis}-budgets.png')):
+            parts.append(f'\n![{f.axis}: contrasts against the budget]({f.axis}-budgets.png)')
+        mine = primary.rows(rows)
+        if plot_axis(f.axis, mine, model_stats(mine), os.path.join(out, f'{f.axis}.png')):
+            parts.append(f'\n![{f.axis}]({f.axis}.png)\n\n(Test top-1 along the axis, {primary.protocol.name}.)')
         parts.append('')
     return '\n'.join(parts), verdicts
 
@@ -120,61 +204,76 @@ def throughput(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, in
     return (images / (minutes * 60), images, minutes) if minutes else None
 
 
-def write_report(out: str, rows: Sequence[Mapping[str, object]], expected: int, protocol: str, data: DataSpec,
-                 recipe: str, quick: bool) -> List[Tuple[str, str]]:
-    """README.md and the PNGs of OUTPUT from runs.csv's rows; returns each finding's (axis, verdict)."""
-    rows = [r for r in rows if r['protocol'] == protocol]
-    stats = model_stats(rows)
-    plots = {}
-    for f in FINDINGS:
-        name = f'{f.axis}.png'
-        if plot_axis(f.axis, rows, stats, os.path.join(out, name)):
-            plots[f.axis] = name
-    findings, verdicts = findings_section(stats, plots)
-    train_minutes = sum(float(r['train_minutes']) for r in rows)
-    wall = sum(float(r['wall_minutes'] or r['train_minutes']) for r in rows)
-    speed = throughput(rows)
-    machines = sorted({str(r['machine']) for r in rows})
-    counts = f'{data.train_per_class} per class' if data.train_per_class else 'all'
+def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence: str) -> str:
+    """A budget's bullet of the protocol section: its data, schedule, options, machine and time."""
+    mine = b.rows(rows)
+    data = b.protocol.data
+    counts = f'{data.train_per_class:,} images per class' if data.train_per_class else 'every image'
+    epochs = sorted({int(r['epochs']) for r in mine})
+    train = sum(float(r['train_minutes']) for r in mine)
+    wall = sum(float(r['wall_minutes'] or r['train_minutes']) for r in mine)
+    speed = throughput(mine)
+    machines = sorted({str(r['machine']) for r in mine})
+    text = (f'- **{b.protocol.name}** (`{b.hash}`): {len(mine)} of {b.expected} runs; {counts} of the training '
+            f'split left after the validation images, {" / ".join(map(str, epochs)) or "?"} epoch(s)'
+            f' ({images_per_run(mine) or 0:,} training images per run); train.py options on top of the recipe: '
+            f'`{" ".join(b.protocol.options) or "none"}`. Machine: {"; ".join(machines) or "-"}. Training time '
+            f'(every epoch, over every sitting): {train:.0f} min; wall time of the train.py processes, start-up and '
+            f'the test evaluation included: {wall:.0f} min (a resumed run counts its last sitting).')
+    if speed:
+        text += (f' Throughput of its runs trained in one sitting: {speed[0]:.0f} training images/s of the machine '
+                 f'({speed[1]:,} images in {speed[2]:.0f} machine-minutes; runs side by side share it).')
+    return text + (f' {convergence}' if convergence else '')
+
+
+def write_report(out: str, rows: Sequence[Mapping[str, object]], budgets: Sequence[Budget], recipe: str,
+                 quick: bool = False, convergence: str = '') -> List[Tuple[str, List[str]]]:
+    """README.md and the PNGs of OUTPUT from runs.csv's rows of `budgets` (the last one with rows is the primary
+    one, whose top-1 the axis plots show); `convergence` says how the converged budget's schedule was chosen.
+    Returns each finding's (axis, its verdict at each budget)."""
+    primary = next((b for b in reversed(budgets) if b.rows(rows)), budgets[-1])
+    findings, verdicts = findings_section(rows, budgets, out, primary)
     with open(recipe) as fh:
         recipe_text = fh.read()
-    pilot = ('The pilot (seed spread against the differences looked for, before the full run) and what it decided: '
+    pilot = ('The one-epoch protocol\'s pilot (seed spread against the differences looked for): '
              '[pilot-one-epoch.md](pilot-one-epoch.md).' if os.path.isfile(os.path.join(out, 'pilot-one-epoch.md'))
              else '')
-    status = (f'{len(rows)} of {expected} runs done' + ('' if len(rows) >= expected else
-              ' (the study is in progress: `make study` continues it; rows below are the runs finished so far)'))
+    done = sum(len(b.rows(rows)) for b in budgets)
+    expected = sum(b.expected for b in budgets)
+    status = (f'{done} of {expected} runs done' + ('' if done >= expected else
+              ' (in progress: `make study` continues it; the rows below are the runs finished so far)'))
+    names = ' | '.join(b.protocol.name for b in budgets)
+    verdict_rows = '\n'.join(f'| {axis} | ' + ' | '.join(f'**{v}**' for v in vs) + ' |' for axis, vs in verdicts)
+    seeds = ', '.join(str(s) for s in sorted({int(r['seed']) for b in budgets for r in b.rows(rows)}))
     text = f'''# The ablation on Fashion-MNIST{" (--quick)" if quick else ""}
 
 Written by `python train/study.py` (`make study`); do not edit by hand. {status}.
-Protocol `{protocol}`; runs.csv holds one row per model and seed.
+Protocols (runs.csv holds one row per model, seed and protocol): {", ".join(b.label() for b in budgets)}.
 
 ## Verdicts
 
-{chr(10).join(f"- {axis}: **{v}**" for axis, v in verdicts)}
+| finding | {names} |
+|---|{"---|" * len(budgets)}
+{verdict_rows}
 
 ## Protocol
 
 - **Data**: Fashion-MNIST (70,000 28x28 grey product photos, 10 classes, MIT licence) from Debian's
-  `dataset-fashion-mnist`, written by `train/fashion_mnist.py`: {data.val_per_class} images per class of the
-  official train set held out as validation (seed {data.seed}), {counts} of the remaining train images for
-  training; top-1 and top-5 are on the official 10,000-image test set, evaluated once per run with its final
-  weights. The validation split selected nothing: it was only looked at for the pilot (the seed spread).
+  `dataset-fashion-mnist`, written by `train/fashion_mnist.py`: 1,000 images per class of the official train set
+  held out as validation (seed 0), the budgets below train on the rest; top-1 and top-5 are on the official
+  10,000-image test set, evaluated once per run with its final weights. The validation split selected nothing
+  but the converged budget's schedule (its pilot); the test set selected nothing.
 - **Scale-down** from the paper's ResNet-50 on 224 px ImageNet: ResNet-26 (2, 2, 2, 2 blocks) at a quarter of
   the width (stage widths 16/32/64/128, ~0.5 M parameters), 1 input channel, the small-input stem (3x3 stride 1,
   no max-pool: `small_stem=True`), so the mixers see 28/14/7/4 maps as ResNet-50's see 56/28/14/7 at 224 px, and
-  k = 3..13 spans local to global again; one epoch of {len(rows) and rows[0]["train_images"] or "?"} images instead of
-  100-300 epochs of 1.28 M.
-- **Recipe** (`train/configs/fashion_mnist.yaml`, every run the same, seeds {", ".join(str(s) for s in sorted({int(r["seed"]) for r in rows}))}):
+  k = 3..13 spans local to global again.
+- **Budgets** (seeds {seeds or "-"}):
+{chr(10).join("  " + budget_section(b, rows, convergence if b.protocol.name == "converged" else "") for b in budgets)}
+- **Recipe** (`train/configs/fashion_mnist.yaml`, every run of every budget, with the budget's options):
 
 ```yaml
 {recipe_text.strip()}
 ```
-
-- **Machine**: {"; ".join(machines) or "-"}. Training time of the runs (every epoch, over every sitting):
-  {train_minutes:.0f} min; wall time of the train.py processes the study started, start-up and the test
-  evaluation included: {wall:.0f} min (a resumed run counts its last sitting, a run rebuilt from its folder its
-  training time).{speed and f" Throughput of the study's runs trained in one sitting: {speed[0]:.0f} training images/s in "
-  f"all ({speed[1]:,} images in {speed[2]:.0f} min of the machine; runs side by side share it)."}
 
 {pilot}
 
@@ -186,14 +285,16 @@ than B" is the contrast A - B with margin m = 0; "A no worse than B" the same co
 m = {MARGIN} percentage points. A claim is **reproduced** when contrast - {SE_FACTOR:g} SE > -m, **contradicted**
 when contrast + {SE_FACTOR:g} SE < -m, and **inconclusive** otherwise; a finding is reproduced when all its claims
 are, contradicted when any is. With three seeds, two standard errors is a screening rule, not a 95 % test.
-The claims are our reading of the abstract (the paper's full text is not available to the project).
+The claims are our reading of the abstract (the paper's full text is not available to the project). The same
+rule judges every budget.
 
-## Results (test top-1, %)
+## Results (test top-1, %, mean ± std (seeds))
 
 Spatial variation and context sensitivity are `timm_cada.analysis`' figures of the trained model (mean over its
-mixers, then over seeds; docs/design.md defines them), on the first {BIAS_IMAGES_PER_CLASS} test images of each class.
+mixers, then over seeds, at the last budget that has the model; docs/design.md defines them), on the first
+{BIAS_IMAGES_PER_CLASS} test images of each class.
 
-{results_table(rows, stats) if rows else "No run has finished yet."}
+{results_table(rows, budgets) if done else "No run has finished yet."}
 
 ## Findings
 
@@ -203,18 +304,22 @@ mixers, then over seeds; docs/design.md defines them), on the first {BIAS_IMAGES
     return verdicts
 
 
-def verdict_quote(verdicts: Sequence[Tuple[str, str]], done: int, expected: int) -> str:
-    """The block README.md and MODEL_CARD.md show: each finding's verdict, and how much of the study ran."""
+def verdict_quote(verdicts: Sequence[Tuple[str, Sequence[str]]], budgets: Sequence[Tuple[str, int, int]]) -> str:
+    """The block README.md and MODEL_CARD.md show: each finding's verdict at each budget ((name, runs done, runs
+    expected) each), and how much of each ran."""
     from timm_cada.models import ABLATION_AXES
-    state = f'complete: {done} runs' if done >= expected else f'in progress: {done} of {expected} runs'
-    if any(verdict == 'pending' for _, verdict in verdicts):
-        state += '; "pending": a claim still lacks the seeds of a model it compares, and none is contradicted'
-    lines = [f'Fashion-MNIST study at CPU scale ([results/fashion_mnist/](results/fashion_mnist/README.md), '
-             f'{state}):',
+    states = [f'{name}: complete, {done} runs' if done >= expected else f'{name}: {done} of {expected} runs'
+              for name, done, expected in budgets]
+    note = ''
+    if any(v == 'pending' for _, vs in verdicts for v in vs):
+        note = ' "pending": a claim still lacks the seeds of a model it compares, and none is contradicted.'
+    lines = [f'Fashion-MNIST study at CPU scale ([results/fashion_mnist/](results/fashion_mnist/README.md); '
+             f'{"; ".join(states)}).{note}',
              '',
-             '| finding (the abstract) | verdict |', '|---|---|']
+             '| finding (the abstract) | ' + ' | '.join(name for name, _, _ in budgets) + ' |',
+             '|---|' + '---|' * len(budgets)]
     statements = {f.axis: f.statement for f in FINDINGS}
-    lines += [f'| {ABLATION_AXES[axis].title}: {statements[axis]} | {verdict} |' for axis, verdict in verdicts]
+    lines += [f'| {ABLATION_AXES[axis].title}: {statements[axis]} | ' + ' | '.join(vs) + ' |' for axis, vs in verdicts]
     return '\n'.join(lines)
 
 
