@@ -121,3 +121,24 @@ def test_installs_the_debian_package_as_root(tmp_path, monkeypatch, source):
     monkeypatch.setattr(fmnist.shutil, 'which', lambda name: '/usr/bin/apt-get')
     assert fmnist.find_source() == str(tmp_path / 'debian')
     assert calls == [['apt-get', 'install', '-y', '-q', 'dataset-fashion-mnist']]
+
+
+def test_updates_the_package_lists_when_the_install_fails(tmp_path, monkeypatch, source):
+    """A fresh system without apt's package lists: install fails, update, install again."""
+    monkeypatch.setattr(fmnist, 'DEFAULT_SOURCE', str(tmp_path / 'debian'))
+    monkeypatch.setattr(fmnist.os, 'geteuid', lambda: 0)
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        if cmd[1] == 'update':
+            return fmnist.subprocess.CompletedProcess(cmd, 0, '', '')
+        if len(calls) == 1:
+            return fmnist.subprocess.CompletedProcess(cmd, 100, '', 'E: Unable to locate package dataset-fashion-mnist')
+        os.symlink(source, tmp_path / 'debian')
+        return fmnist.subprocess.CompletedProcess(cmd, 0, '', '')
+
+    monkeypatch.setattr(fmnist.subprocess, 'run', fake_run)
+    monkeypatch.setattr(fmnist.shutil, 'which', lambda name: '/usr/bin/apt-get')
+    assert fmnist.find_source() == str(tmp_path / 'debian')
+    assert [c[1] for c in calls] == ['install', 'update', 'install']

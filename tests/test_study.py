@@ -200,6 +200,62 @@ def test_quick_runs_end_to_end(quick):
         assert img.format == 'PNG'
 
 
+def evaluate_shipped(folder, test_dir):
+    """Test top-1 of the model in `folder` as a timm user gets it: local-dir:, timm's data config from its
+    config.json, timm's eval transform, every image of the ImageFolder `test_dir` (classes in sorted order)."""
+    import timm
+    import torch
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    config = timm.data.resolve_data_config(model=model)
+    transform = timm.data.create_transform(**config, is_training=False)
+    mode = 'L' if config['input_size'][0] == 1 else 'RGB'
+    correct = total = 0
+    for label, name in enumerate(sorted(os.listdir(test_dir))):
+        files = sorted(os.listdir(os.path.join(test_dir, name)))
+        for i in range(0, len(files), 256):
+            batch = []
+            for f in files[i:i + 256]:
+                with Image.open(os.path.join(test_dir, name, f)) as img:
+                    batch.append(transform(img.convert(mode)))
+            with torch.no_grad():
+                correct += (model(torch.stack(batch)).argmax(1) == label).sum().item()
+            total += len(batch)
+    return config, 100 * correct / total
+
+
+def test_shipped_weights_reproduce_the_test_top1(quick):
+    """The seed-0 models of a protocol that ships weights load with local-dir: and timm's own data config (28 px,
+    1 channel, the run's mean / std / crop) and reproduce their runs.csv test top-1."""
+    root, _, _ = quick
+    rows = study.read_rows(str(root / 'out' / 'runs.csv'))
+    for r in rows:
+        folder = root / 'out' / 'weights' / r['model']
+        assert json.loads((folder / 'study.json').read_text())['protocol'] == r['protocol']
+        config, top1 = evaluate_shipped(folder, str(root / 'data' / 'test'))
+        assert tuple(config['input_size']) == (1, 28, 28) and tuple(config['mean']) == (0.286,) and config['crop_pct'] == 1.0
+        assert top1 == pytest.approx(float(r['top1']), abs=0.005)
+
+
+SHIPPED = sorted(os.listdir(os.path.join(study.RESULTS, 'weights'))) if os.path.isdir(
+    os.path.join(study.RESULTS, 'weights')) else []
+
+
+@pytest.mark.parametrize('model', SHIPPED[:1] + [m for m in SHIPPED if m == 'resnet26_cada_k7'][:1])
+def test_committed_weights_reproduce_their_row_on_the_official_test_set(model, tmp_path):
+    """A committed model of results/fashion_mnist/weights/ on Fashion-MNIST's official test set (Debian's
+    package, installed when run as root), as a timm user evaluates it: runs.csv's test top-1 of its run."""
+    fashion_mnist = load_script('train/fashion_mnist.py')
+    folder = os.path.join(study.RESULTS, 'weights', model)
+    shipped = json.loads(open(os.path.join(folder, 'study.json')).read())
+    row = [r for r in study.read_rows(os.path.join(study.RESULTS, 'runs.csv'))
+           if (r['model'], r['seed'], r['protocol']) == (model, str(shipped['seed']), shipped['protocol'])]
+    assert row, f'{folder}/study.json names no row of runs.csv'
+    data = tmp_path / 'data'
+    fashion_mnist.write_fashion_mnist(str(data), val_per_class=0)
+    _, top1 = evaluate_shipped(folder, str(data / 'test'))
+    assert top1 == pytest.approx(float(row[0]['top1']), abs=0.015)  # a layout change may flip one of 10,000 images
+
+
 def test_finished_runs_are_reused(quick, monkeypatch):
     root, argv, _ = quick
     runs_csv = root / 'out' / 'runs.csv'

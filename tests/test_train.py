@@ -189,6 +189,33 @@ def test_run_jobs_side_by_side(tmp_path, fake_train):
     assert got == [jobs[1].run_dir] and not (tmp_path / 'f').exists()
 
 
+def test_killing_the_runner_stops_its_runs(tmp_path):
+    """SIGTERM to a process running runs side by side stops them too (no orphan keeps writing a run folder that
+    the next start resumes)."""
+    script = tmp_path / 'runner.py'
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(REPO / 'train')!r})
+import runs
+runs.train_command = lambda job, nproc: [sys.executable, '-c', 'import os, time; open(os.path.join(' + repr(job.run_dir) + ', "pid"), "w").write(str(os.getpid())); time.sleep(60)']
+jobs = [runs.Job('m', {str(tmp_path)!r} + '/' + name) for name in ('a', 'b')]
+for _ in runs.run_jobs(jobs, at_once=2):
+    pass
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], env=SUBPROCESS_ENV)
+    pids = [tmp_path / name / 'pid' for name in ('a', 'b')]
+    deadline = time.time() + 60
+    while not all(p.is_file() and p.read_text() for p in pids):
+        assert time.time() < deadline and proc.poll() is None, 'the runs did not start'
+        time.sleep(0.2)
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    for p in pids:
+        pid = int(p.read_text())
+        with pytest.raises(ProcessLookupError):  # gone (reaped by the runner), not orphaned
+            os.kill(pid, 0)
+
+
 def test_make_digits_regenerates_when_parameters_change(tmp_path):
     make_digits = load_script('train/make_digits.py')
     root = tmp_path / 'digits'

@@ -1,4 +1,5 @@
-""" A model by name, with the weights of a checkpoint, for the library's commands (analysis, export).
+""" A model by name, with the weights of a checkpoint, for the library's commands (analysis, export), and a
+trained model saved in timm's Hugging Face layout with the preprocessing it was trained with.
 
 Errors are plain ValueErrors (a `ModelLoadError` for the model or its checkpoint): each command names its own
 options when it reports them.
@@ -6,15 +7,23 @@ options when it reports them.
 import difflib
 import importlib
 import os
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 import timm
+from timm.data import resolve_data_config
 
 from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint
+from timm_cada.compat import require_timm
 
-__all__ = ['ModelLoadError', 'check_model_name', 'import_modules', 'load_model', 'per_channel']
+__all__ = ['ModelLoadError', 'check_model_name', 'import_modules', 'load_model', 'per_channel', 'save_local_dir']
+
+# The oldest timm whose save_for_hf takes the run's preprocessing (data_config) for config.json; the rest of
+# timm-cada runs on older releases (pyproject.toml's lower bound).
+SAVE_FOR_HF_TIMM = '1.0.31'
+# The eval preprocessing of a training run that a saved model's pretrained cfg carries.
+DATA_CFG = ('input_size', 'crop_pct', 'interpolation', 'mean', 'std')
 
 
 class ModelLoadError(ValueError):
@@ -97,3 +106,27 @@ def per_channel(values: Sequence[float], chans: int) -> Tuple[float, ...]:
     if len(values) == 1:
         return values * chans
     return (sum(values) / len(values),) if chans == 1 else values
+
+
+def save_local_dir(model: torch.nn.Module, data_args: Mapping[str, Any], model_args: Mapping[str, Any], out: str,
+                   feature: str = 'saving a model for local-dir:') -> Dict[str, Any]:
+    """Write `model` (eval mode) to the folder `out` in timm's Hugging Face layout (model.safetensors,
+    config.json with `model_args` and the training run's eval preprocessing, resolved from its arguments
+    `data_args` as the trainer did), so that `timm.create_model('local-dir:OUT', pretrained=True)` rebuilds it
+    and timm's resolve_data_config gives that preprocessing; checks the rebuild (same outputs) and returns the
+    data config. `feature` names the caller in the error an older timm gets."""
+    from timm.models import save_for_hf
+    require_timm(SAVE_FOR_HF_TIMM, f"{feature} (save_for_hf's data_config argument)")
+    data_config = {k: v for k, v in resolve_data_config(dict(data_args), model=model).items() if k in DATA_CFG}
+    registered = model.pretrained_cfg
+    model.pretrained_cfg = dict(registered, **data_config)
+    if tuple(data_config['input_size'][1:]) != tuple(registered['input_size'][1:]):
+        model.pretrained_cfg['pool_size'] = None  # the registered one is that of another size (as timm's export says)
+    os.makedirs(out, exist_ok=True)
+    save_for_hf(model, out, model_args=dict(model_args), safe_serialization=True, data_config=data_config)
+    rebuilt = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.randn((1, *data_config['input_size']), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if not torch.equal(model(x), rebuilt(x)):
+            raise RuntimeError(f'{out} does not rebuild the model (outputs differ)')
+    return data_config

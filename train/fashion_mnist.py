@@ -79,8 +79,12 @@ def find_source(source: Optional[str] = None, install: bool = True) -> str:
         return folder
     if source is None and install and os.geteuid() == 0 and shutil.which('apt-get'):
         print(f'Installing Debian\'s {DEBIAN_PACKAGE} (Fashion-MNIST) with apt-get ...', flush=True)
-        proc = subprocess.run(['apt-get', 'install', '-y', '-q', DEBIAN_PACKAGE], capture_output=True, text=True,
-                              env=dict(os.environ, DEBIAN_FRONTEND='noninteractive'))
+        apt = lambda *cmd: subprocess.run(['apt-get', *cmd], capture_output=True, text=True,
+                                          env=dict(os.environ, DEBIAN_FRONTEND='noninteractive'))
+        proc = apt('install', '-y', '-q', DEBIAN_PACKAGE)
+        if proc.returncode != 0:  # a fresh system may lack the package lists
+            apt('update', '-q')
+            proc = apt('install', '-y', '-q', DEBIAN_PACKAGE)
         if proc.returncode == 0 and not missing():
             return folder
         raise FileNotFoundError(f'apt-get install {DEBIAN_PACKAGE} failed ({proc.returncode}): '

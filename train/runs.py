@@ -5,8 +5,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -121,6 +123,8 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
     running: Dict[subprocess.Popen, Tuple[Job, float]] = {}
     failures: List[str] = []
     start, trained = time.time(), 0
+    if threading.current_thread() is threading.main_thread():  # a kill stops the runs too (see finally)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         while queue or running:
             while queue and not failures and len(running) < at_once:
@@ -152,9 +156,11 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
                   f'{left * pace:.0f} min at its pace (a run finished every {pace:.1f} min)', flush=True)
             yield job, results, (time.time() - tic) / 60
     finally:
-        for proc in running:  # only when the caller stopped early: each resumes from its last epoch next time
+        for proc in running:  # only when stopped early: each resumes from its last epoch next time
             proc.terminate()
             proc.wait()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     if failures:
         raise RunFailed('; '.join(failures))
 

@@ -39,6 +39,7 @@ COLUMNS = ('model', 'seed', 'top1', 'top5', 'val_top1', 'epochs', 'train_images'
 ROW_KEY = ('model', 'seed', 'protocol')  # a run's identity in runs.csv
 # train.py options that make a run faster without changing it (not part of the protocol)
 FAST = ('--preload-images',)
+WEIGHTS = 'weights'  # OUTPUT/weights/MODEL: the seed-0 model of a protocol that ships weights
 # train.py options the study sets for each run itself: not accepted after `--`
 STUDY_SETS = ('-c', '--config', '--model', '--seed', '--data-dir', '--data', '--output', '--resume', '--test-split')
 
@@ -119,6 +120,21 @@ def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, obje
         'runs_at_once': at_once if wall_minutes is not None else '',
         'machine': where, 'protocol': protocol,
     }
+
+
+def ship_weights(model: str, run_dir: str, folder: str, row: Mapping[str, object]) -> str:
+    """The trained model of `run_dir` saved for `timm.create_model('local-dir:FOLDER/weights/MODEL',
+    pretrained=True)`, with the run's eval preprocessing in its config.json, and its runs.csv `row` (protocol,
+    seed, test top-1) in study.json beside it; returns the folder."""
+    from timm_cada.checkpoint import atomic_file, read_checkpoint
+    from timm_cada.load import load_model, save_local_dir
+    checkpoint = os.path.join(run_dir, LAST)
+    net, data_args = load_model(model, checkpoint)
+    out = os.path.join(folder, WEIGHTS, model)
+    save_local_dir(net, data_args, read_checkpoint(checkpoint)['model_kwargs'], out, 'train/study.py (the weights)')
+    with atomic_file(os.path.join(out, 'study.json')) as f:
+        f.write(json.dumps({k: row[k] for k in ('model', 'seed', 'protocol', 'top1', 'top5')}, indent=2).encode())
+    return out
 
 
 def bias_figures(model: str, run_dir: str, data_dir: str) -> Dict[str, float]:
@@ -221,6 +237,17 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     def run_dir(model: str, seed: int) -> str:
         return os.path.join(args.work, pid, f'{model}-s{seed}')
 
+    def ships(row: Mapping[str, object]) -> bool:
+        return protocol.ships_weights and int(row['seed']) == 0 and not extra
+
+    def shipped(row: Mapping[str, object]) -> bool:
+        """Whether OUTPUT/weights/MODEL holds this row's run."""
+        path = os.path.join(args.output, WEIGHTS, str(row['model']), 'study.json')
+        if not os.path.isfile(path):
+            return False
+        with open(path) as f:
+            return json.load(f)['protocol'] == row['protocol']
+
     def report() -> List[Tuple[str, List[str]]]:
         """README.md and the plots from runs.csv; for the study itself, the verdicts quoted in the docs too."""
         rows = read_rows(runs_csv)
@@ -231,12 +258,17 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
 
     print(f'Study, {protocol.name} protocol {pid}: {len(todo)} runs, {len(done & set(todo))} already in {runs_csv}',
           flush=True)
-    # rows written before runs.csv had the analysis figures get them from their run folder, where it is here
+    # rows written before runs.csv had the analysis figures get them from their run folder, where it is here;
+    # and so do the shipped weights
     for r in rows:
         folder = run_dir(r['model'], r['seed'])
-        if r['protocol'] == pid and not r.get('spatial_variation') and finished_results(folder, tested=True):
+        if r['protocol'] != pid or not finished_results(folder, tested=True):
+            continue
+        if not r.get('spatial_variation'):
             r.update(bias_figures(r['model'], folder, args.data_dir))
             write_rows(runs_csv, rows)
+        if ships(r) and not shipped(r):
+            ship_weights(r['model'], folder, args.output, r)
     jobs = [job(m, s, run_dir(m, s), args.data_dir, RECIPE, protocol.options, extra)
             for m, s in todo if (m, s) not in done]
     try:
@@ -247,6 +279,8 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
             key = tuple(str(row[c]) for c in ROW_KEY)
             rows = [r for r in rows if tuple(str(r[c]) for c in ROW_KEY) != key] + [row]
             write_rows(runs_csv, rows)
+            if ships(row):
+                ship_weights(finished.model, finished.run_dir, args.output, row)
             report()
             print(f'    test top-1 {row["top1"]:.2f}  ({row["train_minutes"]} min training)', flush=True)
     except RunFailed as e:

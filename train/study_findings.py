@@ -39,6 +39,7 @@ class Protocol:
     name: str
     data: DataSpec
     options: Tuple[str, ...] = ()
+    ships_weights: bool = False  # its seed-0 models are saved for timm's local-dir: (OUTPUT/weights/MODEL)
 
 
 DATA = DataSpec(train_per_class=4000, val_per_class=1000)
@@ -53,7 +54,7 @@ CONVERGED_OPTIONS = ('--channels-last',)
 
 def converged(epochs: int) -> Protocol:
     """The converged protocol at the pilot's schedule of `epochs` epochs."""
-    return Protocol('converged', CONVERGED_DATA, (*CONVERGED_OPTIONS, '--epochs', str(epochs)))
+    return Protocol('converged', CONVERGED_DATA, (*CONVERGED_OPTIONS, '--epochs', str(epochs)), ships_weights=True)
 
 
 # The pilot, on the validation split only: validation top-1 against the schedule's length (each its own cosine
@@ -67,7 +68,7 @@ PILOT_TOLERANCE = 0.3
 BUDGET_HOURS = 20  # the converged protocol's 16 models x 3 seeds, on the 2-core machine
 # --quick: the same recipe on 100 training images per class, for the test suite and a first look
 QUICK_MODELS, QUICK_SEEDS, QUICK_DATA = (model_name('dw_k7'), model_name('cada_k7')), (0,), DataSpec(100, 20)
-QUICK = Protocol('quick', QUICK_DATA)
+QUICK = Protocol('quick', QUICK_DATA, ships_weights=True)
 # timm_cada.analysis' two figures of a trained model, on the first images (by file name) of each test class
 BIAS_IMAGES_PER_CLASS = 2
 

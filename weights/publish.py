@@ -23,29 +23,21 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 import timm
-from timm.data import resolve_data_config
-from timm.models import save_for_hf
 from timm.models._hub import generate_readme  # timm exports no public name for it
 
 import timm_cada  # noqa: F401  (registers the models)
 from timm_cada.checkpoint import checkpoint_state_dict, read_checkpoint
 from timm_cada.compat import require_timm
 from timm_cada.layers import get_mixer
+from timm_cada.load import SAVE_FOR_HF_TIMM, save_local_dir
 from timm_cada.models import VARIANTS, get_variant
 from timm_cada.pretrained import check_field, file_sha256
 from timm_cada.profile import count_macs, count_params
 
 OUTPUT_FILES = ('model.safetensors', 'config.json', 'README.md')
 
-# The oldest timm whose save_for_hf takes the run's preprocessing (data_config) for config.json; the rest of
-# timm-cada runs on older releases (pyproject.toml's lower bound).
-SAVE_FOR_HF_TIMM = '1.0.31'
-
 # Model args that a manifest entry (a registered name + pretrained cfg) can express: the rest need hf-hub:.
 _CFG_ARGS = {'num_classes', 'img_size', 'in_chans', 'global_pool'}
-
-# Eval preprocessing of the training run that the published pretrained cfg carries.
-_DATA_CFG = ('input_size', 'crop_pct', 'interpolation', 'mean', 'std')
 
 # Training arguments left out of the card: local paths and process details, not the recipe.
 _PRIVATE_ARGS = {'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'local_rank', 'device', 'experiment'}
@@ -132,23 +124,9 @@ def load_weights(
     return model.eval(), meta
 
 
-def run_data_config(model: torch.nn.Module, meta: Dict[str, Any]) -> Dict[str, Any]:
-    """The eval preprocessing of the training run (its args over the model's cfg), as train/train.py resolved it."""
-    return resolve_data_config(meta.get('args') or {}, model=model)
-
-
 def checkpoint_top1(meta: Dict[str, Any]) -> Optional[float]:
     """The top-1 the checkpoint records for the published weights (its 'top1', or 'ema_top1' for EMA), if any."""
     return meta.get('ema_top1' if meta.get('weights') == 'EMA' else 'top1')
-
-
-def _check_rebuild(model: torch.nn.Module, out: Path, input_size: Sequence[int]) -> None:
-    """`local-dir:out` must rebuild `model` exactly: same variant, same weights, same outputs at `input_size`."""
-    rebuilt = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
-    x = torch.randn((1, *input_size), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        if not torch.equal(model(x), rebuilt(x)):
-            raise RuntimeError(f'{out} does not rebuild the checkpoint model (outputs differ); nothing to publish')
 
 
 def model_card(
@@ -259,14 +237,11 @@ def export(
     top1 = checkpoint_top1(meta) if top1 is None else top1
     recipe = recipe or args.get('config') or None
     # The preprocessing the weights were trained and evaluated with, not the registry's 224 / 0.95 defaults.
-    data_config = {k: v for k, v in run_data_config(model, meta).items() if k in _DATA_CFG}
     registered = model.pretrained_cfg
-    model.pretrained_cfg = dict(registered, **data_config)
-    if tuple(data_config['input_size'][1:]) != tuple(registered['input_size'][1:]):
-        model.pretrained_cfg['pool_size'] = None  # the registered one is that of another size (as timm's export says)
-    out.mkdir(parents=True, exist_ok=True)
-    save_for_hf(model, out, model_args=meta['model_kwargs'], safe_serialization=True, data_config=data_config)
-    _check_rebuild(model, out, data_config['input_size'])
+    try:
+        data_config = save_local_dir(model, meta.get('args') or {}, meta['model_kwargs'], str(out))
+    except RuntimeError as e:
+        raise RuntimeError(f'{e}; nothing to publish') from None
     sha256 = file_sha256(out / 'model.safetensors')
     card = model_card(model, model_name, repo_id, meta, sha256, dataset, top1, top5, recipe, license, measured)
     (out / 'README.md').write_text(card, encoding='utf-8')
