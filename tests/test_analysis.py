@@ -171,8 +171,24 @@ def test_command_writes_metrics_and_pictures(checkpoint, image_files, tmp_path):
             assert img.format == 'PNG'
 
 
+def test_command_analyses_a_saved_model(checkpoint, image_files, tmp_path):
+    """--model local-dir:FOLDER (save_local_dir's layout): its own weights and its training size (32 px)."""
+    from timm_cada.load import load_model, save_local_dir
+    model, data_args = load_model('resnet26_cada_k7', str(checkpoint))
+    kwargs = torch.load(checkpoint, weights_only=True)['model_kwargs']
+    save_local_dir(model, data_args, kwargs, str(tmp_path / 'saved'))
+    from_checkpoint = analysis.main(['--model', 'resnet26_cada_k7', '--checkpoint', str(checkpoint), '--image',
+                                     *image_files, '--out', str(tmp_path / 'a')])
+    saved = analysis.main(['--model', f'local-dir:{tmp_path / "saved"}', '--image', *image_files, '--out',
+                           str(tmp_path / 'b'), '--erf', f'local-dir:{tmp_path / "saved"}'])
+    assert saved['spatial_variation'] == from_checkpoint['spatial_variation']
+    assert saved['layers']['layer1.0.conv2']['kernels'] == [3, 1, 49, 8, 8] and saved['model'] == 'saved'
+
+
 @pytest.mark.parametrize('argv,match', [
     (['--model', 'resnet26_cada_k77'], "unknown model 'resnet26_cada_k77'"),
+    (['--model', 'local-dir:/no/such/folder'], "--model: cannot load local-dir:/no/such/folder: .*config.json"),
+    (['--model', 'local-dir:/no/such/folder', '--checkpoint', 'CKPT'], '--checkpoint: .* brings its own weights'),
     (['--model', 'resnet26_dw_k7', '--checkpoint', 'CKPT'], "is a checkpoint of 'resnet26_cada_k7', not of --model "
                                                              "'resnet26_dw_k7'"),
     (['--model', 'resnet26_cada_k7', '--checkpoint', 'missing.pth'], 'missing.pth does not exist'),

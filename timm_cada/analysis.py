@@ -34,7 +34,7 @@ import torch.nn as nn
 from timm.data import create_transform, resolve_data_config
 
 from timm_cada.layers import spec_of
-from timm_cada.load import ModelLoadError, import_modules, load_model, per_channel
+from timm_cada.load import SAVED_PREFIXES, ModelLoadError, import_modules, load_model, per_channel
 
 __all__ = ['Capture', 'capture_kernels', 'spatial_variation', 'context_sensitivity', 'layer_metrics', 'model_metrics',
            'effective_receptive_field', 'load_images', 'analyse']
@@ -340,11 +340,17 @@ def _model_spec(text: str) -> Tuple[str, Optional[str]]:
     return name, ckpt or None
 
 
+def _label(name: str) -> str:
+    """How figures name a model: a saved one (local-dir:.../resnet26_dw_k7, hf-hub:ORG/NAME) by its last part."""
+    return name.split(':', 1)[1].rstrip('/').split('/')[-1] if name.startswith(SAVED_PREFIXES) else name
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     import timm_cada  # noqa: F401  (registers the models)
     parser = argparse.ArgumentParser(prog='python -m timm_cada.analysis', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', required=True, help='a timm_cada model (or any timm model with such mixers)')
+    parser.add_argument('--model', required=True, help='a timm_cada model (or any timm model with such mixers), or a '
+                        'saved one with its weights: local-dir:FOLDER, hf-hub:ID')
     parser.add_argument('--checkpoint', default=None, help='its weights: a train.py checkpoint or a state dict')
     parser.add_argument('--image', nargs='+', required=True, help='images (two or more for context_sensitivity)')
     parser.add_argument('--out', required=True, help='folder for metrics.json and the PNGs')
@@ -367,10 +373,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
         for spec in args.erf:
             other, ckpt = _model_spec(spec)
             try:
-                others[other] = load_model(other, ckpt)[0]
+                others[_label(other)] = load_model(other, ckpt)[0]
             except ModelLoadError as e:
                 parser.error(e.named('--erf', '--erf'))
-        metrics = analyse(model, args.model, images, pictures, args.out, others)
+        metrics = analyse(model, _label(args.model), images, pictures, args.out, others)
     except ValueError as e:
         parser.error(str(e))
     cs = metrics['context_sensitivity']

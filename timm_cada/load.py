@@ -22,6 +22,8 @@ __all__ = ['ModelLoadError', 'check_model_name', 'import_modules', 'load_model',
 # The oldest timm whose save_for_hf takes the run's preprocessing (data_config) for config.json; the rest of
 # timm-cada runs on older releases (pyproject.toml's lower bound).
 SAVE_FOR_HF_TIMM = '1.0.31'
+# Model names that load a saved model with its weights (timm's own prefixes).
+SAVED_PREFIXES = ('local-dir:', 'hf-hub:')
 # The eval preprocessing of a training run that a saved model's pretrained cfg carries.
 DATA_CFG = ('input_size', 'crop_pct', 'interpolation', 'mean', 'std')
 
@@ -70,7 +72,17 @@ def load_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = F
                ) -> Tuple[torch.nn.Module, Dict[str, object]]:
     """timm model `name` (eval mode) with the weights of `checkpoint` (a train.py checkpoint, whose model
     options are used, or a state dict), and the arguments its data config comes from (the training run's, or
-    none: the model's pretrained cfg). A ModelLoadError names the model or the checkpoint."""
+    none: the model's pretrained cfg). `name` may also be a saved model, `local-dir:FOLDER` (save_local_dir) or
+    `hf-hub:ID`, which brings its weights and preprocessing. A ModelLoadError names the model or the
+    checkpoint."""
+    if name.startswith(SAVED_PREFIXES):
+        if checkpoint:
+            raise ModelLoadError('checkpoint', _literal(f'{checkpoint}: ') + '{model} brings its own weights; give none',
+                                 name)
+        try:
+            return timm.create_model(name, pretrained=True).eval(), {}
+        except (OSError, ValueError, RuntimeError) as e:  # a missing folder or file, a config that does not build
+            raise ModelLoadError('model', _literal(f'cannot load {name}: {e}'), name) from None
     check_model_name(name)
     kwargs, state, data_args = {}, None, {}
     if checkpoint:
