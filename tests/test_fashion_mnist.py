@@ -107,38 +107,24 @@ def test_missing_files_say_how_to_install(tmp_path, monkeypatch):
         fmnist.find_source()
 
 
-def test_installs_the_debian_package_as_root(tmp_path, monkeypatch, source):
+@pytest.mark.parametrize('lists,calls', [
+    (True, ['install']),
+    (False, ['install', 'update', 'install']),  # a fresh system without apt's package lists
+])
+def test_installs_the_debian_package_as_root(tmp_path, monkeypatch, source, lists, calls):
     monkeypatch.setattr(fmnist, 'DEFAULT_SOURCE', str(tmp_path / 'debian'))
     monkeypatch.setattr(fmnist.os, 'geteuid', lambda: 0)
-    calls = []
+    made = []
 
     def fake_run(cmd, **kwargs):
-        calls.append(cmd)
-        os.symlink(source, tmp_path / 'debian')
-        return fmnist.subprocess.CompletedProcess(cmd, 0, '', '')
-
-    monkeypatch.setattr(fmnist.subprocess, 'run', fake_run)
-    monkeypatch.setattr(fmnist.shutil, 'which', lambda name: '/usr/bin/apt-get')
-    assert fmnist.find_source() == str(tmp_path / 'debian')
-    assert calls == [['apt-get', 'install', '-y', '-q', 'dataset-fashion-mnist']]
-
-
-def test_updates_the_package_lists_when_the_install_fails(tmp_path, monkeypatch, source):
-    """A fresh system without apt's package lists: install fails, update, install again."""
-    monkeypatch.setattr(fmnist, 'DEFAULT_SOURCE', str(tmp_path / 'debian'))
-    monkeypatch.setattr(fmnist.os, 'geteuid', lambda: 0)
-    calls = []
-
-    def fake_run(cmd, **kwargs):
-        calls.append(cmd)
-        if cmd[1] == 'update':
-            return fmnist.subprocess.CompletedProcess(cmd, 0, '', '')
-        if len(calls) == 1:
+        made.append(cmd)
+        if cmd[1] == 'install' and not lists and 'update' not in [c[1] for c in made]:
             return fmnist.subprocess.CompletedProcess(cmd, 100, '', 'E: Unable to locate package dataset-fashion-mnist')
-        os.symlink(source, tmp_path / 'debian')
+        if cmd[1] == 'install':
+            os.symlink(source, tmp_path / 'debian')
         return fmnist.subprocess.CompletedProcess(cmd, 0, '', '')
 
     monkeypatch.setattr(fmnist.subprocess, 'run', fake_run)
     monkeypatch.setattr(fmnist.shutil, 'which', lambda name: '/usr/bin/apt-get')
     assert fmnist.find_source() == str(tmp_path / 'debian')
-    assert [c[1] for c in calls] == ['install', 'update', 'install']
+    assert [c[1] for c in made] == calls and made[-1] == ['apt-get', 'install', '-y', '-q', 'dataset-fashion-mnist']

@@ -18,9 +18,8 @@ import os
 import sys
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-import fashion_mnist  # train/fashion_mnist.py, the data step
 from runs import Job, RunFailed, cores, run_jobs  # train/runs.py
-from study import FAST, RECIPE, RESULTS, pilot_protocol_id, read_rows, write_rows  # train/study.py
+from study import FAST, RECIPE, RESULTS, pilot_protocol_id, read_rows, write_data, write_rows  # train/study.py
 from study_findings import (  # train/study_findings.py
     BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, PILOT_EPOCHS, PILOT_MODELS, PILOT_SEEDS,
     PILOT_TOLERANCE, SEEDS, Stats, converged_epochs, pilot_stats)
@@ -169,11 +168,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[int]:
     args = parse_args(argv)
     from timm_cada.profile import machine
     data = CONVERGED_DATA
-    try:
-        counts = fashion_mnist.write_fashion_mnist(args.data_dir, args.source, data.val_per_class, data.seed,
-                                                   train_per_class=data.train_per_class)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'pilot.py: error: {e}')
+    counts = write_data(data, args.data_dir, args.source, 'pilot.py')
     os.makedirs(args.output, exist_ok=True)
     protocol = pilot_protocol_id(data)
     csv_path = os.path.join(args.output, 'pilot.csv')

@@ -78,6 +78,16 @@ def write_rows(path: str, rows: Sequence[Mapping[str, object]], columns: Sequenc
         f.write(text.getvalue().encode())
 
 
+def write_data(data: DataSpec, data_dir: str, source: Optional[str], prog: str) -> Dict[str, int]:
+    """The ImageFolder of `data` in `data_dir` (train/fashion_mnist.py; reused when complete); its image count per
+    split. Missing or damaged data stops `prog` with the reason."""
+    try:
+        return fashion_mnist.write_fashion_mnist(data_dir, source, data.val_per_class, data.seed,
+                                                 train_per_class=data.train_per_class)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f'{prog}: error: {e}')
+
+
 def pilot_protocol_id(data: DataSpec = CONVERGED_DATA) -> str:
     """The hash of the converged protocol's pilot runs (train/pilot.py): the recipe, the data and the converged
     options; each run adds its --epochs."""
@@ -213,11 +223,7 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     else:
         protocol = converged(chosen)
     data = protocol.data
-    try:
-        counts = fashion_mnist.write_fashion_mnist(args.data_dir, args.source, data.val_per_class, data.seed,
-                                                   train_per_class=data.train_per_class)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'study.py: error: {e}')
+    counts = write_data(data, args.data_dir, args.source, 'study.py')
     os.makedirs(args.output, exist_ok=True)
     pid = protocol_id(RECIPE, data, (*protocol.options, *extra))
     runs_csv = os.path.join(args.output, 'runs.csv')
