@@ -77,9 +77,11 @@ bench: $(STAMP)
 
 # The Fashion-MNIST study's training throughput as main trained it before against as train/study.py trains it
 # now, measured in one run (benchmarks/study_speed.py; about 10 minutes on 2 cores; needs Debian's
-# dataset-fashion-mnist, like `make study`). BENCH_ARGS="--models ... --images-per-class N" for fewer.
+# dataset-fashion-mnist, like `make study`). STUDY_SPEED_ARGS="--models ... --images-per-class N" for fewer.
+STUDY_SPEED_ARGS ?=
+
 bench-study: $(STAMP)
-	PYTHONPATH=train $(PYTHON) benchmarks/study_speed.py $(BENCH_ARGS)
+	PYTHONPATH=train $(PYTHON) benchmarks/study_speed.py $(STUDY_SPEED_ARGS)
 
 # The ablation study on Fashion-MNIST (train/study.py; results in results/fashion_mnist/): 16 models x 3 seeds at
 # the converged protocol's schedule, which its pilot chooses first (make pilot, on the validation split);

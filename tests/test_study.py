@@ -151,8 +151,9 @@ def test_converged_protocol_waits_for_the_pilot(tmp_path, monkeypatch, capsys):
                  protocol=study.pilot_protocol_id())
             for m in findings.PILOT_MODELS for s in findings.PILOT_SEEDS
             for e, mean in zip(findings.PILOT_EPOCHS, (80, 85, 88, 88.2, 88.3))]
-    study.write_rows(str(tmp_path / 'pilot.csv'), rows, pilot.COLUMNS, ('epochs', 'model', 'seed'))
-    epochs, evidence = study.pilot_decision(str(tmp_path))
+    extra = [dict(rows[0], model='resnet26_cada_k3', epochs='4'), dict(rows[0], seed='7', val_top1='10')]
+    study.write_rows(str(tmp_path / 'pilot.csv'), rows + extra, pilot.COLUMNS, ('epochs', 'model', 'seed'))
+    epochs, evidence = study.pilot_decision(str(tmp_path))  # runs beyond the pilot's design are not read
     assert epochs == 4 and 'chose 4 epochs' in evidence and 'resnet26_dw_k7 +0.20' in evidence
     assert findings.converged(4).options == (*findings.CONVERGED_OPTIONS, '--epochs', '4')
 
@@ -195,7 +196,7 @@ def test_quick_runs_end_to_end(quick):
     assert float(cada['spatial_variation']) > 0 and float(cada['context_sensitivity']) > 0
     assert all(v == ['pending'] for _, v in verdicts)  # one seed: no verdict
     text = (root / 'out' / 'README.md').read_text()
-    assert '2 of 2 runs done' in text and '(--quick)' in text
+    assert '2 of 2 runs done' in text and '(--quick)' in text and '20 images per class (seed 0) of the official' in text
     with Image.open(root / 'out' / 'locality.png') as img:
         assert img.format == 'PNG'
 
@@ -386,8 +387,9 @@ def test_pilot_end_to_end_on_the_validation_split(tmp_path, monkeypatch):
             '--work', str(tmp_path / 'work')]
     assert pilot.main(argv) is None  # three pilot models are needed for a decision
     rows = study.read_rows(str(tmp_path / 'out' / 'pilot.csv'))
-    assert [(r['model'], r['epochs'], r['train_images'], r['runs_at_once']) for r in rows] == [
-        ('resnet26_dw_k7', '1', '300', '2'), ('resnet26_dw_k7', '2', '300', '2')]
+    assert [(r['model'], r['epochs'], r['train_images']) for r in rows] == [
+        ('resnet26_dw_k7', '1', '300'), ('resnet26_dw_k7', '2', '300')]
+    assert all(1 < float(r['runs_at_once']) <= 2 for r in rows)  # side by side
     for r in rows:
         folder = tmp_path / 'work' / r['protocol'] / f'resnet26_dw_k7-e{r["epochs"]}-s0'
         results = json.loads((folder / 'results.json').read_text())

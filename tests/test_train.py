@@ -140,10 +140,10 @@ import json, os, sys, time
 folder = sys.argv[1]
 os.makedirs(folder, exist_ok=True)
 start = time.time()
-time.sleep(0.5)
 print('training', folder)
 if folder.endswith('fail'):
     sys.exit(3)
+time.sleep(1)
 with open(os.path.join(folder, 'results.json'), 'w') as f:
     json.dump(dict(epochs=2, num_epochs=2, top1=50.0, start=start, end=time.time(),
                    threads=os.environ.get('OMP_NUM_THREADS')), f)
@@ -180,6 +180,11 @@ def test_run_jobs_side_by_side(tmp_path, fake_train):
     assert a['start'] < b['end'] and b['start'] < a['end']  # a and b overlapped
     assert a['threads'] == str(max(1, runs.cores() // 2))
     assert (tmp_path / 'a' / runs.LOG).read_text().startswith('training')
+    assert 1.5 < results[jobs[0].run_dir]['runs_at_once'] <= 2  # a and b shared the machine most of their lives
+    # one run left to train: it runs as with at_once=1 (the environment's threads, output not redirected)
+    (lone,) = [r for job, r, _ in runs.run_jobs([runs.Job('m', str(tmp_path / 'lone'))], epochs=2, at_once=2)]
+    assert lone['threads'] == os.environ.get('OMP_NUM_THREADS') and lone['runs_at_once'] == 1.0
+    assert not (tmp_path / 'lone' / runs.LOG).exists()
 
     jobs = [runs.Job('resnet26_dw_k3', str(tmp_path / name)) for name in ('fail', 'e', 'f')]
     got = []

@@ -372,6 +372,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
         others = {}
         for spec in args.erf:
             other, ckpt = _model_spec(spec)
+            if _label(other) in others:
+                parser.error(f'--erf: two models would be drawn as {_label(other)!r}; give each once')
             try:
                 others[_label(other)] = load_model(other, ckpt)[0]
             except ModelLoadError as e:

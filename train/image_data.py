@@ -78,7 +78,7 @@ class StrictImageDataset(ImageDataset):
             raise ValueError('StrictImageDataset needs input_img_mode (see image_mode)')
         self.skip_bad = skip_bad
         self._skipped = multiprocessing.Value('q', 0)
-        # index -> (decoded image, target) or the BadImageError of its file
+        # index -> (decoded image, target), or the message of its file's BadImageError
         self._decoded = [self._read(i) for i in range(len(self.reader))] if preload else None
 
     @classmethod
@@ -95,7 +95,7 @@ class StrictImageDataset(ImageDataset):
         return self._skipped.value
 
     def _read(self, index: int) -> Any:
-        """(image, target) of `index` read from its file, or the BadImageError that names the file."""
+        """(image, target) of `index` read from its file, or the message of a BadImageError that names the file."""
         file, target = self.reader[index][:2]
         try:
             with file:
@@ -103,15 +103,13 @@ class StrictImageDataset(ImageDataset):
                         target)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's decode errors
             path = self.reader.filename(index, absolute=True)
-            error = BadImageError(f'Cannot read image file {path}: {e}. Replace or delete this file'
-                                  f'{"" if self.skip_bad else ", or pass --skip-bad-images"}.')
-            error.__cause__ = e
-            return error
+            return (f'Cannot read image file {path}: {e}. Replace or delete this file'
+                    f'{"" if self.skip_bad else ", or pass --skip-bad-images"}.')
 
     def _load(self, index: int) -> Tuple[Any, Any]:
         sample = self._read(index) if self._decoded is None else self._decoded[index]
-        if isinstance(sample, BadImageError):
-            raise sample
+        if isinstance(sample, str):
+            raise BadImageError(sample)
         return sample
 
     def __getitem__(self, index: int):

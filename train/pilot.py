@@ -18,8 +18,11 @@ import os
 import sys
 from typing import List, Mapping, Optional, Sequence, Tuple
 
+from timm_cada.checkpoint import atomic_file
+
 from runs import Job, RunFailed, cores, run_jobs  # train/runs.py
-from study import FAST, RECIPE, RESULTS, pilot_protocol_id, read_rows, write_data, write_rows  # train/study.py
+from study import (  # train/study.py
+    FAST, RECIPE, RESULTS, default_data_dir, pilot_protocol_id, read_rows, write_data, write_rows)
 from study_findings import (  # train/study_findings.py
     BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, PILOT_EPOCHS, PILOT_MODELS, PILOT_SEEDS,
     PILOT_TOLERANCE, SEEDS, Stats, converged_epochs, pilot_stats)
@@ -91,7 +94,8 @@ def write_pilot(out: str, rows: Sequence[Mapping[str, object]], protocol: str, e
         decision = ('Not decided yet: the rule needs every pilot model\'s seeds at a schedule and at its double, '
                     'or no doubling within the pilot settled (then the pilot needs longer schedules).')
     else:
-        decision = f'**{chosen} epochs**: the shortest schedule whose doubling moved no pilot model by the tolerance.'
+        decision = (f'**{chosen} epochs**: the shortest schedule whose doubling moved every pilot model\'s mean '
+                    f'validation top-1 by less than {PILOT_TOLERANCE} points or its seed spread.')
     budget = ''
     if speed:
         epochs = chosen or max(PILOT_EPOCHS)
@@ -130,28 +134,31 @@ standard deviation of E and 2E.
 
 ![pilot](pilot.png)
 '''
-    with open(os.path.join(out, 'pilot.md'), 'w') as f:
-        f.write(text)
+    with atomic_file(os.path.join(out, 'pilot.md')) as f:
+        f.write(text.encode())
     return chosen
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', default=list(PILOT_MODELS), help='models (default: the pilot\'s)')
-    parser.add_argument('--seeds', nargs='+', type=int, default=list(PILOT_SEEDS), help='seeds (default: 0 1)')
+    parser.add_argument('--seeds', nargs='+', type=int, default=list(PILOT_SEEDS),
+                        help=f'seeds (default: {" ".join(map(str, PILOT_SEEDS))})')
     parser.add_argument('--epochs', nargs='+', type=int, default=list(PILOT_EPOCHS),
-                        help='schedules, in epochs (default: 1 2 4 8 16)')
+                        help=f'schedules, in epochs (default: {" ".join(map(str, PILOT_EPOCHS))})')
     parser.add_argument('--output', default=RESULTS, help='folder of pilot.csv, pilot.md and pilot.png')
     parser.add_argument('--work', default=os.path.join('output', 'pilot'), help='folder of the run folders')
-    parser.add_argument('--data-dir', default=os.path.join('.cache', 'fashion_mnist-converged'),
+    parser.add_argument('--data-dir', default=default_data_dir('converged'),
                         help='the ImageFolder to write and train on')
     parser.add_argument('--source', default=None, help='folder of the Fashion-MNIST idx files (default: Debian\'s)')
     parser.add_argument('--max-runs', type=int, default=None, help='stop after starting this many runs')
     parser.add_argument('--at-once', type=int, default=cores(), help='runs trained side by side (default: one '
                         'per core)')
     args = parser.parse_args(argv)
-    if min(args.epochs) < 1 or args.at_once < 1:
-        parser.error(f'--epochs and --at-once must be >= 1, got {args.epochs} and {args.at_once}')
+    if min(args.epochs) < 1:
+        parser.error(f'--epochs must be integers >= 1, got {" ".join(map(str, args.epochs))}')
+    if args.at_once < 1:
+        parser.error(f'--at-once must be >= 1, got {args.at_once}')
     if args.max_runs is not None and args.max_runs < 0:
         parser.error(f'--max-runs must be >= 0, got {args.max_runs}')
     import timm_cada  # noqa: F401  (registers the models)
@@ -192,7 +199,8 @@ def main(argv: Optional[List[str]] = None) -> Optional[int]:
                    'val_top5': round(results['top5'], 2), 'train_images': counts['train'],
                    'train_minutes': round(results['train_minutes'], 2),
                    'wall_minutes': '' if wall is None else round(wall, 2),
-                   'runs_at_once': '' if wall is None else args.at_once, 'machine': where, 'protocol': protocol}
+                   'runs_at_once': '' if wall is None else results['runs_at_once'], 'machine': where,
+                   'protocol': protocol}
             key = tuple(str(row[c]) for c in ROW_KEY)
             rows = [r for r in rows if tuple(str(r[c]) for c in ROW_KEY) != key] + [row]
             write_rows(csv_path, rows, COLUMNS, ('epochs', 'model', 'seed'))

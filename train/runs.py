@@ -100,6 +100,15 @@ def _next_exit(running: Iterable[subprocess.Popen]) -> subprocess.Popen:
         time.sleep(0.2)
 
 
+@dataclasses.dataclass
+class _Running:
+    """A train.py process under way: its job, when it started, and the integral of the number of runs under way
+    over its life (seconds x runs), for the mean number of runs that shared the machine with it."""
+    job: Job
+    start: float
+    shared: float = 0.0
+
+
 def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_runs: Optional[int] = None,
              nproc_per_node: int = 1, stopped: bool = False, at_once: int = 1,
              ) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
@@ -107,58 +116,83 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
     first (reused), then each trained (or resumed) run as it finishes. Once `max_runs` were started, the
     unfinished jobs left are skipped. With `at_once` > 1, that many runs train side by side, each on its share
     of the cores (OMP_NUM_THREADS) with its output in RUN_DIR/train.log (small models train faster so than one
-    run on every core). A run that fails, or, unless `stopped`, exits before the end of its schedule
-    (train.py's --stop-after), starts no further run and raises RunFailed once the runs under way finished;
-    with `stopped` such a run's results are taken as they stand (the next start resumes it). After each trained
-    run it prints the set's progress: runs done of the total, and the time left at this sitting's pace."""
+    run on every core); a trained run's results carry 'runs_at_once', the mean number of runs under way
+    during its life. A run that fails, or, unless `stopped`, exits before the end of its schedule (train.py's
+    --stop-after), starts no further run and raises RunFailed once the runs under way finished; with `stopped`
+    such a run's results are taken as they stand (the next start resumes it). After each trained run it prints
+    the set's progress: runs done of the total, and the time left at this sitting's pace. Killed (SIGTERM), it
+    stops its runs, which resume at the next start."""
     found = [(job, finished_results(job.run_dir, epochs, tested)) for job in jobs]  # read once, before any run
     queue = [job for job, results in found if results is None][:max_runs]
     for job, results in found:
         if results is not None:
             print(f'==> {job.label}: finished run in {job.run_dir} reused (delete it to train again)', flush=True)
             yield job, results, None
+    at_once = max(1, min(at_once, len(queue)))
     done, env = len(found) - sum(results is None for _, results in found), None
     if at_once > 1:
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores() // at_once)))
-    running: Dict[subprocess.Popen, Tuple[Job, float]] = {}
+    running: Dict[subprocess.Popen, _Running] = {}
     failures: List[str] = []
-    start, trained = time.time(), 0
+    start, trained, last = time.time(), 0, time.time()
+
+    def account() -> None:
+        """Add the time since the last change in the runs under way to each one's shared integral."""
+        nonlocal last
+        now = time.time()
+        for run in running.values():
+            run.shared += (now - last) * len(running)
+        last = now
+
+    def fill() -> None:
+        """Start queued runs while a slot is free (and none failed)."""
+        while queue and not failures and len(running) < at_once:
+            job = queue.pop(0)
+            cmd, log = train_command(job, nproc_per_node), None
+            if at_once > 1:
+                os.makedirs(job.run_dir, exist_ok=True)
+                log = open(os.path.join(job.run_dir, LOG), 'a')
+            print(f'==> {job.label}: {" ".join(cmd)}' + (f'  (output: {log.name})' if log else ''), flush=True)
+            with log or contextlib.nullcontext():
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None, env=env)
+            account()
+            running[proc] = _Running(job, time.time())
+
     if threading.current_thread() is threading.main_thread():  # a kill stops the runs too (see finally)
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        while queue or running:
-            while queue and not failures and len(running) < at_once:
-                job = queue.pop(0)
-                cmd, log = train_command(job, nproc_per_node), None
-                if at_once > 1:
-                    os.makedirs(job.run_dir, exist_ok=True)
-                    log = open(os.path.join(job.run_dir, LOG), 'a')
-                print(f'==> {job.label}: {" ".join(cmd)}' + (f'  (output: {log.name})' if log else ''), flush=True)
-                with log or contextlib.nullcontext():
-                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None, env=env)
-                running[proc] = (job, time.time())
-            if not running:
-                break
+        fill()
+        while running:
             proc = _next_exit(running)
-            job, tic = running.pop(proc)
+            account()
+            run = running.pop(proc)
+            job, wall = run.job, time.time() - run.start
             where = f'{os.path.join(job.run_dir, LOG)}' if at_once > 1 else 'above'
+            results = None
             if proc.returncode != 0:
                 failures.append(f'{job.label} failed (exit {proc.returncode}, its log {where}); {job.run_dir} '
                                 f'keeps its finished epochs, and the next start resumes it')
-                continue
-            results = run_results(job.run_dir) if stopped else finished_results(job.run_dir, epochs, tested)
+            else:
+                results = run_results(job.run_dir) if stopped else finished_results(job.run_dir, epochs, tested)
+                if results is None:
+                    failures.append(f'{job.run_dir} did not finish its schedule (its log {where})')
+            fill()  # before the caller's bookkeeping, so no slot idles during it
             if results is None:
-                failures.append(f'{job.run_dir} did not finish its schedule (its log {where})')
                 continue
             done, trained = done + 1, trained + 1
             left, pace = len(queue) + len(running), (time.time() - start) / 60 / trained
             print(f'==> {done} of {len(found)} runs done; {left} more to train in this sitting, about '
                   f'{left * pace:.0f} min at its pace (a run finished every {pace:.1f} min)', flush=True)
-            yield job, results, (time.time() - tic) / 60
+            yield job, dict(results, runs_at_once=round(run.shared / wall, 2) if wall > 0 else 1.0), wall / 60
     finally:
         for proc in running:  # only when stopped early: each resumes from its last epoch next time
             proc.terminate()
-            proc.wait()
+        for proc in running:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     if failures:

@@ -23,12 +23,15 @@ import os
 import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from timm_cada.compat import require_timm
+from timm_cada.load import SAVE_FOR_HF_TIMM
+
 import fashion_mnist  # train/fashion_mnist.py, the data step
 from runs import LOG, Job, RunFailed, cores, finished_results, model_size, run_jobs, split_argv  # train/runs.py
 from run_folder import LAST  # train/run_folder.py
 from study_findings import (  # train/study_findings.py
-    BIAS_IMAGES_PER_CLASS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, ONE_EPOCH, QUICK, QUICK_DATA, QUICK_MODELS,
-    QUICK_SEEDS, SEEDS, DataSpec, converged, converged_epochs, pilot_stats)
+    BIAS_IMAGES_PER_CLASS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, ONE_EPOCH, PILOT_MODELS, PILOT_SEEDS, QUICK,
+    QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec, converged, converged_epochs, pilot_stats)
 from study_report import REPO, Budget, update_quotes, verdict_quote, write_report  # train/study_report.py
 
 RECIPE = os.path.join(REPO, 'train', 'configs', 'fashion_mnist.yaml')
@@ -78,6 +81,11 @@ def write_rows(path: str, rows: Sequence[Mapping[str, object]], columns: Sequenc
         f.write(text.getvalue().encode())
 
 
+def default_data_dir(protocol: str) -> str:
+    """The ImageFolder a budget's runs train on by default (each budget its own split of the data)."""
+    return os.path.join('.cache', f'fashion_mnist-{protocol}')
+
+
 def write_data(data: DataSpec, data_dir: str, source: Optional[str], prog: str) -> Dict[str, int]:
     """The ImageFolder of `data` in `data_dir` (train/fashion_mnist.py; reused when complete); its image count per
     split. Missing or damaged data stops `prog` with the reason."""
@@ -98,12 +106,13 @@ def pilot_decision(folder: Optional[str] = None) -> Tuple[Optional[int], str]:
     """(the converged schedule in epochs that the pilot's runs in FOLDER/pilot.csv (default: the study's results)
     chose, None while undecided; the evidence in words: what doubling that schedule moved each pilot model's
     validation top-1)."""
-    rows = [r for r in read_rows(os.path.join(folder or RESULTS, 'pilot.csv')) if r['protocol'] == pilot_protocol_id()]
+    rows = [r for r in read_rows(os.path.join(folder or RESULTS, 'pilot.csv')) if r['protocol'] == pilot_protocol_id()
+            and r['model'] in PILOT_MODELS and int(r['seed']) in PILOT_SEEDS]  # the pilot's design, not extra runs
     stats = pilot_stats(rows)
     epochs = converged_epochs(stats)
     if epochs is None:
         return None, f'{len(rows)} pilot runs done, no schedule chosen yet'
-    moves = ', '.join(f'{m} {stats[m, 2 * epochs].mean - s.mean:+.2f}' for (m, e), s in stats.items() if e == epochs)
+    moves = ', '.join(f'{m} {stats[m, 2 * epochs].mean - stats[m, epochs].mean:+.2f}' for m in PILOT_MODELS)
     return epochs, (f'Convergence: the pilot ([pilot.md](pilot.md), validation split) chose {epochs} epochs; doubling '
                     f'them moved the mean validation top-1 by {moves} points.')
 
@@ -117,9 +126,9 @@ def job(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, options
 
 
 def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, object], train_images: int,
-                 wall_minutes: Optional[float], at_once: int, protocol: str, where: str) -> Dict[str, object]:
+                 wall_minutes: Optional[float], protocol: str, where: str) -> Dict[str, object]:
     """The runs.csv row of a finished run: test accuracy, size and MACs of the trained model, its time (and
-    how many runs trained side by side, sharing the machine, when it was trained in this sitting)."""
+    the mean number of runs that shared the machine with it, when it was trained in this sitting)."""
     size = model_size(model, run_dir)
     return {
         'model': model, 'seed': seed, 'top1': round(results['test_top1'], 2), 'top5': round(results['test_top5'], 2),
@@ -127,7 +136,7 @@ def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, obje
         'params_M': round(size.params / 1e6, 4), 'MMACs': round(size.macs / 1e6, 2),
         'train_minutes': round(results['train_minutes'], 2),
         'wall_minutes': round(wall_minutes, 2) if wall_minutes is not None else '',
-        'runs_at_once': at_once if wall_minutes is not None else '',
+        'runs_at_once': results.get('runs_at_once', '') if wall_minutes is not None else '',
         'machine': where, 'protocol': protocol,
     }
 
@@ -178,7 +187,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
     parser.add_argument('--source', default=None, help='folder of the Fashion-MNIST idx files (default: Debian\'s)')
     parser.add_argument('--quick', action='store_true', help=f'{" and ".join(QUICK_MODELS)}, seed 0, '
                         f'{QUICK_DATA.train_per_class} train images per class: a minute or two')
-    parser.add_argument('--max-runs', type=int, default=None, help='stop after training this many runs')
+    parser.add_argument('--max-runs', type=int, default=None, help='stop after starting this many runs')
     parser.add_argument('--at-once', type=int, default=cores(),
                         help=f'runs trained side by side, each on its share of the cores (default: one per core, '
                              f'{cores()} here); each run\'s output goes to its run folder\'s {LOG} when > 1')
@@ -203,7 +212,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
     if args.at_once < 1:
         parser.error(f'--at-once must be >= 1, got {args.at_once}')
     args.output = args.output or (os.path.join('output', 'study-quick') if args.quick else RESULTS)
-    args.data_dir = args.data_dir or os.path.join('.cache', f'fashion_mnist-{"quick" if args.quick else args.protocol}')
+    args.data_dir = args.data_dir or default_data_dir('quick' if args.quick else args.protocol)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f'--output: {args.output} is a file')
     return args, extra
@@ -212,7 +221,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
 def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     args, extra = parse_args(argv)
     from timm_cada.profile import machine
-    chosen, convergence = pilot_decision()
+    full_study = os.path.abspath(args.output) == RESULTS and not args.quick and not extra  # the committed one
+    chosen, convergence = pilot_decision() if full_study or args.protocol == 'converged' else (None, '')
     if args.quick:
         protocol = QUICK
     elif args.protocol == 'one-epoch':
@@ -222,6 +232,11 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
                  f'{os.path.join(RESULTS, "pilot.csv")}); run python train/pilot.py first, or pass --protocol one-epoch')
     else:
         protocol = converged(chosen)
+    if protocol.ships_weights and not extra:
+        try:
+            require_timm(SAVE_FOR_HF_TIMM, f'the {protocol.name} protocol (it saves its seed-0 models for local-dir:)')
+        except RuntimeError as e:
+            sys.exit(f'study.py: error: {e}')
     data = protocol.data
     counts = write_data(data, args.data_dir, args.source, 'study.py')
     os.makedirs(args.output, exist_ok=True)
@@ -231,12 +246,11 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     done = {(r['model'], int(r['seed'])) for r in rows if r['protocol'] == pid}
     where = machine()
     todo = [(m, s) for m in args.models for s in args.seeds]
-    full_study = os.path.abspath(args.output) == RESULTS and not args.quick and not extra  # the committed one
     if full_study:  # the report shows both budgets
         budgets = [Budget(ONE_EPOCH, protocol_id(RECIPE, ONE_EPOCH.data, ONE_EPOCH.options), len(MODELS) * len(SEEDS))]
         if chosen is not None:
-            budgets.append(Budget(protocol, pid, len(MODELS) * len(SEEDS)) if protocol.name == 'converged' else Budget(
-                converged(chosen), protocol_id(RECIPE, CONVERGED_DATA, converged(chosen).options), len(MODELS) * len(SEEDS)))
+            budgets.append(Budget(converged(chosen), protocol_id(RECIPE, CONVERGED_DATA, converged(chosen).options),
+                                  len(MODELS) * len(SEEDS)))
     else:
         budgets = [Budget(protocol, pid, len(todo))]
 
@@ -279,8 +293,8 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
             for m, s in todo if (m, s) not in done]
     try:
         for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once):
-            row = describe_run(finished.model, finished.seed, finished.run_dir, results, counts['train'], wall,
-                               args.at_once, pid, where)
+            row = describe_run(finished.model, finished.seed, finished.run_dir, results, counts['train'], wall, pid,
+                               where)
             row.update(bias_figures(finished.model, finished.run_dir, args.data_dir))
             key = tuple(str(row[c]) for c in ROW_KEY)
             rows = [r for r in rows if tuple(str(r[c]) for c in ROW_KEY) != key] + [row]

@@ -65,7 +65,7 @@ PILOT_MODELS = tuple(model_name(v) for v in ('dw_k7', 'cada_k7', 'local_k7'))
 PILOT_SEEDS = (0, 1)
 PILOT_EPOCHS = (1, 2, 4, 8, 16)
 PILOT_TOLERANCE = 0.3
-BUDGET_HOURS = 20  # the converged protocol's 16 models x 3 seeds, on the 2-core machine
+BUDGET_HOURS = 20  # the converged protocol's runs (MODELS x SEEDS), on the 2-core machine
 # --quick: the same recipe on 100 training images per class, for the test suite and a first look
 QUICK_MODELS, QUICK_SEEDS, QUICK_DATA = (model_name('dw_k7'), model_name('cada_k7')), (0,), DataSpec(100, 20)
 QUICK = Protocol('quick', QUICK_DATA, ships_weights=True)

@@ -197,10 +197,11 @@ def findings_section(rows: Sequence[Mapping[str, object]], budgets: Sequence[Bud
 
 def throughput(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int, float]]:
     """(training images per second of the machine, images, machine minutes) over the rows of runs trained in one
-    sitting: a run's wall minutes count 1/k of the machine when k runs trained side by side. None if none."""
+    sitting: a run's wall minutes count 1/k of the machine when k runs (on average) trained side by side. None if
+    none."""
     timed = [r for r in rows if r.get('wall_minutes') not in (None, '') and r.get('runs_at_once') not in (None, '')]
     images = sum(int(r['train_images']) * int(r['epochs']) for r in timed)
-    minutes = sum(float(r['wall_minutes']) / int(r['runs_at_once']) for r in timed)
+    minutes = sum(float(r['wall_minutes']) / float(r['runs_at_once']) for r in timed)
     return (images / (minutes * 60), images, minutes) if minutes else None
 
 
@@ -243,6 +244,8 @@ def write_report(out: str, rows: Sequence[Mapping[str, object]], budgets: Sequen
     status = (f'{done} of {expected} runs done' + ('' if done >= expected else
               ' (in progress: `make study` continues it; the rows below are the runs finished so far)'))
     names = ' | '.join(b.protocol.name for b in budgets)
+    held_out = '; '.join(sorted({f'{b.protocol.data.val_per_class:,} images per class (seed {b.protocol.data.seed})'
+                                 for b in budgets}))
     verdict_rows = '\n'.join(f'| {axis} | ' + ' | '.join(f'**{v}**' for v in vs) + ' |' for axis, vs in verdicts)
     seeds = ', '.join(str(s) for s in sorted({int(r['seed']) for b in budgets for r in b.rows(rows)}))
     text = f'''# The ablation on Fashion-MNIST{" (--quick)" if quick else ""}
@@ -259,8 +262,8 @@ Protocols (runs.csv holds one row per model, seed and protocol): {", ".join(b.la
 ## Protocol
 
 - **Data**: Fashion-MNIST (70,000 28x28 grey product photos, 10 classes, MIT licence) from Debian's
-  `dataset-fashion-mnist`, written by `train/fashion_mnist.py`: 1,000 images per class of the official train set
-  held out as validation (seed 0), the budgets below train on the rest; top-1 and top-5 are on the official
+  `dataset-fashion-mnist`, written by `train/fashion_mnist.py`: {held_out} of the official train set held out as
+  validation, the budgets below train on the rest; top-1 and top-5 are on the official
   10,000-image test set, evaluated once per run with its final weights. The validation split selected nothing
   but the converged budget's schedule (its pilot); the test set selected nothing.
 - **Scale-down** from the paper's ResNet-50 on 224 px ImageNet: ResNet-26 (2, 2, 2, 2 blocks) at a quarter of
