@@ -9,7 +9,7 @@ import difflib
 import math
 import os
 import warnings
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import yaml
