@@ -144,7 +144,7 @@ def test_converged_protocol_waits_for_the_pilot(tmp_path, monkeypatch, capsys):
     """--protocol converged needs the pilot's decision (pilot.csv of the results folder): without it the study
     stops and says what to run; with it, the protocol adds --epochs E to the converged options."""
     monkeypatch.setattr(study, 'RESULTS', str(tmp_path))
-    with pytest.raises(SystemExit, match='its pilot has not chosen the schedule yet .0 pilot runs done.*train/pilot.py'):
+    with pytest.raises(SystemExit, match='its pilot has not chosen the schedule yet .*pilot.csv: 0 pilot runs done.*train/pilot.py'):
         study.main(['--protocol', 'converged', '--max-runs', '0'])
     rows = [dict(model=m, seed=str(s), epochs=str(e), val_top1=str(mean + 0.1 * s), val_top5='99',
                  train_images='50000', train_minutes='1', wall_minutes='1', runs_at_once='2', machine='m',

@@ -228,8 +228,9 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     elif args.protocol == 'one-epoch':
         protocol = ONE_EPOCH
     elif chosen is None:
-        sys.exit(f'study.py: error: --protocol converged: its pilot has not chosen the schedule yet ({convergence} in '
-                 f'{os.path.join(RESULTS, "pilot.csv")}); run python train/pilot.py first, or pass --protocol one-epoch')
+        sys.exit(f'study.py: error: --protocol converged: its pilot has not chosen the schedule yet '
+                 f'({os.path.join(RESULTS, "pilot.csv")}: {convergence}); run python train/pilot.py (make pilot) '
+                 f'first, or pass --protocol one-epoch')
     else:
         protocol = converged(chosen)
     if protocol.ships_weights and not extra:
