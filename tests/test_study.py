@@ -327,7 +327,7 @@ def test_readme_and_model_card_quote_the_committed_verdicts():
     protocols = [findings.ONE_EPOCH] + ([findings.converged(epochs)] if epochs else [])
     judged, done = [], []
     for p in protocols:
-        mine = [r for r in rows if r['protocol'] == study.protocol_id(study.RECIPE, p.data, p.options)]
+        mine = [r for r in rows if r['protocol'] == study.protocol_hash(p)]
         judged.append(findings.judge_findings(findings.model_stats(mine)))
         done.append((p.name, len(mine), len(findings.MODELS) * len(findings.SEEDS)))
     verdicts = [(f.axis, [js[i][2] for js in judged]) for i, f in enumerate(findings.FINDINGS)]

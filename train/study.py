@@ -31,7 +31,7 @@ from runs import LOG, Job, RunFailed, cores, finished_results, model_size, run_j
 from run_folder import LAST  # train/run_folder.py
 from study_findings import (  # train/study_findings.py
     BIAS_IMAGES_PER_CLASS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, ONE_EPOCH, PILOT_MODELS, PILOT_SEEDS, QUICK,
-    QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec, converged, converged_epochs, pilot_stats)
+    QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec, Protocol, converged, converged_epochs, pilot_stats)
 from study_report import REPO, Budget, update_quotes, verdict_quote, write_report  # train/study_report.py
 
 RECIPE = os.path.join(REPO, 'train', 'configs', 'fashion_mnist.yaml')
@@ -96,10 +96,15 @@ def write_data(data: DataSpec, data_dir: str, source: Optional[str], prog: str) 
         sys.exit(f'{prog}: error: {e}')
 
 
+def protocol_hash(protocol: Protocol, extra: Sequence[str] = ()) -> str:
+    """The hash that names `protocol`'s runs (with `extra` train.py options after its own)."""
+    return protocol_id(RECIPE, protocol.data, (*protocol.options, *extra))
+
+
 def pilot_protocol_id(data: DataSpec = CONVERGED_DATA) -> str:
     """The hash of the converged protocol's pilot runs (train/pilot.py): the recipe, the data and the converged
     options; each run adds its --epochs."""
-    return protocol_id(RECIPE, data, CONVERGED_OPTIONS)
+    return protocol_hash(Protocol('pilot', data, CONVERGED_OPTIONS))
 
 
 def pilot_decision(folder: Optional[str] = None) -> Tuple[Optional[int], str]:
@@ -241,17 +246,15 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     data = protocol.data
     counts = write_data(data, args.data_dir, args.source, 'study.py')
     os.makedirs(args.output, exist_ok=True)
-    pid = protocol_id(RECIPE, data, (*protocol.options, *extra))
+    pid = protocol_hash(protocol, extra)
     runs_csv = os.path.join(args.output, 'runs.csv')
     rows = read_rows(runs_csv)
     done = {(r['model'], int(r['seed'])) for r in rows if r['protocol'] == pid}
     where = machine()
     todo = [(m, s) for m in args.models for s in args.seeds]
     if full_study:  # the report shows both budgets
-        budgets = [Budget(ONE_EPOCH, protocol_id(RECIPE, ONE_EPOCH.data, ONE_EPOCH.options), len(MODELS) * len(SEEDS))]
-        if chosen is not None:
-            budgets.append(Budget(converged(chosen), protocol_id(RECIPE, CONVERGED_DATA, converged(chosen).options),
-                                  len(MODELS) * len(SEEDS)))
+        budgets = [Budget(p, protocol_hash(p), len(MODELS) * len(SEEDS))
+                   for p in (ONE_EPOCH, *([converged(chosen)] if chosen is not None else []))]
     else:
         budgets = [Budget(protocol, pid, len(todo))]
 
