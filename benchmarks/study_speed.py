@@ -1,7 +1,7 @@
 """ The Fashion-MNIST study's training throughput, two ways measured in one run: as main trained the study
 before (one run at a time on every core, NCHW, every image decoded from its PNG at every epoch) and as
 train/study.py trains the converged protocol now (one run per core side by side, channels_last, every image
-decoded once), over the study's models.
+decoded once, glibc's allocator keeping freed memory: study.FAST_ENV), over the study's models.
 
     make bench-study                                            # the 16 models, 512 images per class
     PYTHONPATH=train python benchmarks/study_speed.py --models resnet26_dw_k7 --images-per-class 128
@@ -20,24 +20,24 @@ from typing import Dict, Sequence, Tuple
 
 import fashion_mnist  # train/ (PYTHONPATH=train)
 from runs import Job, cores, run_jobs
-from study import FAST, RECIPE
+from study import FAST, FAST_ENV, RECIPE
 from study_findings import CONVERGED_OPTIONS, MODELS
 
-# way -> (runs side by side, train.py options on top of the recipe)
-WAYS: Dict[str, Tuple[int, Tuple[str, ...]]] = {
-    'before': (1, ()),
-    'study': (cores(), (*CONVERGED_OPTIONS, *FAST)),
+# way -> (runs side by side, train.py options on top of the recipe, environment variables of the runs)
+WAYS: Dict[str, Tuple[int, Tuple[str, ...], Dict[str, str]]] = {
+    'before': (1, (), {}),
+    'study': (cores(), (*CONVERGED_OPTIONS, *FAST), FAST_ENV),
 }
 
 
 def measure(way: str, models: Sequence[str], data_dir: str, work: str) -> Tuple[float, float]:
     """(wall seconds to train one run of each of `models` the `way` says, the seconds of their training loops
     over the runs side by side: the machine's share of each run's train.py-measured training time)."""
-    at_once, options = WAYS[way]
+    at_once, options, env = WAYS[way]
     jobs = [Job(m, os.path.join(work, way, m), ('-c', RECIPE, '--data-dir', data_dir, *options), seed=0)
             for m in models]
     tic = time.time()
-    train_minutes = sum(results['train_minutes'] for _, results, _ in run_jobs(jobs, at_once=at_once))
+    train_minutes = sum(results['train_minutes'] for _, results, _ in run_jobs(jobs, at_once=at_once, env=env))
     return time.time() - tic, train_minutes * 60 / at_once
 
 
@@ -61,12 +61,13 @@ def main() -> None:
     print(f'\nThe study\'s training throughput on {machine()}: {len(args.models)} models x {counts["train"]} images, '
           f'one epoch each; images/s of the machine over the wall time (start-up and validation included) and '
           f'over the training loops alone (train.py\'s train minutes, shared by the runs side by side)\n')
-    print('| way | runs side by side | options | wall s | images/s | training s | images/s in training |\n'
-          '|---|---|---|---|---|---|---|')
-    for way, (at_once, options) in WAYS.items():
+    print('| way | runs side by side | options | environment | wall s | images/s | training s | images/s in training |\n'
+          '|---|---|---|---|---|---|---|---|')
+    for way, (at_once, options, env) in WAYS.items():
         wall, train = seconds[way]
-        print(f'| {way} | {at_once} | {" ".join(options) or "-"} | {wall:.0f} | {images / wall:.0f} | {train:.0f} '
-              f'| {images / train:.0f} |')
+        variables = ' '.join(f'{k}={v}' for k, v in env.items()) or '-'
+        print(f'| {way} | {at_once} | {" ".join(options) or "-"} | {variables} | {wall:.0f} | {images / wall:.0f} '
+              f'| {train:.0f} | {images / train:.0f} |')
     (wall_a, train_a), (wall_b, train_b) = seconds['before'], seconds['study']
     print(f'\nstudy / before: {wall_a / wall_b:.2f}x the images/s over the wall time, {train_a / train_b:.2f}x in '
           f'training')

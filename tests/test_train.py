@@ -146,7 +146,8 @@ if folder.endswith('fail'):
 time.sleep(1)
 with open(os.path.join(folder, 'results.json'), 'w') as f:
     json.dump(dict(epochs=2, num_epochs=2, top1=50.0, start=start, end=time.time(),
-                   threads=os.environ.get('OMP_NUM_THREADS')), f)
+                   threads=os.environ.get('OMP_NUM_THREADS'),
+                   env={k: v for k, v in os.environ.items() if k.startswith('RUNS_TEST_')}), f)
 """
 
 
@@ -167,6 +168,14 @@ def test_run_jobs_reuses_finished_runs_and_prints_progress(tmp_path, fake_train,
     assert '==> 2 of 4 runs done; 1 more to train in this sitting, about ' in out
     assert '==> 3 of 4 runs done; 0 more to train in this sitting, about 0 min' in out
     assert out.count('reused (delete it to train again)') == 1 and 'training' in out  # output not redirected
+
+
+def test_run_jobs_environment(tmp_path, fake_train, monkeypatch):
+    """env adds variables to the runs' environment; a variable set in this process's environment wins."""
+    monkeypatch.setenv('RUNS_TEST_MINE', 'user')
+    ((_, results, _),) = runs.run_jobs([runs.Job('m', str(tmp_path / 'a'))], epochs=2,
+                                       env={'RUNS_TEST_MINE': 'set', 'RUNS_TEST_NEW': 'set'})
+    assert results['env'] == {'RUNS_TEST_MINE': 'user', 'RUNS_TEST_NEW': 'set'}
 
 
 def test_run_jobs_side_by_side(tmp_path, fake_train):

@@ -26,6 +26,7 @@ from timm_cada.checkpoint import TMP_SUFFIX, read_checkpoint
 from image_data import BadImageError, StrictImageDataset, convert_image  # train/ (pytest's pythonpath)
 from options import parse_kwarg
 import run_folder
+from study import FAST_ENV
 from helpers import REPO, SUBPROCESS_ENV, TINY, load_script, make_image_folder
 
 TRAIN = REPO / 'train' / 'train.py'
@@ -225,6 +226,18 @@ def test_preloaded_images_give_the_same_run(reference, argv, tmp_path):
     out = tmp_path / 'preloaded'
     run_train([*argv, '--output', out, '--preload-images'])
     assert_same_run(reference, out)
+
+
+def test_study_environment_gives_the_same_run(data, tmp_path):
+    """study.FAST_ENV (glibc's allocator keeping freed memory) changes the speed of a train.py process only: a
+    CADA model's run is bit for bit the one without it."""
+    argv = ['--data-dir', data, '--epochs', 1, *TINY, '--model', 'resnet26_cada_k3', '--channels-last']
+    outs = []
+    for name, env in (('plain', {}), ('fast', FAST_ENV)):
+        outs.append(tmp_path / name)
+        subprocess.run([sys.executable, str(REPO / 'train' / 'train.py'), *map(str, argv), '--output', str(outs[-1])],
+                       env={**SUBPROCESS_ENV, **env}, check=True, capture_output=True)
+    assert_same_run(*outs)
 
 
 def test_resume_in_another_process_count_keeps_the_global_batch(reference, argv, tmp_path, caplog):

@@ -22,7 +22,7 @@ from timm_cada.checkpoint import atomic_file
 
 from runs import Job, RunFailed, cores, run_jobs  # train/runs.py
 from study import (  # train/study.py
-    FAST, RECIPE, RESULTS, default_data_dir, pilot_protocol_id, read_rows, write_data, write_rows)
+    FAST, FAST_ENV, RECIPE, RESULTS, default_data_dir, pilot_protocol_id, read_rows, write_data, write_rows)
 from study_findings import (  # train/study_findings.py
     BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, PILOT_EPOCHS, PILOT_MODELS, PILOT_SEEDS,
     PILOT_TOLERANCE, SEEDS, Stats, converged_epochs, pilot_stats)
@@ -193,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[int]:
     where = machine()
     try:
         for job, results, wall in run_jobs([j for _, j in jobs.values()], tested=False, max_runs=args.max_runs,
-                                           at_once=args.at_once):
+                                           at_once=args.at_once, env=FAST_ENV):
             epochs = jobs[job.run_dir][0]
             row = {'model': job.model, 'seed': job.seed, 'epochs': epochs, 'val_top1': round(results['top1'], 2),
                    'val_top5': round(results['top5'], 2), 'train_images': counts['train'],

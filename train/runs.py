@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import timm
 from timm.data import resolve_data_config
@@ -111,15 +111,17 @@ class _Running:
 
 def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_runs: Optional[int] = None,
              nproc_per_node: int = 1, stopped: bool = False, at_once: int = 1,
+             env: Optional[Mapping[str, str]] = None,
              ) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
     """(job, its results, the wall minutes of its training or None when reused) for each job: the finished runs
     first (reused), then each trained (or resumed) run as it finishes. Once `max_runs` were started, the
     unfinished jobs left are skipped. With `at_once` > 1, that many runs train side by side, each on its share
     of the cores (OMP_NUM_THREADS) with its output in RUN_DIR/train.log (small models train faster so than one
     run on every core); a trained run's results carry 'runs_at_once', the mean number of runs under way
-    during its life. A run that fails, or, unless `stopped`, exits before the end of its schedule (train.py's
-    --stop-after), starts no further run and raises RunFailed once the runs under way finished; with `stopped`
-    such a run's results are taken as they stand (the next start resumes it). After each trained run it prints
+    during its life. `env` adds environment variables for the runs, where this process does not set them. A
+    run that fails, or, unless `stopped`, exits before the end of its schedule (train.py's --stop-after), starts
+    no further run and raises RunFailed once the runs under way finished; with `stopped` such a run's results
+    are taken as they stand (the next start resumes it). After each trained run it prints
     the set's progress: runs done of the total, and the time left at this sitting's pace. Killed (SIGTERM), it
     stops its runs, which resume at the next start."""
     found = [(job, finished_results(job.run_dir, epochs, tested)) for job in jobs]  # read once, before any run
@@ -129,9 +131,10 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             print(f'==> {job.label}: finished run in {job.run_dir} reused (delete it to train again)', flush=True)
             yield job, results, None
     at_once = max(1, min(at_once, len(queue)))
-    done, env = len(found) - sum(results is None for _, results in found), None
+    done = len(found) - sum(results is None for _, results in found)
+    env = {**(env or {}), **os.environ}
     if at_once > 1:
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores() // at_once)))
+        env['OMP_NUM_THREADS'] = str(max(1, cores() // at_once))
     running: Dict[subprocess.Popen, _Running] = {}
     failures: List[str] = []
     start, trained, last = time.time(), 0, time.time()
