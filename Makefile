@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # One worker a core, a test file a worker (module fixtures built once); most tests run one thread.
 PYTEST_XDIST ?= -n auto --dist loadfile
 
-.PHONY: install test test-all demo zoo bench bench-study pilot study clean
+.PHONY: install test test-all demo zoo bench bench-study pilot study figures clean
 
 install: $(STAMP)
 
@@ -97,6 +97,11 @@ pilot: $(STAMP)
 
 study: $(STAMP)
 	$(PYTHON) train/study.py $(STUDY_ARGS)
+
+# README's figures of the biases (docs/analysis_*.png) from the study's shipped weights (results/fashion_mnist/
+# weights/, which make study writes) and four Fashion-MNIST test images: no training
+figures: $(STAMP)
+	$(PYTHON) train/readme_figures.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) .pytest_cache .cache build *.egg-info

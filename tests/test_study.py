@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shutil
 
 import pytest
 from PIL import Image
@@ -16,6 +17,7 @@ from helpers import fake_fashion_mnist, load_script
 
 study = load_script('train/study.py')
 pilot = load_script('train/pilot.py')
+figures = load_script('train/readme_figures.py')
 
 
 def rows_for(means, spread=0.1, seeds=(0, 1, 2), protocol='p'):
@@ -255,6 +257,31 @@ def test_committed_weights_reproduce_their_row_on_the_official_test_set(model, t
     fashion_mnist.write_fashion_mnist(str(data), val_per_class=0)
     _, top1 = evaluate_shipped(folder, str(data / 'test'))
     assert top1 == pytest.approx(float(row[0]['top1']), abs=0.015)  # a layout change may flip one of 10,000 images
+
+
+def test_readme_figures_from_shipped_weights(quick, tmp_path):
+    """make figures: README's two analysis PNGs and each model's bias figures from saved models alone (the quick
+    study's two and an untrained local model, on the synthetic test images)."""
+    import timm
+    from timm_cada.load import save_local_dir
+    root, _, _ = quick
+    weights = tmp_path / 'weights'
+    with pytest.raises(SystemExit, match='has no saved resnet26_cada_k7, resnet26_dw_k7, resnet26_local_k7: the '
+                                         'study ships them \\(make study\\)'):
+        figures.main(['--weights', str(weights), '--out', str(tmp_path / 'docs')])
+    shutil.copytree(root / 'out' / 'weights', weights)
+    kwargs = dict(small_stem=True, channels=[16, 32, 64, 128], num_classes=10, in_chans=1, img_size=28)
+    local = timm.create_model('resnet26_local_k7', **kwargs).eval()
+    save_local_dir(local, dict(input_size=(1, 28, 28), mean=(0.286,), std=(0.353,), crop_pct=1.0), kwargs,
+                   str(weights / 'resnet26_local_k7'))
+    metrics = figures.main(['--weights', str(weights), '--out', str(tmp_path / 'docs'),
+                            '--source', str(root / 'source')])
+    for name in figures.FIGURES:
+        with Image.open(tmp_path / 'docs' / name) as img:
+            assert img.format == 'PNG'
+    assert metrics['resnet26_dw_k7'] == {'spatial_variation': 0.0, 'context_sensitivity': 0.0}  # strict
+    assert metrics['resnet26_local_k7']['context_sensitivity'] == 0.0  # no context (untrained: no variation yet)
+    assert min(metrics['resnet26_cada_k7'].values()) > 0
 
 
 def test_finished_runs_are_reused(quick, monkeypatch):
