@@ -158,6 +158,16 @@ def test_converged_protocol_waits_for_the_pilot(tmp_path, monkeypatch, capsys):
     epochs, evidence = study.pilot_decision(str(tmp_path))  # runs beyond the pilot's design are not read
     assert epochs == 4 and 'chose 4 epochs' in evidence and 'resnet26_dw_k7 +0.20' in evidence
     assert findings.converged(4).options == (*findings.CONVERGED_OPTIONS, '--epochs', '4')
+    # nothing settles; at 1 minute a run, 16 epochs fit the budget: the longest, said not settled
+    unsettled = [dict(r, val_top1=str(80 + int(r['epochs']) / 2 + 0.1 * int(r['seed']))) for r in rows]
+    study.write_rows(str(tmp_path / 'pilot.csv'), unsettled, pilot.COLUMNS, ('epochs', 'model', 'seed'))
+    epochs, evidence = study.pilot_decision(str(tmp_path))
+    assert epochs == 16 and 'NOT settled: going from 8 to 16 epochs still moved' in evidence
+    assert 'resnet26_dw_k7 +4.00' in evidence
+    slow = [dict(r, wall_minutes='90') for r in unsettled]  # 296 images/s: 16 epochs 36 h, 8 epochs 18 h
+    study.write_rows(str(tmp_path / 'pilot.csv'), slow, pilot.COLUMNS, ('epochs', 'model', 'seed'))
+    epochs, evidence = study.pilot_decision(str(tmp_path))
+    assert epochs == 8 and 'going from 8 to 16 epochs still moved' in evidence
 
 
 def test_bad_arguments_are_named(capsys):
@@ -377,7 +387,9 @@ def pilot_stats(means, std=0.1):
 def test_converged_schedule_is_the_shortest_whose_doubling_settles():
     assert findings.PILOT_EPOCHS == (1, 2, 4, 8, 16) and findings.PILOT_TOLERANCE == 0.3
     assert findings.converged_epochs(pilot_stats([80, 85, 88, 88.2, 88.3])) == 4  # 4 -> 8 moves 0.2
-    assert findings.converged_epochs(pilot_stats([80, 85, 88, 89, 89.5])) is None  # no doubling settles
+    assert findings.converged_epochs(pilot_stats([80, 85, 88, 89, 89.5])) == 16  # none settles: the longest
+    assert findings.settles(pilot_stats([80, 85, 88, 89, 89.5]), 8) is False
+    assert findings.settles(pilot_stats([80, 85, 88, 89, 89.5]), 16) is None  # no 32-epoch runs: cannot be told
     assert findings.converged_epochs(pilot_stats([80, 85, 88, 88.5, 88.6], std=0.6)) == 4  # within the seed spread
     falling = pilot_stats([80, 85, 88, 88.2, 88.3])
     falling[findings.PILOT_MODELS[2], 8] = findings.Stats(2, 87.5, 0.1)  # one model loses 0.5 from 4 to 8
@@ -386,6 +398,20 @@ def test_converged_schedule_is_the_shortest_whose_doubling_settles():
     partial = pilot_stats([80, 85, 88, 88.2, 88.3])
     partial[findings.PILOT_MODELS[0], 4] = findings.Stats(1, 88.0, 0.0)  # a seed missing at 4: undecided
     assert findings.converged_epochs(partial) is None
+
+
+def test_converged_schedule_within_the_budget():
+    """Only schedules whose converged protocol fits the budget are chosen: the shortest of those that settles,
+    else the longest of those, once its doubling (where the pilot has it) is known."""
+    settling_at_8 = pilot_stats([80, 85, 88, 89, 89.2])
+    assert findings.converged_epochs(settling_at_8) == 8
+    assert findings.converged_epochs(settling_at_8, fits=lambda e: e <= 4) == 4  # 4 -> 8 moved 1: not settled
+    assert findings.converged_epochs(settling_at_8, fits=lambda e: False) is None
+    waiting = dict(settling_at_8)
+    del waiting[findings.PILOT_MODELS[0], 16]
+    assert findings.converged_epochs(waiting) is None and findings.converged_epochs(waiting, lambda e: e <= 4) == 4
+    # 16 models x 3 seeds x 8 epochs x 50,000 images at 500 images/s
+    assert findings.converged_hours(8, 50000, 500.0) == pytest.approx(16 * 3 * 8 * 50000 / 500 / 3600)
 
 
 def test_pilot_report_from_synthetic_rows(tmp_path):

@@ -22,11 +22,10 @@ from timm_cada.checkpoint import atomic_file
 
 from runs import Job, RunFailed, cores, run_jobs  # train/runs.py
 from study import (  # train/study.py
-    FAST, FAST_ENV, RECIPE, RESULTS, default_data_dir, pilot_protocol_id, read_rows, write_data, write_rows)
+    FAST, FAST_ENV, RECIPE, RESULTS, choose_schedule, default_data_dir, pilot_protocol_id, read_rows, write_data, write_rows)
 from study_findings import (  # train/study_findings.py
     BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, PILOT_EPOCHS, PILOT_MODELS, PILOT_SEEDS,
-    PILOT_TOLERANCE, SEEDS, Stats, converged_epochs, pilot_stats)
-from study_report import throughput  # train/study_report.py
+    PILOT_TOLERANCE, SEEDS, Stats, settles)
 
 COLUMNS = ('model', 'seed', 'epochs', 'val_top1', 'val_top5', 'train_images', 'train_minutes', 'wall_minutes',
            'runs_at_once', 'machine', 'protocol')
@@ -85,26 +84,26 @@ def pilot_table(stats: Mapping[Tuple[str, int], Stats]) -> str:
 def write_pilot(out: str, rows: Sequence[Mapping[str, object]], protocol: str, expected: int) -> Optional[int]:
     """pilot.md and pilot.png from the rows of `protocol`; returns the chosen epochs (None: not decided yet)."""
     rows = [r for r in rows if r['protocol'] == protocol]
-    stats = pilot_stats(rows)
+    choice = choose_schedule(rows)
+    stats, chosen = choice.stats, choice.epochs
     if rows:
         plot(stats, rows, os.path.join(out, 'pilot.png'))
-    chosen = converged_epochs(stats)
-    speed = throughput(rows)
     if chosen is None:
-        decision = ('Not decided yet: the rule needs every pilot model\'s seeds at a schedule and at its double, '
-                    'or no doubling within the pilot settled (then the pilot needs longer schedules).')
+        decision = ('Not decided yet: the rule needs every pilot model\'s seeds at a schedule and at its double '
+                    '(or the budget to fit the shortest).')
+    elif settles(stats, chosen):
+        decision = (f'**{chosen} epochs**: the shortest schedule within the budget whose doubling moved every pilot '
+                    f'model\'s mean validation top-1 by less than {PILOT_TOLERANCE} points or its seed spread.')
     else:
-        decision = (f'**{chosen} epochs**: the shortest schedule whose doubling moved every pilot model\'s mean '
-                    f'validation top-1 by less than {PILOT_TOLERANCE} points or its seed spread.')
+        decision = (f'**{chosen} epochs, not settled**: the longest schedule within the budget; no doubling of a '
+                    f'schedule within it settled (see the table).')
     budget = ''
-    if speed:
-        epochs = chosen or max(PILOT_EPOCHS)
-        images = len(MODELS) * len(SEEDS) * epochs * int(rows[0]['train_images'])
-        hours = images / speed[0] / 3600
-        budget = (f'At the pilot\'s measured throughput ({speed[0]:.0f} training images/s of the machine, runs side '
-                  f'by side, start-up and validation included), the converged protocol at {epochs} epochs '
-                  f'({len(MODELS)} models x {len(SEEDS)} seeds x {epochs} x {int(rows[0]["train_images"]):,} images) '
-                  f'takes about {hours:.1f} hours (budget: {BUDGET_HOURS} hours).')
+    if choice.speed:
+        epochs, images = chosen or max(PILOT_EPOCHS), int(rows[0]['train_images'])
+        budget = (f'At the pilot\'s measured throughput ({choice.speed[0]:.0f} training images/s of the machine over '
+                  f'its {choice.speed[1]}-epoch runs, side by side, start-up and validation included), the converged '
+                  f'protocol at {epochs} epochs ({len(MODELS)} models x {len(SEEDS)} seeds x {epochs} x {images:,} '
+                  f'images) takes about {choice.hours(epochs, images):.1f} hours (budget: {BUDGET_HOURS} hours).')
     text = f'''# The converged protocol's pilot
 
 Written by `python train/pilot.py`; do not edit by hand. {len(rows)} of {expected} runs done. Protocol
@@ -122,7 +121,11 @@ train/configs/fashion_mnist.yaml otherwise unchanged (not tuned). Validation top
 
 **Rule (fixed before the runs).** The converged schedule is the shortest E whose doubling moves the mean
 validation top-1 of every pilot model by less than {PILOT_TOLERANCE} points, or by less than the larger seed
-standard deviation of E and 2E.
+standard deviation of E and 2E, among the schedules whose converged protocol fits the budget of {BUDGET_HOURS}
+hours at the pilot's measured throughput (that of its longest runs); when the doubling of none of those settles,
+the longest that fits, reported as not settled. (The budget condition and the case of no settled schedule were
+added on 2026-12-07, after the 8-epoch runs of seed 0 and before any 16-epoch run: the first rule had no answer
+for them.)
 
 **Decision.** {decision}
 

@@ -30,9 +30,10 @@ import fashion_mnist  # train/fashion_mnist.py, the data step
 from runs import LOG, Job, RunFailed, cores, finished_results, model_size, run_jobs, split_argv  # train/runs.py
 from run_folder import LAST  # train/run_folder.py
 from study_findings import (  # train/study_findings.py
-    BIAS_IMAGES_PER_CLASS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, ONE_EPOCH, PILOT_MODELS, PILOT_SEEDS, QUICK,
-    QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec, Protocol, converged, converged_epochs, pilot_stats)
-from study_report import REPO, Budget, update_quotes, verdict_quote, write_report  # train/study_report.py
+    BIAS_IMAGES_PER_CLASS, BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, ONE_EPOCH, PILOT_MODELS,
+    PILOT_SEEDS, QUICK, QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec, Protocol, Stats, converged,
+    complete, converged_epochs, converged_hours, pilot_stats, settles)
+from study_report import REPO, Budget, pilot_speed, update_quotes, verdict_quote, write_report  # train/study_report.py
 
 RECIPE = os.path.join(REPO, 'train', 'configs', 'fashion_mnist.yaml')
 RESULTS = os.path.join(REPO, 'results', 'fashion_mnist')
@@ -111,19 +112,49 @@ def pilot_protocol_id(data: DataSpec = CONVERGED_DATA) -> str:
     return protocol_hash(Protocol('pilot', data, CONVERGED_OPTIONS))
 
 
+@dataclasses.dataclass(frozen=True)
+class PilotChoice:
+    """What the pilot's rows say: `epochs` (None while undecided), the stats per (model, epochs), and the pilot's
+    measured (images/s, at epochs) that the budget is judged by (None before any timed run)."""
+    epochs: Optional[int]
+    stats: Dict[Tuple[str, int], Stats]
+    speed: Optional[Tuple[float, int]]
+
+    def hours(self, epochs: int, train_images: int) -> Optional[float]:
+        return converged_hours(epochs, train_images, self.speed[0]) if self.speed else None
+
+
+def choose_schedule(rows: Sequence[Mapping[str, object]]) -> PilotChoice:
+    """The converged schedule by the pilot's rule from the pilot's rows (their design only: the pilot models and
+    seeds), with the budget judged at the pilot's measured throughput."""
+    rows = [r for r in rows if r['model'] in PILOT_MODELS and int(r['seed']) in PILOT_SEEDS]
+    stats, speed = pilot_stats(rows), pilot_speed(rows)
+    images = int(rows[0]['train_images']) if rows else 0
+    fits = (lambda e: converged_hours(e, images, speed[0]) <= BUDGET_HOURS) if speed else (lambda e: True)
+    return PilotChoice(converged_epochs(stats, fits), stats, speed)
+
+
 def pilot_decision(folder: Optional[str] = None) -> Tuple[Optional[int], str]:
     """(the converged schedule in epochs that the pilot's runs in FOLDER/pilot.csv (default: the study's results)
-    chose, None while undecided; the evidence in words: what doubling that schedule moved each pilot model's
-    validation top-1)."""
-    rows = [r for r in read_rows(os.path.join(folder or RESULTS, 'pilot.csv')) if r['protocol'] == pilot_protocol_id()
-            and r['model'] in PILOT_MODELS and int(r['seed']) in PILOT_SEEDS]  # the pilot's design, not extra runs
-    stats = pilot_stats(rows)
-    epochs = converged_epochs(stats)
+    chose, None while undecided; the evidence in words: what doubling that schedule, or reaching it, moved each
+    pilot model's validation top-1)."""
+    rows = [r for r in read_rows(os.path.join(folder or RESULTS, 'pilot.csv')) if r['protocol'] == pilot_protocol_id()]
+    choice = choose_schedule(rows)
+    epochs, stats = choice.epochs, choice.stats
     if epochs is None:
         return None, f'{len(rows)} pilot runs done, no schedule chosen yet'
-    moves = ', '.join(f'{m} {stats[m, 2 * epochs].mean - stats[m, epochs].mean:+.2f}' for m in PILOT_MODELS)
-    return epochs, (f'Convergence: the pilot ([pilot.md](pilot.md), validation split) chose {epochs} epochs; doubling '
-                    f'them moved the mean validation top-1 by {moves} points.')
+    def moves(a: int, b: int) -> str:
+        return ', '.join(f'{m} {stats[m, b].mean - stats[m, a].mean:+.2f}' for m in PILOT_MODELS)
+
+    where = 'the pilot ([pilot.md](pilot.md), validation split)'
+    if settles(stats, epochs):
+        return epochs, (f'Convergence: {where} chose {epochs} epochs; doubling them moved the mean validation top-1 '
+                        f'by {moves(epochs, 2 * epochs)} points.')
+    a, b = (epochs, 2 * epochs) if complete(stats, 2 * epochs) else (epochs // 2, epochs)
+    evidence = (f': going from {a} to {b} epochs still moved the mean validation top-1 by {moves(a, b)} points'
+                if complete(stats, a) and complete(stats, b) else '')
+    return epochs, (f'Convergence: {where} chose {epochs} epochs, the longest schedule within the {BUDGET_HOURS} h '
+                    f'budget, NOT settled{evidence}.')
 
 
 def job(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, options: Sequence[str],

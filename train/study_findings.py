@@ -3,7 +3,7 @@ claims about them, and the verdict rule with the statistics it reads (mean and s
 top-1 over seeds). train/study.py runs the study, train/study_report.py writes what this module judges. """
 import dataclasses
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 # The study: every row of the paper's ablation scaled to ResNet-26 (see FINDINGS), three seeds each.
 DEPTH = 26  # ResNet-26: (2, 2, 2, 2) blocks
@@ -60,7 +60,8 @@ def converged(epochs: int) -> Protocol:
 # The pilot, on the validation split only: validation top-1 against the schedule's length (each its own cosine
 # schedule), for a model of each kind (strict, relaxed and no spatial invariance), two seeds. The converged
 # schedule is the shortest whose doubling moves every pilot model's mean validation top-1 by less than
-# PILOT_TOLERANCE points or by less than the larger seed standard deviation of the two schedules.
+# PILOT_TOLERANCE points or by less than the larger seed standard deviation of the two schedules, among those
+# whose converged protocol fits BUDGET_HOURS; when none of those settles, the longest that fits, not settled.
 PILOT_MODELS = tuple(model_name(v) for v in ('dw_k7', 'cada_k7', 'local_k7'))
 PILOT_SEEDS = (0, 1)
 PILOT_EPOCHS = (1, 2, 4, 8, 16)
@@ -203,15 +204,41 @@ def pilot_stats(rows: Sequence[Mapping[str, object]]) -> Dict[Tuple[str, int], S
     return out
 
 
-def converged_epochs(stats: Mapping[Tuple[str, int], Stats]) -> Optional[int]:
+def settles(stats: Mapping[Tuple[str, int], Stats], epochs: int) -> Optional[bool]:
+    """Whether doubling `epochs` moved every pilot model's mean validation top-1 by less than PILOT_TOLERANCE or
+    the seed spread; None while either schedule lacks a pilot run or the pilot has no schedule twice as long."""
+    if 2 * epochs not in PILOT_EPOCHS or not all(complete(stats, e) for e in (epochs, 2 * epochs)):
+        return None
+    pairs = [(stats[m, epochs], stats[m, 2 * epochs]) for m in PILOT_MODELS]
+    return all(abs(b.mean - a.mean) < max(PILOT_TOLERANCE, a.std, b.std) for a, b in pairs)
+
+
+def complete(stats: Mapping[Tuple[str, int], Stats], epochs: int) -> bool:
+    """Whether every pilot model has all its seeds at `epochs`."""
+    return all(stats.get((m, epochs)) is not None and stats[m, epochs].n >= len(PILOT_SEEDS) for m in PILOT_MODELS)
+
+
+def converged_hours(epochs: int, train_images: int, images_per_s: float) -> float:
+    """The machine hours of the converged protocol's runs (MODELS x SEEDS) at `epochs` epochs of `train_images`."""
+    return len(MODELS) * len(SEEDS) * epochs * train_images / images_per_s / 3600
+
+
+def converged_epochs(stats: Mapping[Tuple[str, int], Stats],
+                     fits: Callable[[int], bool] = lambda epochs: True) -> Optional[int]:
     """The converged schedule by the pilot's rule (see PILOT_TOLERANCE), from validation top-1 per (model,
-    epochs); None while the schedules before it lack runs, or when no doubling in PILOT_EPOCHS settles."""
+    epochs): the shortest schedule that `fits` the budget and whose doubling settles; when no doubling of those
+    settled, the longest that fits (`settles` then says it did not, or could not be told). None while the
+    schedules the rule needs lack runs, or when not even the shortest fits."""
+    chosen = None
     for epochs in PILOT_EPOCHS:
-        if 2 * epochs not in PILOT_EPOCHS:
+        if not fits(epochs):
+            return chosen
+        if not complete(stats, epochs):
             return None
-        pairs = [(stats.get((m, epochs)), stats.get((m, 2 * epochs))) for m in PILOT_MODELS]
-        if any(a is None or b is None or min(a.n, b.n) < len(PILOT_SEEDS) for a, b in pairs):
-            return None
-        if all(abs(b.mean - a.mean) < max(PILOT_TOLERANCE, a.std, b.std) for a, b in pairs):
+        settled = settles(stats, epochs)
+        if settled or 2 * epochs not in PILOT_EPOCHS:
             return epochs
-    return None
+        if settled is None:
+            return None
+        chosen = epochs
+    return chosen

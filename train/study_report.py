@@ -205,6 +205,17 @@ def throughput(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, in
     return (images / (minutes * 60), images, minutes) if minutes else None
 
 
+def pilot_speed(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int]]:
+    """(`throughput`'s images/s, epochs) over the timed pilot rows of the longest schedule that has any: the runs
+    most like the converged protocol's (start-up spread over the most epochs) and the latest trained."""
+    timed = [r for r in rows if r.get('wall_minutes') not in (None, '') and r.get('runs_at_once') not in (None, '')]
+    if not timed:
+        return None
+    epochs = max(int(r['epochs']) for r in timed)
+    speed = throughput([r for r in timed if int(r['epochs']) == epochs])
+    return (speed[0], epochs) if speed else None
+
+
 def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence: str) -> str:
     """A budget's bullet of the protocol section: its data, schedule, options, machine and time."""
     mine = b.rows(rows)
