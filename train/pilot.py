@@ -22,7 +22,8 @@ from timm_cada.checkpoint import atomic_file
 
 from runs import Job, RunFailed, cores, run_jobs  # train/runs.py
 from study import (  # train/study.py
-    FAST, FAST_ENV, RECIPE, RESULTS, choose_schedule, default_data_dir, pilot_protocol_id, read_rows, write_data, write_rows)
+    FAST, FAST_ENV, RECIPE, RESULTS, choose_schedule, default_data_dir, pilot_protocol_id, read_rows, write_data,
+    write_rows)
 from study_findings import (  # train/study_findings.py
     BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, PILOT_EPOCHS, PILOT_MODELS, PILOT_SEEDS,
     PILOT_TOLERANCE, SEEDS, Stats, settles)
@@ -86,11 +87,11 @@ def write_pilot(out: str, rows: Sequence[Mapping[str, object]], protocol: str, e
     rows = [r for r in rows if r['protocol'] == protocol]
     choice = choose_schedule(rows)
     stats, chosen = choice.stats, choice.epochs
-    if rows:
-        plot(stats, rows, os.path.join(out, 'pilot.png'))
+    if choice.rows:
+        plot(stats, choice.rows, os.path.join(out, 'pilot.png'))
     if chosen is None:
         decision = ('Not decided yet: the rule needs every pilot model\'s seeds at a schedule and at its double '
-                    '(or the budget to fit the shortest).')
+                    '(and the budget to fit the shortest).')
     elif settles(stats, chosen):
         decision = (f'**{chosen} epochs**: the shortest schedule within the budget whose doubling moved every pilot '
                     f'model\'s mean validation top-1 by less than {PILOT_TOLERANCE} points or its seed spread.')
@@ -99,11 +100,11 @@ def write_pilot(out: str, rows: Sequence[Mapping[str, object]], protocol: str, e
                     f'schedule within it settled (see the table).')
     budget = ''
     if choice.speed:
-        epochs, images = chosen or max(PILOT_EPOCHS), int(rows[0]['train_images'])
+        epochs, images = chosen or max(PILOT_EPOCHS), int(choice.rows[0]['train_images'])
         budget = (f'At the pilot\'s measured throughput ({choice.speed[0]:.0f} training images/s of the machine over '
                   f'its {choice.speed[1]}-epoch runs, side by side, start-up and validation included), the converged '
                   f'protocol at {epochs} epochs ({len(MODELS)} models x {len(SEEDS)} seeds x {epochs} x {images:,} '
-                  f'images) takes about {choice.hours(epochs, images):.1f} hours (budget: {BUDGET_HOURS} hours).')
+                  f'images) takes about {choice.hours(epochs):.1f} hours (budget: {BUDGET_HOURS} hours).')
     text = f'''# The converged protocol's pilot
 
 Written by `python train/pilot.py`; do not edit by hand. {len(rows)} of {expected} runs done. Protocol
@@ -119,13 +120,13 @@ fast the models start to learn.
 train/configs/fashion_mnist.yaml otherwise unchanged (not tuned). Validation top-1 is on the
 {CONVERGED_DATA.val_per_class * 10:,} held-out validation images, with the final weights; the test set is not looked at.
 
-**Rule (fixed before the runs).** The converged schedule is the shortest E whose doubling moves the mean
-validation top-1 of every pilot model by less than {PILOT_TOLERANCE} points, or by less than the larger seed
-standard deviation of E and 2E, among the schedules whose converged protocol fits the budget of {BUDGET_HOURS}
-hours at the pilot's measured throughput (that of its longest runs); when the doubling of none of those settles,
-the longest that fits, reported as not settled. (The budget condition and the case of no settled schedule were
-added on 2026-12-07, after the 8-epoch runs of seed 0 and before any 16-epoch run: the first rule had no answer
-for them.)
+**Rule (fixed before the runs; amended 2026-12-07, see its end).** The converged schedule is the shortest E
+whose doubling moves the mean validation top-1 of every pilot model by less than {PILOT_TOLERANCE} points, or by
+less than the larger seed standard deviation of E and 2E, among the schedules whose converged protocol fits the
+budget of {BUDGET_HOURS} hours at the pilot's measured throughput (that of its longest runs timed in one
+sitting: tests beside them or a pause make it slower); when the doubling of none of those settles, the longest
+that fits, reported as not settled. (The budget condition and the case of no settled schedule were added on
+2026-12-07, after the 8-epoch runs of seed 0 and before any 16-epoch run: the first rule had no answer for them.)
 
 **Decision.** {decision}
 

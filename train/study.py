@@ -31,8 +31,8 @@ from runs import LOG, Job, RunFailed, cores, finished_results, model_size, run_j
 from run_folder import LAST  # train/run_folder.py
 from study_findings import (  # train/study_findings.py
     BIAS_IMAGES_PER_CLASS, BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, ONE_EPOCH, PILOT_MODELS,
-    PILOT_SEEDS, QUICK, QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec, Protocol, Stats, converged,
-    complete, converged_epochs, converged_hours, pilot_stats, settles)
+    PILOT_EPOCHS, PILOT_SEEDS, QUICK, QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec, Protocol, Stats,
+    complete, converged, converged_epochs, converged_hours, pilot_stats, settles)
 from study_report import REPO, Budget, pilot_speed, update_quotes, verdict_quote, write_report  # train/study_report.py
 
 RECIPE = os.path.join(REPO, 'train', 'configs', 'fashion_mnist.yaml')
@@ -114,24 +114,29 @@ def pilot_protocol_id(data: DataSpec = CONVERGED_DATA) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PilotChoice:
-    """What the pilot's rows say: `epochs` (None while undecided), the stats per (model, epochs), and the pilot's
-    measured (images/s, at epochs) that the budget is judged by (None before any timed run)."""
+    """What the pilot's design rows (`rows`: its models and seeds) say: `epochs` (None while undecided), the
+    stats per (model, epochs), and the pilot's measured (images/s, at epochs) by which the budget is judged (None
+    before any timed run: every schedule then fits)."""
     epochs: Optional[int]
+    rows: List[Mapping[str, object]]
     stats: Dict[Tuple[str, int], Stats]
     speed: Optional[Tuple[float, int]]
 
-    def hours(self, epochs: int, train_images: int) -> Optional[float]:
-        return converged_hours(epochs, train_images, self.speed[0]) if self.speed else None
+    def hours(self, epochs: int) -> Optional[float]:
+        """The machine hours of the converged protocol at `epochs` epochs, at the pilot's speed."""
+        return converged_hours(epochs, int(self.rows[0]['train_images']), self.speed[0]) if self.speed else None
+
+    def fits(self, epochs: int) -> bool:
+        hours = self.hours(epochs)
+        return hours is None or hours <= BUDGET_HOURS
 
 
 def choose_schedule(rows: Sequence[Mapping[str, object]]) -> PilotChoice:
     """The converged schedule by the pilot's rule from the pilot's rows (their design only: the pilot models and
     seeds), with the budget judged at the pilot's measured throughput."""
     rows = [r for r in rows if r['model'] in PILOT_MODELS and int(r['seed']) in PILOT_SEEDS]
-    stats, speed = pilot_stats(rows), pilot_speed(rows)
-    images = int(rows[0]['train_images']) if rows else 0
-    fits = (lambda e: converged_hours(e, images, speed[0]) <= BUDGET_HOURS) if speed else (lambda e: True)
-    return PilotChoice(converged_epochs(stats, fits), stats, speed)
+    undecided = PilotChoice(None, rows, pilot_stats(rows), pilot_speed(rows))
+    return dataclasses.replace(undecided, epochs=converged_epochs(undecided.stats, undecided.fits))
 
 
 def pilot_decision(folder: Optional[str] = None) -> Tuple[Optional[int], str]:
@@ -142,7 +147,11 @@ def pilot_decision(folder: Optional[str] = None) -> Tuple[Optional[int], str]:
     choice = choose_schedule(rows)
     epochs, stats = choice.epochs, choice.stats
     if epochs is None:
-        return None, f'{len(rows)} pilot runs done, no schedule chosen yet'
+        if not choice.fits(PILOT_EPOCHS[0]):
+            return None, (f'not even {PILOT_EPOCHS[0]} epoch(s) fit the {BUDGET_HOURS} h budget at the pilot\'s '
+                          f'{choice.speed[0]:.0f} images/s')
+        return None, f'{len(choice.rows)} pilot runs done, no schedule chosen yet'
+
     def moves(a: int, b: int) -> str:
         return ', '.join(f'{m} {stats[m, b].mean - stats[m, a].mean:+.2f}' for m in PILOT_MODELS)
 
@@ -150,11 +159,14 @@ def pilot_decision(folder: Optional[str] = None) -> Tuple[Optional[int], str]:
     if settles(stats, epochs):
         return epochs, (f'Convergence: {where} chose {epochs} epochs; doubling them moved the mean validation top-1 '
                         f'by {moves(epochs, 2 * epochs)} points.')
-    a, b = (epochs, 2 * epochs) if complete(stats, 2 * epochs) else (epochs // 2, epochs)
+    # not settled: its doubling where the pilot has it, else the step to it from the schedule before
+    i = PILOT_EPOCHS.index(epochs)
+    a, b = (epochs, 2 * epochs) if complete(stats, 2 * epochs) else (PILOT_EPOCHS[max(i - 1, 0)], epochs)
     evidence = (f': going from {a} to {b} epochs still moved the mean validation top-1 by {moves(a, b)} points'
-                if complete(stats, a) and complete(stats, b) else '')
-    return epochs, (f'Convergence: {where} chose {epochs} epochs, the longest schedule within the {BUDGET_HOURS} h '
-                    f'budget, NOT settled{evidence}.')
+                if a != b else '')
+    limit = (f'the longest schedule within the {BUDGET_HOURS} h budget' if choice.speed else
+             'the pilot\'s longest schedule (no timed run to judge the budget by)')
+    return epochs, f'Convergence: {where} chose {epochs} epochs, {limit}, NOT settled{evidence}.'
 
 
 def job(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, options: Sequence[str],

@@ -195,11 +195,18 @@ def findings_section(rows: Sequence[Mapping[str, object]], budgets: Sequence[Bud
     return '\n'.join(parts), verdicts
 
 
+def timed_rows(rows: Sequence[Mapping[str, object]]) -> List[Mapping[str, object]]:
+    """The rows that time their run: trained here (wall minutes and runs side by side recorded) in one sitting (a
+    resumed run's wall minutes are its last sitting's, below its training minutes, which add up over sittings).
+    Wall time counts whatever else ran beside: tests beside the runs, or a pause, make the machine look slower."""
+    return [r for r in rows if r.get('wall_minutes') not in (None, '') and r.get('runs_at_once') not in (None, '')
+            and float(r['wall_minutes']) >= float(r['train_minutes'])]
+
+
 def throughput(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int, float]]:
-    """(training images per second of the machine, images, machine minutes) over the rows of runs trained in one
-    sitting: a run's wall minutes count 1/k of the machine when k runs (on average) trained side by side. None if
-    none."""
-    timed = [r for r in rows if r.get('wall_minutes') not in (None, '') and r.get('runs_at_once') not in (None, '')]
+    """(training images per second of the machine, images, machine minutes) over the `timed_rows`: a run's wall
+    minutes count 1/k of the machine when k runs (on average) trained side by side. None if none."""
+    timed = timed_rows(rows)
     images = sum(int(r['train_images']) * int(r['epochs']) for r in timed)
     minutes = sum(float(r['wall_minutes']) / float(r['runs_at_once']) for r in timed)
     return (images / (minutes * 60), images, minutes) if minutes else None
@@ -208,7 +215,7 @@ def throughput(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, in
 def pilot_speed(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int]]:
     """(`throughput`'s images/s, epochs) over the timed pilot rows of the longest schedule that has any: the runs
     most like the converged protocol's (start-up spread over the most epochs) and the latest trained."""
-    timed = [r for r in rows if r.get('wall_minutes') not in (None, '') and r.get('runs_at_once') not in (None, '')]
+    timed = timed_rows(rows)
     if not timed:
         return None
     epochs = max(int(r['epochs']) for r in timed)
