@@ -302,6 +302,51 @@ def test_study_trains_in_the_fast_environment(quick, monkeypatch):
     assert envs == [study.FAST_ENV]
 
 
+def test_extra_seed_rounds_for_inconclusive_claims():
+    """Once every model has its three seeds, a round gives the next extra seed to the models of the claims still
+    inconclusive, if the whole round fits in what is left of the budget; decided claims get none."""
+    undecided = rows_for({m: 90.0 for m in findings.MODELS}, spread=1.0)  # equal means, wide spread
+    involved = findings.undecided_models(findings.model_stats(undecided))
+    assert len(involved) > 10 and set(involved) <= set(findings.MODELS)
+    assert findings.seed_round(undecided, 10.0) == [(m, 3) for m in involved]
+    assert findings.seed_round(undecided, 16.0) == []  # 16 h * (1 + len(involved) / 48) > 20 h
+    assert findings.seed_round(undecided[1:], 1.0) == []  # a model lacks a seed: not yet
+    more = undecided + [dict(undecided[0], model=m, seed='3') for m in involved]
+    assert findings.seed_round(more, 10.0) == [(m, 4) for m in findings.undecided_models(findings.model_stats(more))]
+    decided = rows_for({m: 80.0 + 3 * math.sqrt(i + 1) for i, m in enumerate(findings.MODELS)}, spread=0.01)
+    assert findings.undecided_models(findings.model_stats(decided)) == [] and findings.seed_round(decided, 1.0) == []
+    # machine hours: wall minutes shared by the runs side by side, training minutes where a resumed run has more
+    assert report.machine_hours([dict(train_minutes='30', wall_minutes='60', runs_at_once='2'),
+                                 dict(train_minutes='90', wall_minutes='20', runs_at_once='1')]) == 2.0
+
+
+def test_the_converged_study_adds_extra_seed_rounds(tmp_path, monkeypatch):
+    """make study, all 48 converged runs done with claims inconclusive: the study trains a round of extra seeds
+    (and stops when a round trains nothing); with --max-runs it does not."""
+    monkeypatch.setattr(study, 'RESULTS', str(tmp_path))
+    monkeypatch.setattr(findings, 'CONVERGED_DATA', findings.DataSpec(train_per_class=None, val_per_class=5))
+    monkeypatch.setattr(study, 'update_quotes', lambda quote: None)  # not the repository's README
+    pilot_rows = [dict(model=m, seed=str(s), epochs=str(e), val_top1=str(mean + 0.1 * s), val_top5='99',
+                       train_images='50000', train_minutes='1', wall_minutes='1', runs_at_once='2', machine='m',
+                       protocol=study.pilot_protocol_id())
+                  for m in findings.PILOT_MODELS for s in findings.PILOT_SEEDS
+                  for e, mean in zip(findings.PILOT_EPOCHS, (80, 85, 88, 88.2, 88.3))]
+    study.write_rows(str(tmp_path / 'pilot.csv'), pilot_rows, pilot.COLUMNS, ('epochs', 'model', 'seed'))
+    pid = study.protocol_hash(findings.converged(4))
+    study.write_rows(str(tmp_path / 'runs.csv'), rows_for({m: 90.0 for m in findings.MODELS}, spread=1.0, protocol=pid))
+    calls = []
+    monkeypatch.setattr(study, 'run_jobs', lambda jobs, **kwargs: calls.append([(j.model, j.seed) for j in jobs])
+                        or iter(()))
+    source = fake_fashion_mnist(tmp_path / 'source', 20, 2)
+    argv = ['--source', str(source), '--data-dir', str(tmp_path / 'data'), '--work', str(tmp_path / 'work')]
+    study.main(argv)
+    involved = findings.undecided_models(findings.model_stats(study.read_rows(str(tmp_path / 'runs.csv'))))
+    assert calls == [[], [(m, 3) for m in involved]]
+    calls.clear()
+    study.main([*argv, '--max-runs', '5'])
+    assert calls == [[]]
+
+
 def test_pilot_speed_leaves_out_resumed_runs():
     """A resumed run's wall minutes are its last sitting's (below its training minutes): not a timing."""
     timed = dict(model='m', seed='0', epochs='4', train_images='50000', train_minutes='20', wall_minutes='25',

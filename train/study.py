@@ -32,8 +32,9 @@ from run_folder import LAST  # train/run_folder.py
 from study_findings import (  # train/study_findings.py
     BIAS_IMAGES_PER_CLASS, BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, ONE_EPOCH, PILOT_MODELS,
     PILOT_EPOCHS, PILOT_SEEDS, QUICK, QUICK_DATA, QUICK_MODELS, QUICK_SEEDS, SEEDS, DataSpec, Protocol, Stats,
-    complete, converged, converged_epochs, converged_hours, pilot_stats, settles)
-from study_report import REPO, Budget, pilot_speed, update_quotes, verdict_quote, write_report  # train/study_report.py
+    complete, converged, converged_epochs, converged_hours, pilot_stats, seed_round, settles)
+from study_report import (  # train/study_report.py
+    REPO, Budget, machine_hours, pilot_speed, update_quotes, verdict_quote, write_report)
 
 RECIPE = os.path.join(REPO, 'train', 'configs', 'fashion_mnist.yaml')
 RESULTS = os.path.join(REPO, 'results', 'fashion_mnist')
@@ -340,23 +341,40 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
             write_rows(runs_csv, rows)
         if ships(r) and not shipped(r):
             ship_weights(r['model'], folder, args.output, r)
-    jobs = [job(m, s, run_dir(m, s), args.data_dir, RECIPE, protocol.options, extra)
-            for m, s in todo if (m, s) not in done]
-    try:
-        for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once,
-                                                env=FAST_ENV):
-            row = describe_run(finished.model, finished.seed, finished.run_dir, results, counts['train'], wall, pid,
-                               where)
-            row.update(bias_figures(finished.model, finished.run_dir, args.data_dir))
-            key = tuple(str(row[c]) for c in ROW_KEY)
-            rows = [r for r in rows if tuple(str(r[c]) for c in ROW_KEY) != key] + [row]
-            write_rows(runs_csv, rows)
-            if ships(row):
-                ship_weights(finished.model, finished.run_dir, args.output, row)
-            report()
-            print(f'    test top-1 {row["top1"]:.2f}  ({row["train_minutes"]} min training)', flush=True)
-    except RunFailed as e:
-        sys.exit(f'study.py: error: {e}')
+    def train(todo: Sequence[Tuple[str, int]]) -> int:
+        """Train (model, seed) runs, each row written and the report rewritten as it finishes; how many."""
+        nonlocal rows
+        jobs = [job(m, s, run_dir(m, s), args.data_dir, RECIPE, protocol.options, extra) for m, s in todo]
+        trained = 0
+        try:
+            for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once,
+                                                    env=FAST_ENV):
+                row = describe_run(finished.model, finished.seed, finished.run_dir, results, counts['train'], wall,
+                                   pid, where)
+                row.update(bias_figures(finished.model, finished.run_dir, args.data_dir))
+                key = tuple(str(row[c]) for c in ROW_KEY)
+                rows = [r for r in rows if tuple(str(r[c]) for c in ROW_KEY) != key] + [row]
+                write_rows(runs_csv, rows)
+                if ships(row):
+                    ship_weights(finished.model, finished.run_dir, args.output, row)
+                report()
+                print(f'    test top-1 {row["top1"]:.2f}  ({row["train_minutes"]} min training)', flush=True)
+                trained += 1
+        except RunFailed as e:
+            sys.exit(f'study.py: error: {e}')
+        return trained
+
+    train([(m, s) for m, s in todo if (m, s) not in done])
+    # the converged study: more seeds for the claims still inconclusive, round by round, within the budget
+    while full_study and protocol.name == 'converged' and args.max_runs is None:
+        mine = [r for r in rows if r['protocol'] == pid]
+        extra_round = seed_round(mine, machine_hours(mine))
+        if not extra_round:
+            break
+        print(f'==> inconclusive claims: a round of extra seeds, {", ".join(f"{m} seed {s}" for m, s in extra_round)}',
+              flush=True)
+        if not train(extra_round):
+            break
     verdicts = report()
     print(f'Wrote {runs_csv}, {os.path.join(args.output, "README.md")} and the plots'
           + ('; the verdicts quoted in README.md and MODEL_CARD.md' if full_study else ''))

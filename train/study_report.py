@@ -212,6 +212,13 @@ def throughput(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, in
     return (images / (minutes * 60), images, minutes) if minutes else None
 
 
+def machine_hours(rows: Sequence[Mapping[str, object]]) -> float:
+    """The hours of the machine that the rows' runs took: each run's wall minutes (its training minutes, which
+    add up over sittings, where they are more: a resumed run), shared by the runs side by side."""
+    return sum(max(float(r.get('wall_minutes') or 0), float(r['train_minutes'])) / float(r.get('runs_at_once') or 1)
+               for r in rows) / 60
+
+
 def pilot_speed(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int]]:
     """(`throughput`'s images/s, epochs) over the timed pilot rows of the longest schedule that has any: the runs
     most like the converged protocol's (start-up spread over the most epochs) and the latest trained."""
@@ -259,8 +266,10 @@ def write_report(out: str, rows: Sequence[Mapping[str, object]], budgets: Sequen
              else '')
     done = sum(len(b.rows(rows)) for b in budgets)
     expected = sum(b.expected for b in budgets)
-    status = (f'{done} of {expected} runs done' + ('' if done >= expected else
-              ' (in progress: `make study` continues it; the rows below are the runs finished so far)'))
+    status = (f'{done} of {expected} runs done' if done <= expected else
+              f'{done} runs done: the {expected} planned and {done - expected} of extra seeds for inconclusive claims')
+    if done < expected:
+        status += ' (in progress: `make study` continues it; the rows below are the runs finished so far)'
     names = ' | '.join(b.protocol.name for b in budgets)
     held_out = '; '.join(sorted({f'{b.protocol.data.val_per_class:,} images per class (seed {b.protocol.data.seed})'
                                  for b in budgets}))
