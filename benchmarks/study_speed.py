@@ -1,7 +1,7 @@
 """ The Fashion-MNIST study's training throughput, two ways measured in one run: as main trained the study
 before (one run at a time on every core, NCHW, every image decoded from its PNG at every epoch) and as
 train/study.py trains the converged protocol now (one run per core side by side, channels_last, every image
-decoded once, glibc's allocator keeping freed memory: study.FAST_ENV), over the study's models.
+decoded once, glibc's allocator keeping freed memory: runs.KEEP_FREED_MEMORY), over the study's models.
 
     make bench-study                                            # the 16 models, 512 images per class
     PYTHONPATH=train python benchmarks/study_speed.py --models resnet26_dw_k7 --images-per-class 128
@@ -19,14 +19,14 @@ import time
 from typing import Dict, Sequence, Tuple
 
 import fashion_mnist  # train/ (PYTHONPATH=train)
-from runs import Job, cores, run_jobs
-from study import FAST, FAST_ENV, RECIPE
+from runs import KEEP_FREED_MEMORY, Job, cores, run_jobs
+from study import FAST, RECIPE
 from study_findings import CONVERGED_OPTIONS, MODELS
 
 # way -> (runs side by side, train.py options on top of the recipe, environment variables of the runs)
 WAYS: Dict[str, Tuple[int, Tuple[str, ...], Dict[str, str]]] = {
     'before': (1, (), {}),
-    'study': (cores(), (*CONVERGED_OPTIONS, *FAST), FAST_ENV),
+    'study': (cores(), (*CONVERGED_OPTIONS, *FAST), KEEP_FREED_MEMORY),
 }
 
 

@@ -294,14 +294,6 @@ def test_readme_figures_from_shipped_weights(quick, tmp_path):
     assert min(metrics['resnet26_cada_k7'].values()) > 0
 
 
-def test_study_trains_in_the_fast_environment(quick, monkeypatch):
-    root, argv, _ = quick
-    envs = []
-    monkeypatch.setattr(study, 'run_jobs', lambda jobs, **kwargs: envs.append(kwargs.get('env')) or iter(()))
-    study.main(argv)
-    assert envs == [study.FAST_ENV]
-
-
 def test_extra_seed_rounds_for_inconclusive_claims():
     """Once every model has its three seeds, a round gives the next extra seed to the models of the claims still
     inconclusive, if the whole round fits in what is left of the budget; decided claims get none."""
@@ -500,14 +492,7 @@ def test_pilot_end_to_end_on_the_validation_split(tmp_path, monkeypatch):
     argv = ['--models', 'resnet26_dw_k7', '--seeds', '0', '--epochs', '2', '1', '--at-once', '2', '--source',
             str(source), '--data-dir', str(tmp_path / 'data'), '--output', str(tmp_path / 'out'),
             '--work', str(tmp_path / 'work')]
-    envs = []
-
-    def recording(jobs, **kwargs):
-        envs.append(kwargs.get('env'))
-        return runs.run_jobs(jobs, **kwargs)
-    monkeypatch.setattr(pilot, 'run_jobs', recording)
     assert pilot.main(argv) is None  # three pilot models are needed for a decision
-    assert envs == [study.FAST_ENV]  # the allocator setting of the study's runs
     rows = study.read_rows(str(tmp_path / 'out' / 'pilot.csv'))
     assert [(r['model'], r['epochs'], r['train_images']) for r in rows] == [
         ('resnet26_dw_k7', '1', '300'), ('resnet26_dw_k7', '2', '300')]

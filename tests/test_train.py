@@ -147,7 +147,7 @@ time.sleep(1)
 with open(os.path.join(folder, 'results.json'), 'w') as f:
     json.dump(dict(epochs=2, num_epochs=2, top1=50.0, start=start, end=time.time(),
                    threads=os.environ.get('OMP_NUM_THREADS'),
-                   env={k: v for k, v in os.environ.items() if k.startswith('RUNS_TEST_')}), f)
+                   env={k: v for k, v in os.environ.items() if k.startswith(('RUNS_TEST_', 'MALLOC_'))}), f)
 """
 
 
@@ -171,9 +171,14 @@ def test_run_jobs_reuses_finished_runs_and_prints_progress(tmp_path, fake_train,
 
 
 def test_run_jobs_environment(tmp_path, fake_train, monkeypatch):
-    """env adds variables to the runs' environment; a variable set in this process's environment wins."""
+    """The runs start with glibc's allocator keeping freed memory; env replaces the variables added, and a variable
+    set in this process's environment wins."""
+    for name in runs.KEEP_FREED_MEMORY:
+        monkeypatch.delenv(name, raising=False)
+    ((_, results, _),) = runs.run_jobs([runs.Job('m', str(tmp_path / 'a'))], epochs=2)
+    assert results['env'] == runs.KEEP_FREED_MEMORY
     monkeypatch.setenv('RUNS_TEST_MINE', 'user')
-    ((_, results, _),) = runs.run_jobs([runs.Job('m', str(tmp_path / 'a'))], epochs=2,
+    ((_, results, _),) = runs.run_jobs([runs.Job('m', str(tmp_path / 'b'))], epochs=2,
                                        env={'RUNS_TEST_MINE': 'set', 'RUNS_TEST_NEW': 'set'})
     assert results['env'] == {'RUNS_TEST_MINE': 'user', 'RUNS_TEST_NEW': 'set'}
 

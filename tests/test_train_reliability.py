@@ -26,7 +26,7 @@ from timm_cada.checkpoint import TMP_SUFFIX, read_checkpoint
 from image_data import BadImageError, StrictImageDataset, convert_image  # train/ (pytest's pythonpath)
 from options import parse_kwarg
 import run_folder
-from study import FAST_ENV
+from runs import KEEP_FREED_MEMORY
 from helpers import REPO, SUBPROCESS_ENV, TINY, load_script, make_image_folder
 
 TRAIN = REPO / 'train' / 'train.py'
@@ -229,11 +229,11 @@ def test_preloaded_images_give_the_same_run(reference, argv, tmp_path):
 
 
 def test_study_environment_gives_the_same_run(data, tmp_path):
-    """study.FAST_ENV (glibc's allocator keeping freed memory) changes the speed of a train.py process only: a
+    """runs.KEEP_FREED_MEMORY (glibc's allocator keeping freed memory) changes the speed of a train.py process only: a
     CADA model's run is bit for bit the one without it."""
     argv = ['--data-dir', data, '--epochs', 1, *TINY, '--model', 'resnet26_cada_k3', '--channels-last']
     outs = []
-    for name, env in (('plain', {}), ('fast', FAST_ENV)):
+    for name, env in (('plain', {}), ('fast', KEEP_FREED_MEMORY)):
         outs.append(tmp_path / name)
         subprocess.run([sys.executable, str(REPO / 'train' / 'train.py'), *map(str, argv), '--output', str(outs[-1])],
                        env={**SUBPROCESS_ENV, **env}, check=True, capture_output=True)

@@ -22,7 +22,7 @@ from timm_cada.checkpoint import atomic_file
 
 from runs import Job, RunFailed, cores, run_jobs  # train/runs.py
 from study import (  # train/study.py
-    FAST, FAST_ENV, RECIPE, RESULTS, choose_schedule, default_data_dir, pilot_protocol_id, read_rows, write_data,
+    FAST, RECIPE, RESULTS, choose_schedule, default_data_dir, pilot_protocol_id, read_rows, write_data,
     write_rows)
 from study_findings import (  # train/study_findings.py
     BUDGET_HOURS, CONVERGED_DATA, CONVERGED_OPTIONS, MODELS, PILOT_EPOCHS, PILOT_MODELS, PILOT_SEEDS,
@@ -197,7 +197,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[int]:
     where = machine()
     try:
         for job, results, wall in run_jobs([j for _, j in jobs.values()], tested=False, max_runs=args.max_runs,
-                                           at_once=args.at_once, env=FAST_ENV):
+                                           at_once=args.at_once):
             epochs = jobs[job.run_dir][0]
             row = {'model': job.model, 'seed': job.seed, 'epochs': epochs, 'val_top1': round(results['top1'], 2),
                    'val_top5': round(results['top5'], 2), 'train_images': counts['train'],

@@ -21,6 +21,10 @@ from timm_cada.profile import count_macs, count_params
 from run_folder import LAST, RESULTS  # train/run_folder.py
 
 LOG = 'train.log'  # a run's output when runs train side by side
+# The environment the runs start in: glibc's allocator keeps freed memory for the next step rather than mapping
+# fresh pages for every large tensor (each page then faulted in again): 1.2-1.4x the images/s of the study's
+# models on the 2-core machine; speed only, the numbers are the same (benchmarks/RESULTS.md)
+KEEP_FREED_MEMORY = {'MALLOC_MMAP_THRESHOLD_': str(1 << 30), 'MALLOC_TRIM_THRESHOLD_': str(1 << 30)}
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 
@@ -111,14 +115,15 @@ class _Running:
 
 def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_runs: Optional[int] = None,
              nproc_per_node: int = 1, stopped: bool = False, at_once: int = 1,
-             env: Optional[Mapping[str, str]] = None,
+             env: Mapping[str, str] = KEEP_FREED_MEMORY,
              ) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
     """(job, its results, the wall minutes of its training or None when reused) for each job: the finished runs
     first (reused), then each trained (or resumed) run as it finishes. Once `max_runs` were started, the
     unfinished jobs left are skipped. With `at_once` > 1, that many runs train side by side, each on its share
     of the cores (OMP_NUM_THREADS) with its output in RUN_DIR/train.log (small models train faster so than one
     run on every core); a trained run's results carry 'runs_at_once', the mean number of runs under way
-    during its life. `env` adds environment variables for the runs, where this process does not set them. A
+    during its life. `env` adds environment variables for the runs (default KEEP_FREED_MEMORY), where this
+    process does not set them. A
     run that fails, or, unless `stopped`, exits before the end of its schedule (train.py's --stop-after), starts
     no further run and raises RunFailed once the runs under way finished; with `stopped` such a run's results
     are taken as they stand (the next start resumes it). After each trained run it prints
@@ -132,7 +137,7 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             yield job, results, None
     at_once = max(1, min(at_once, len(queue)))
     done = len(found) - sum(results is None for _, results in found)
-    env = {**(env or {}), **os.environ}
+    env = {**env, **os.environ}
     if at_once > 1:
         env['OMP_NUM_THREADS'] = str(max(1, cores() // at_once))
     running: Dict[subprocess.Popen, _Running] = {}

@@ -44,10 +44,6 @@ COLUMNS = ('model', 'seed', 'top1', 'top5', 'val_top1', 'epochs', 'train_images'
 ROW_KEY = ('model', 'seed', 'protocol')  # a run's identity in runs.csv
 # train.py options that make a run faster without changing it (not part of the protocol)
 FAST = ('--preload-images',)
-# and the environment they train in: glibc's allocator keeps freed memory for the next step rather than mapping
-# fresh pages for every large tensor (each page then faulted in again): 1.2-1.4x the images/s of the study's
-# models on this machine; speed only, the numbers are the same
-FAST_ENV = {'MALLOC_MMAP_THRESHOLD_': str(1 << 30), 'MALLOC_TRIM_THRESHOLD_': str(1 << 30)}
 WEIGHTS = 'weights'  # OUTPUT/weights/MODEL: the seed-0 model of a protocol that ships weights
 # train.py options the study sets for each run itself: not accepted after `--`
 STUDY_SETS = ('-c', '--config', '--model', '--seed', '--data-dir', '--data', '--output', '--resume', '--test-split')
@@ -347,8 +343,7 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
         jobs = [job(m, s, run_dir(m, s), args.data_dir, RECIPE, protocol.options, extra) for m, s in todo]
         trained = 0
         try:
-            for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once,
-                                                    env=FAST_ENV):
+            for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once):
                 row = describe_run(finished.model, finished.seed, finished.run_dir, results, counts['train'], wall,
                                    pid, where)
                 row.update(bias_figures(finished.model, finished.run_dir, args.data_dir))
