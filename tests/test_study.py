@@ -101,7 +101,7 @@ def test_report_from_a_synthetic_runs_csv(tmp_path):
     assert verdicts == {'locality': ['reproduced'], 'context_awareness': ['reproduced'], 'ca_context': ['reproduced'],
                         'spatial_invariance': ['reproduced'], 'rel_pos': ['reproduced'], 'downsampling': ['contradicted']}
     text = (tmp_path / 'README.md').read_text()
-    assert '48 of 48 runs done' in text and '| downsampling | **contradicted** |' in text
+    assert 'Runs done: one-epoch 48 of 48 runs.' in text and '| downsampling | **contradicted** |' in text
     assert '| resnet26_cada_k7_rpe | relative position encoding (on) | 0.5 | 30 | 92.00 ± 0.10 (3) | 4.0 |' in text
     assert 'contrast - 2 SE > -m' in text and '- **one-epoch** (`p`): 48 of 48 runs' in text
     for f in findings.FINDINGS:
@@ -119,15 +119,20 @@ def test_report_of_two_budgets(tmp_path):
     their contrasts plotted against the budget, and the converged budget's evidence of convergence."""
     short = rows_for(SYNTHETIC_MEANS, protocol='short')
     means = dict(SYNTHETIC_MEANS, resnet26_cada_k7_dsconv3=91.0, resnet26_local_k7=91.5)  # at convergence
-    long = [dict(r, epochs='8', train_images='50000', runs_at_once='2') for r in rows_for(means, protocol='long')]
-    long = long[:-3]  # the last model not run yet
+    every = [dict(r, epochs='8', train_images='50000', runs_at_once='2') for r in rows_for(means, protocol='long')]
+    long = every[:-3]  # the last model not run yet
     budgets = [report.Budget(findings.ONE_EPOCH, 'short', 48), report.Budget(findings.converged(8), 'long', 48)]
     verdicts = dict(report.write_report(str(tmp_path), short + long, budgets, study.RECIPE,
                                         convergence='Convergence: the pilot chose 8 epochs.'))
     assert verdicts['spatial_invariance'] == ['reproduced', 'contradicted']  # local_k7 caught up
     assert verdicts['downsampling'] == ['contradicted', 'pending']  # cada_k7_dsdw3 is missing at 8 epochs
     text = (tmp_path / 'README.md').read_text()
-    assert '93 of 96 runs done' in text and '| spatial_invariance | **reproduced** | **contradicted** |' in text
+    assert 'Runs done: one-epoch 48 of 48 runs; converged 45 of 48 runs (in progress' in text
+    assert '| spatial_invariance | **reproduced** | **contradicted** |' in text
+    extra = every + [dict(r, seed='3') for r in every[:18:3]]  # every run, and a fourth seed for six models
+    report.write_report(str(tmp_path), short + extra, budgets, study.RECIPE)
+    assert 'converged 54 runs, the 48 planned and 6 extra seeds for inconclusive claims.' in (
+        tmp_path / 'README.md').read_text()
     assert '| resnet26_local_k7 | spatial invariance (none: locally connected, no context) | 0.5 | 30 | 80.00 ± 0.10 (3) | ' \
            '91.50 ± 0.10 (3) | 4.0 / 4.0 |' in text
     assert '- **converged** (`long`): 45 of 48 runs; every image' in text and '8 epoch(s) (400,000 training' in text
@@ -208,7 +213,7 @@ def test_quick_runs_end_to_end(quick):
     assert float(cada['spatial_variation']) > 0 and float(cada['context_sensitivity']) > 0
     assert all(v == ['pending'] for _, v in verdicts)  # one seed: no verdict
     text = (root / 'out' / 'README.md').read_text()
-    assert '2 of 2 runs done' in text and '(--quick)' in text and '20 images per class (seed 0) of the official' in text
+    assert 'Runs done: quick 2 of 2 runs.' in text and '(--quick)' in text and '20 images per class (seed 0) of the official' in text
     with Image.open(root / 'out' / 'locality.png') as img:
         assert img.format == 'PNG'
 
@@ -300,13 +305,18 @@ def test_extra_seed_rounds_for_inconclusive_claims():
     undecided = rows_for({m: 90.0 for m in findings.MODELS}, spread=1.0)  # equal means, wide spread
     involved = findings.undecided_models(findings.model_stats(undecided))
     assert len(involved) > 10 and set(involved) <= set(findings.MODELS)
-    assert findings.seed_round(undecided, 10.0) == [(m, 3) for m in involved]
-    assert findings.seed_round(undecided, 16.0) == []  # 16 h * (1 + len(involved) / 48) > 20 h
-    assert findings.seed_round(undecided[1:], 1.0) == []  # a model lacks a seed: not yet
+    def hours(per_run, slow=()):  # machine hours of rows: per_run each, twice that for the models in slow
+        return lambda rs: sum(per_run * (2 if r['model'] in slow else 1) for r in rs)
+    assert findings.seed_round(undecided, hours(0.3)) == [(m, 3) for m in involved]
+    over = (20 - 48 * 0.3) / 0.3 - len(involved)  # slow models: the round's extra hours then exceed the budget
+    assert findings.seed_round(undecided, hours(0.3, involved[:int(over) + 1])) == []
+    assert findings.seed_round(undecided[1:], hours(0.01)) == []  # a model lacks a seed: not yet
     more = undecided + [dict(undecided[0], model=m, seed='3') for m in involved]
-    assert findings.seed_round(more, 10.0) == [(m, 4) for m in findings.undecided_models(findings.model_stats(more))]
+    assert findings.seed_round(more, hours(0.01)) == [
+        (m, 4) for m in findings.undecided_models(findings.model_stats(more))]
     decided = rows_for({m: 80.0 + 3 * math.sqrt(i + 1) for i, m in enumerate(findings.MODELS)}, spread=0.01)
-    assert findings.undecided_models(findings.model_stats(decided)) == [] and findings.seed_round(decided, 1.0) == []
+    assert findings.undecided_models(findings.model_stats(decided)) == []
+    assert findings.seed_round(decided, hours(0.01)) == []
     # machine hours: wall minutes shared by the runs side by side, training minutes where a resumed run has more
     assert report.machine_hours([dict(train_minutes='30', wall_minutes='60', runs_at_once='2'),
                                  dict(train_minutes='90', wall_minutes='20', runs_at_once='1')]) == 2.0
@@ -314,7 +324,7 @@ def test_extra_seed_rounds_for_inconclusive_claims():
 
 def test_the_converged_study_adds_extra_seed_rounds(tmp_path, monkeypatch):
     """make study, all 48 converged runs done with claims inconclusive: the study trains a round of extra seeds
-    (and stops when a round trains nothing); with --max-runs it does not."""
+    (and stops when a round trains nothing); with --max-runs, --models or --seeds it does not."""
     monkeypatch.setattr(study, 'RESULTS', str(tmp_path))
     monkeypatch.setattr(findings, 'CONVERGED_DATA', findings.DataSpec(train_per_class=None, val_per_class=5))
     monkeypatch.setattr(study, 'update_quotes', lambda quote: None)  # not the repository's README
@@ -334,9 +344,10 @@ def test_the_converged_study_adds_extra_seed_rounds(tmp_path, monkeypatch):
     study.main(argv)
     involved = findings.undecided_models(findings.model_stats(study.read_rows(str(tmp_path / 'runs.csv'))))
     assert calls == [[], [(m, 3) for m in involved]]
-    calls.clear()
-    study.main([*argv, '--max-runs', '5'])
-    assert calls == [[]]
+    for narrower in (['--max-runs', '5'], ['--models', 'resnet26_dw_k7'], ['--seeds', '0', '1']):
+        calls.clear()
+        study.main([*argv, *narrower])
+        assert calls == [[]], narrower
 
 
 def test_pilot_speed_leaves_out_resumed_runs():
@@ -384,7 +395,7 @@ def test_max_runs_stops_before_training(quick, tmp_path, monkeypatch):
     out = tmp_path / 'out'
     study.main(argv[:argv.index('--output')] + ['--output', str(out), '--work', str(tmp_path / 'work'),
                                                 '--max-runs', '0'])
-    assert '0 of 2 runs done' in (out / 'README.md').read_text()
+    assert 'Runs done: quick 0 of 2 runs (in progress' in (out / 'README.md').read_text()
 
 
 def test_interrupted_runs_resume(tmp_path):

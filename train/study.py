@@ -361,9 +361,9 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
 
     train([(m, s) for m, s in todo if (m, s) not in done])
     # the converged study: more seeds for the claims still inconclusive, round by round, within the budget
-    while full_study and protocol.name == 'converged' and args.max_runs is None:
-        mine = [r for r in rows if r['protocol'] == pid]
-        extra_round = seed_round(mine, machine_hours(mine))
+    planned = args.models == list(MODELS) and args.seeds == list(SEEDS) and args.max_runs is None
+    while full_study and protocol.name == 'converged' and planned:
+        extra_round = seed_round([r for r in rows if r['protocol'] == pid], machine_hours)
         if not extra_round:
             break
         print(f'==> inconclusive claims: a round of extra seeds, {", ".join(f"{m} seed {s}" for m, s in extra_round)}',

@@ -69,7 +69,7 @@ PILOT_TOLERANCE = 0.3
 BUDGET_HOURS = 20  # the converged protocol's runs (MODELS x SEEDS, and EXTRA_SEEDS), on the 2-core machine
 # More seeds where they can still decide a claim: once every model has its SEEDS in the converged protocol, each
 # round gives the next of EXTRA_SEEDS to every model of a claim still inconclusive, if the whole round fits in
-# what is left of BUDGET_HOURS at the protocol's mean machine time per run so far.
+# what is left of BUDGET_HOURS at each of its models' mean machine time per run so far.
 EXTRA_SEEDS = (3, 4, 5)
 # --quick: the same recipe on 100 training images per class, for the test suite and a first look
 QUICK_MODELS, QUICK_SEEDS, QUICK_DATA = (model_name('dw_k7'), model_name('cada_k7')), (0,), DataSpec(100, 20)
@@ -205,20 +205,22 @@ def undecided_models(stats: Mapping[str, Stats]) -> List[str]:
     return [m for m in MODELS if m in involved]
 
 
-def seed_round(rows: Sequence[Mapping[str, object]], hours_used: float) -> List[Tuple[str, int]]:
-    """The next round of extra seeds (see EXTRA_SEEDS) for the converged protocol's `rows`, which took
-    `hours_used` of the machine: (model, seed) for every model of an inconclusive claim that has a seed of
-    EXTRA_SEEDS left; [] while a model lacks one of its SEEDS, when no claim is inconclusive, or when the round
-    does not fit the budget."""
-    seeds = {m: {int(r['seed']) for r in rows if r['model'] == m} for m in MODELS}
-    if not rows or any(not set(SEEDS) <= seeds[m] for m in MODELS):
+def seed_round(rows: Sequence[Mapping[str, object]],
+               machine_hours: Callable[[Sequence[Mapping[str, object]]], float]) -> List[Tuple[str, int]]:
+    """The next round of extra seeds (see EXTRA_SEEDS) for the converged protocol's `rows`: (model, seed) for
+    every model of an inconclusive claim that has a seed of EXTRA_SEEDS left; [] while a model lacks one of its
+    SEEDS, when no claim is inconclusive, or when the round does not fit the budget (`machine_hours` of rows: the
+    hours of the machine they took)."""
+    by_model = {m: [r for r in rows if r['model'] == m] for m in MODELS}
+    if any(not set(SEEDS) <= {int(r['seed']) for r in by_model[m]} for m in MODELS):
         return []
     todo = []
     for model in undecided_models(model_stats(rows)):
-        left = [s for s in EXTRA_SEEDS if s not in seeds[model]]
+        left = [s for s in EXTRA_SEEDS if s not in {int(r['seed']) for r in by_model[model]}]
         if left:
             todo.append((model, left[0]))
-    return todo if hours_used * (1 + len(todo) / len(rows)) <= BUDGET_HOURS else []
+    need = sum(machine_hours(by_model[m]) / len(by_model[m]) for m, _ in todo)
+    return todo if machine_hours(rows) + need <= BUDGET_HOURS else []
 
 
 def pilot_stats(rows: Sequence[Mapping[str, object]]) -> Dict[Tuple[str, int], Stats]:

@@ -7,7 +7,7 @@ import textwrap
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from study_findings import (  # train/study_findings.py
-    BIAS_IMAGES_PER_CLASS, DEPTH, FINDINGS, MARGIN, MODELS, SE_FACTOR, Finding, Judged, Protocol, Stats,
+    BIAS_IMAGES_PER_CLASS, DEPTH, EXTRA_SEEDS, FINDINGS, MARGIN, MODELS, SE_FACTOR, Finding, Judged, Protocol, Stats,
     judge_findings, model_name, model_stats)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,6 +230,13 @@ def pilot_speed(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, i
     return (speed[0], epochs) if speed else None
 
 
+def runs_state(done: int, expected: int) -> str:
+    """How many runs a budget has: of those planned, and the extra seeds beyond them."""
+    if done <= expected:
+        return f'{done} of {expected} runs'
+    return f'{done} runs, the {expected} planned and {done - expected} extra seeds for inconclusive claims'
+
+
 def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence: str) -> str:
     """A budget's bullet of the protocol section: its data, schedule, options, machine and time."""
     mine = b.rows(rows)
@@ -240,7 +247,7 @@ def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence:
     wall = sum(float(r['wall_minutes'] or r['train_minutes']) for r in mine)
     speed = throughput(mine)
     machines = sorted({str(r['machine']) for r in mine})
-    text = (f'- **{b.protocol.name}** (`{b.hash}`): {len(mine)} of {b.expected} runs; {counts} of the training '
+    text = (f'- **{b.protocol.name}** (`{b.hash}`): {runs_state(len(mine), b.expected)}; {counts} of the training '
             f'split left after the validation images, {" / ".join(map(str, epochs)) or "?"} epoch(s)'
             f' ({images_per_run(mine) or 0:,} training images per run); train.py options on top of the recipe: '
             f'`{" ".join(b.protocol.options) or "none"}`. Machine: {"; ".join(machines) or "-"}. Training time '
@@ -264,11 +271,9 @@ def write_report(out: str, rows: Sequence[Mapping[str, object]], budgets: Sequen
     pilot = ('The one-epoch protocol\'s pilot (seed spread against the differences looked for): '
              '[pilot-one-epoch.md](pilot-one-epoch.md).' if os.path.isfile(os.path.join(out, 'pilot-one-epoch.md'))
              else '')
-    done = sum(len(b.rows(rows)) for b in budgets)
-    expected = sum(b.expected for b in budgets)
-    status = (f'{done} of {expected} runs done' if done <= expected else
-              f'{done} runs done: the {expected} planned and {done - expected} of extra seeds for inconclusive claims')
-    if done < expected:
+    states = [(b, len(b.rows(rows))) for b in budgets]
+    status = 'Runs done: ' + '; '.join(f'{b.protocol.name} {runs_state(done, b.expected)}' for b, done in states)
+    if any(done < b.expected for b, done in states):
         status += ' (in progress: `make study` continues it; the rows below are the runs finished so far)'
     names = ' | '.join(b.protocol.name for b in budgets)
     held_out = '; '.join(sorted({f'{b.protocol.data.val_per_class:,} images per class (seed {b.protocol.data.seed})'
@@ -314,7 +319,10 @@ error SE = sqrt(sum_i c_i^2 s_i^2 / n_i) (s_i: the sample standard deviation ove
 than B" is the contrast A - B with margin m = 0; "A no worse than B" the same contrast with margin
 m = {MARGIN} percentage points. A claim is **reproduced** when contrast - {SE_FACTOR:g} SE > -m, **contradicted**
 when contrast + {SE_FACTOR:g} SE < -m, and **inconclusive** otherwise; a finding is reproduced when all its claims
-are, contradicted when any is. With three seeds, two standard errors is a screening rule, not a 95 % test.
+are, contradicted when any is. With three seeds, two standard errors is a screening rule, not a 95 % test. In
+the converged protocol the models of a claim still inconclusive after its 48 runs get one more seed per round
+(seeds {", ".join(map(str, EXTRA_SEEDS))}) while the budget allows, and the claim is judged again: a chance verdict is
+likelier so than with the seeds fixed in advance (the results table gives each model's number of seeds).
 The claims are our reading of the abstract (the paper's full text is not available to the project). The same
 rule judges every budget.
 
@@ -324,7 +332,7 @@ Spatial variation and context sensitivity are `timm_cada.analysis`' figures of t
 mixers, then over seeds, at the last budget that has the model; docs/design.md defines them), on the first
 {BIAS_IMAGES_PER_CLASS} test images of each class.
 
-{results_table(rows, budgets) if done else "No run has finished yet."}
+{results_table(rows, budgets) if any(done for _, done in states) else "No run has finished yet."}
 
 ## Findings
 
