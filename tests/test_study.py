@@ -350,13 +350,15 @@ def test_the_converged_study_adds_extra_seed_rounds(tmp_path, monkeypatch):
         assert calls == [[]], narrower
 
 
-def test_pilot_speed_leaves_out_resumed_runs():
-    """A resumed run's wall minutes are its last sitting's (below its training minutes): not a timing."""
+def test_pilot_speed_counts_resumed_runs_by_their_training_minutes():
+    """The pilot's speed is that of its longest schedule; a resumed run's wall minutes are its last sitting's
+    (below its training minutes, which add up over sittings), so its training minutes count."""
     timed = dict(model='m', seed='0', epochs='4', train_images='50000', train_minutes='20', wall_minutes='25',
                  runs_at_once='2')
     resumed = dict(timed, epochs='8', train_minutes='40', wall_minutes='30')
-    assert report.pilot_speed([timed, resumed]) == (pytest.approx(4 * 50000 / (25 / 2 * 60)), 4)
-    assert report.pilot_speed([resumed]) is None
+    assert report.pilot_speed([timed, resumed]) == (pytest.approx(8 * 50000 / (40 / 2 * 60)), 8)
+    assert report.pilot_speed([timed]) == (pytest.approx(4 * 50000 / (25 / 2 * 60)), 4)
+    assert report.pilot_speed([]) is None
 
 
 def test_finished_runs_are_reused(quick, monkeypatch):

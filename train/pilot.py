@@ -102,9 +102,10 @@ def write_pilot(out: str, rows: Sequence[Mapping[str, object]], protocol: str, e
     if choice.speed:
         epochs, images = chosen or max(PILOT_EPOCHS), int(choice.rows[0]['train_images'])
         budget = (f'At the pilot\'s measured throughput ({choice.speed[0]:.0f} training images/s of the machine over '
-                  f'its {choice.speed[1]}-epoch runs, side by side, start-up and validation included), the converged '
-                  f'protocol at {epochs} epochs ({len(MODELS)} models x {len(SEEDS)} seeds x {epochs} x {images:,} '
-                  f'images) takes about {choice.hours(epochs):.1f} hours (budget: {BUDGET_HOURS} hours).')
+                  f'its {choice.speed[1]}-epoch runs, side by side; start-up and validation included but in resumed '
+                  f'runs), the converged protocol at {epochs} epochs ({len(MODELS)} models x {len(SEEDS)} seeds x '
+                  f'{epochs} x {images:,} images) takes about {choice.hours(epochs):.1f} hours (budget: {BUDGET_HOURS} '
+                  f'hours).')
     text = f'''# The converged protocol's pilot
 
 Written by `python train/pilot.py`; do not edit by hand. {len(rows)} of {expected} runs done. Protocol
@@ -123,8 +124,8 @@ train/configs/fashion_mnist.yaml otherwise unchanged (not tuned). Validation top
 **Rule (fixed before the runs; amended 2026-12-07, see its end).** The converged schedule is the shortest E
 whose doubling moves the mean validation top-1 of every pilot model by less than {PILOT_TOLERANCE} points, or by
 less than the larger seed standard deviation of E and 2E, among the schedules whose converged protocol fits the
-budget of {BUDGET_HOURS} hours at the pilot's measured throughput (that of its longest runs timed in one
-sitting: tests beside them or a pause make it slower); when the doubling of none of those settles, the longest
+budget of {BUDGET_HOURS} hours at the pilot's measured throughput (that of its longest runs, a resumed run by its
+training minutes; wall time, so tests beside them or a pause make it slower); when the doubling of none of those settles, the longest
 that fits, reported as not settled. (The budget condition and the case of no settled schedule were added on
 2026-12-07, after the 8-epoch runs of seed 0 and before any 16-epoch run: the first rule had no answer for them.)
 

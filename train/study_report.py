@@ -220,14 +220,15 @@ def machine_hours(rows: Sequence[Mapping[str, object]]) -> float:
 
 
 def pilot_speed(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int]]:
-    """(`throughput`'s images/s, epochs) over the timed pilot rows of the longest schedule that has any: the runs
-    most like the converged protocol's (start-up spread over the most epochs) and the latest trained."""
-    timed = timed_rows(rows)
-    if not timed:
+    """(training images per second of the machine, epochs) over the pilot rows of its longest schedule: the runs
+    most like the converged protocol's (start-up spread over the most epochs) and the latest trained, each run's
+    time as `machine_hours` counts it (a resumed run by its training minutes, which add up over its sittings)."""
+    if not rows:
         return None
-    epochs = max(int(r['epochs']) for r in timed)
-    speed = throughput([r for r in timed if int(r['epochs']) == epochs])
-    return (speed[0], epochs) if speed else None
+    epochs = max(int(r['epochs']) for r in rows)
+    longest = [r for r in rows if int(r['epochs']) == epochs]
+    hours = machine_hours(longest)
+    return (sum(int(r['train_images']) * epochs for r in longest) / (hours * 3600), epochs) if hours else None
 
 
 def runs_state(done: int, expected: int) -> str:
