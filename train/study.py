@@ -295,7 +295,7 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     rows = read_rows(runs_csv)
     done = {(r['model'], int(r['seed'])) for r in rows if r['protocol'] == pid}
     where = machine()
-    todo = [(m, s) for m in args.models for s in args.seeds]
+    todo = [(m, s) for s in args.seeds for m in args.models]  # seed by seed: every model has a run early
     if full_study:  # the report shows both budgets
         budgets = [Budget(p, protocol_hash(p), len(MODELS) * len(SEEDS))
                    for p in (ONE_EPOCH, *([converged(chosen)] if chosen is not None else []))]

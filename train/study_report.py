@@ -249,11 +249,13 @@ def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence:
     speed = throughput(mine)
     machines = sorted({str(r['machine']) for r in mine})
     text = (f'- **{b.protocol.name}** (`{b.hash}`): {runs_state(len(mine), b.expected)}; {counts} of the training '
-            f'split left after the validation images, {" / ".join(map(str, epochs)) or "?"} epoch(s)'
-            f' ({images_per_run(mine) or 0:,} training images per run); train.py options on top of the recipe: '
-            f'`{" ".join(b.protocol.options) or "none"}`. Machine: {"; ".join(machines) or "-"}. Training time '
-            f'(every epoch, over every sitting): {train:.0f} min; wall time of the train.py processes, start-up and '
-            f'the test evaluation included: {wall:.0f} min (a resumed run counts its last sitting).')
+            f'split left after the validation images; train.py options on top of the recipe: '
+            f'`{" ".join(b.protocol.options) or "none"}`.')
+    if mine:
+        text += (f' {" / ".join(map(str, epochs))} epoch(s) ({images_per_run(mine) or 0:,} training images per run). '
+                 f'Machine: {"; ".join(machines)}. Training time (every epoch, over every sitting): {train:.0f} min; '
+                 f'wall time of the train.py processes, start-up and the test evaluation included: {wall:.0f} min (a '
+                 f'resumed run counts its last sitting).')
     if speed:
         text += (f' Throughput of its runs trained in one sitting: {speed[0]:.0f} training images/s of the machine '
                  f'({speed[1]:,} images in {speed[2]:.0f} machine-minutes; runs side by side share it).')
