@@ -379,12 +379,46 @@ def bench_models(run: Runner, names, compile_names, infer_batch: int, train_batc
     return rows
 
 
+class _FreeOperator(torch.autograd.Function):
+    """A stand-in for the CADA operator that does only what any kernel must: write y (x at the output's pixels)
+    and, backward, x's gradient and alpha's (zero). A model run with it in place of the operator is as fast as
+    the fastest kernel could make it: the rest is the model's own (its CA generators above all)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.stride, ctx.x_shape, ctx.channels_last = stride, x.shape, x.is_contiguous(memory_format=torch.channels_last)
+        ctx.alpha_shape = alpha.shape
+        return x[:, :, ::stride, ::stride].clone(memory_format=torch.preserve_format)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        if ctx.stride == 1:
+            gx = gy
+        else:
+            fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+            gx = gy.new_zeros(ctx.x_shape).contiguous(memory_format=fmt)
+            gx[:, :, ::ctx.stride, ::ctx.stride] = gy
+        return gx, gy.new_zeros(ctx.alpha_shape), None
+
+
+def free_operator(model: nn.Module) -> nn.Module:
+    """`model` with the operator of every Cada2d replaced by _FreeOperator (its CA generator still runs)."""
+    mixers = [m for m in model.modules() if isinstance(m, Cada2d)]
+    if not mixers:
+        raise ValueError(f'free_operator: {type(model).__name__} has no Cada2d mixer')
+    for m in mixers:
+        m.forward = functools.partial(lambda mod, x: _FreeOperator.apply(x, mod.ca_params(x), mod.stride), m)
+    return model
+
+
 def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int, rounds: int,
                 channels_last: bool = False) -> List[Dict]:
     """CADA against the depthwise-conv model of the same k, as a user runs them (eager; NCHW unless
     `channels_last`): `rounds` rounds, each timing A then B (inference, then a training step with SGD), so both
     see the same machine state; the ratio of each round, and their median, min and max. A pair's own image size
-    and training batch replace img and train_batch; it skips inference where it sets no target for it."""
+    and training batch replace img and train_batch; it skips inference where it sets no target for it. Each
+    round also times A with a free operator (`free_operator`): its ratio to B (`*_ratio_free`) bounds what
+    faster CADA kernels could give."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     rows = []
     for pair in pairs:
@@ -392,6 +426,8 @@ def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int
         size, tbatch = pair.img or img, pair.train_batch or train_batch
         models = {n: create(n, in_chans=pair.in_chans, **pair.kwargs).to(run.device, memory_format=fmt)
                   for n in (a_name, b_name)}
+        free = f'{a_name} (free operator)'
+        models[free] = free_operator(create(a_name, in_chans=pair.in_chans, **pair.kwargs).to(run.device, memory_format=fmt))
         xi = torch.randn(infer_batch, pair.in_chans, size, size, device=run.device).contiguous(memory_format=fmt)
         xt = torch.randn(tbatch, pair.in_chans, size, size, device=run.device).contiguous(memory_format=fmt)
         target = torch.randint(0, models[a_name].num_classes, (tbatch,), device=run.device)
@@ -422,7 +458,8 @@ def bench_pairs(run: Runner, pairs, infer_batch: int, train_batch: int, img: int
             row.update({f'{mode}_img_s': statistics.median(speeds[a_name]),
                         f'{mode}_img_s_against': statistics.median(speeds[b_name]),
                         f'{mode}_ratio': statistics.median(ratios), f'{mode}_ratio_min': min(ratios),
-                        f'{mode}_ratio_max': max(ratios)})
+                        f'{mode}_ratio_max': max(ratios),
+                        f'{mode}_ratio_free': statistics.median(a / b for a, b in zip(speeds[free], speeds[b_name]))})
             print(f'  pair {a_name} / {b_name} {mode}: ' + ' '.join(f'{r:.2f}' for r in ratios), file=sys.stderr, flush=True)
         rows.append(row)
         del models, opts
@@ -457,7 +494,7 @@ def pair_summary(runs: List[List[Dict]]) -> List[Dict]:
         for mode, target in zip(('infer', 'train'), targets[row['model']]):
             if target is None:
                 continue
-            for key in (f'{mode}_img_s', f'{mode}_img_s_against', f'{mode}_ratio'):
+            for key in (f'{mode}_img_s', f'{mode}_img_s_against', f'{mode}_ratio', f'{mode}_ratio_free'):
                 row[key] = statistics.median(r[key] for r in rs)
             row[f'{mode}_ratio_each'] = ' '.join(f'{r[f"{mode}_ratio"]:.2f}' for r in rs)
             checks.append(f'{mode} >= {target}: {"met" if row[f"{mode}_ratio"] >= target else "missed"}')
@@ -647,12 +684,13 @@ def main(argv=None) -> None:
         print('## Model level: CADA against DW of the same k, in alternation ({} rounds in each of {} processes; '
               'inference batch {}, training batch {} with an SGD step, {} x {}; the study\'s resnet26 pair in its recipe: '
               'training batch {}, {} x {}, {} channel; ratio = CADA img/s / DW img/s: the median over the processes of '
-              'each one\'s median over its rounds)\n'.format(rounds, processes, batches[0], batches[1], img, img,
+              'each one\'s median over its rounds; ratio_free: the same with CADA\'s operator replaced by a stand-in '
+              'that only writes its outputs, the most that faster CADA kernels could give)\n'.format(rounds, processes, batches[0], batches[1], img, img,
                                                               study.train_batch or batches[1], study.img or img,
                                                               study.img or img, study.in_chans))
         print(markdown(rows, ['model', 'against', 'layout', 'infer_img_s', 'infer_img_s_against', 'infer_ratio',
-                              'infer_ratio_each', 'train_img_s', 'train_img_s_against', 'train_ratio',
-                              'train_ratio_each', 'targets']) + '\n')
+                              'infer_ratio_each', 'infer_ratio_free', 'train_img_s', 'train_img_s_against',
+                              'train_ratio', 'train_ratio_each', 'train_ratio_free', 'targets']) + '\n')
     import importlib.util
     onnx_ready = importlib.util.find_spec('onnxruntime') is not None
     if args.level in ('onnx', 'all') and args.device == 'cpu' and amp is None and onnx_ready:

@@ -331,17 +331,36 @@ def test_bench_dry_run_model_level(tmp_path, capsys):
     assert '| resnet50_cada_k13 | resnet50_dw_k13 |' in out and 'train >= 0.95' in out
     for layout in ('nchw', 'channels_last'):  # the study's pair at training only
         assert f'| resnet26_cada_k7 | resnet26_dw_k7 | {layout} |' in out
-    assert 'train >= 0.9: ' in out and 'infer >= 0.9: ' in out
+    assert 'train >= 0.9: ' in out and 'infer >= 0.9: ' in out and '| train_ratio_free |' in out
     assert (tmp_path / 'pairs_cpu.csv').exists()
+
+
+@pytest.mark.parametrize('fmt', [torch.contiguous_format, torch.channels_last])
+def test_bench_free_operator_keeps_the_rest_of_the_model(fmt):
+    """The pairs level's bound: CADA's operator replaced by a stand-in, every CA generator still run both ways
+    (stride 1 and 2, either layout), the bases untouched."""
+    bench = load_script('benchmarks/bench.py')
+    model = bench.free_operator(timm.create_model('resnet26_cada_k7', in_chans=1, img_size=28, num_classes=10,
+                                                  small_stem=True, channels=[16, 32, 64, 128]))
+    model = model.to(memory_format=fmt)
+    x = torch.randn(2, 1, 28, 28).contiguous(memory_format=fmt)
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    mixers = [m for m in model.modules() if isinstance(m, Cada2d)]
+    assert {m.stride for m in mixers} == {1, 2}
+    assert all(m.ca[0].weight.grad is not None and m.bases.grad is None for m in mixers)
+    with pytest.raises(ValueError, match='no Cada2d'):
+        bench.free_operator(torch.nn.Conv2d(1, 1, 1))
 
 
 def test_bench_pair_targets_on_the_median_of_processes():
     """A pair's target is checked on the median of its processes' ratios, each of which is listed."""
     bench = load_script('benchmarks/bench.py')
     runs = [[dict(model='resnet26_cada_k7', against='resnet26_dw_k7', layout='channels_last', train_img_s=r,
-                  train_img_s_against=1.0, train_ratio=r)] for r in (0.5, 1.5, 0.95)]
+                  train_img_s_against=1.0, train_ratio=r, train_ratio_free=2 * r)] for r in (0.5, 1.5, 0.95)]
     row, = bench.pair_summary(runs)
-    assert row['train_ratio'] == 0.95 and row['train_ratio_each'] == '0.50 1.50 0.95'
+    assert row['train_ratio'] == 0.95 and row['train_ratio_each'] == '0.50 1.50 0.95' and row['train_ratio_free'] == 1.9
     assert row['targets'] == 'train >= 0.9: met' and 'infer_ratio' not in row
 
 
