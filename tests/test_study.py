@@ -129,6 +129,9 @@ def test_report_of_two_budgets(tmp_path):
     text = (tmp_path / 'README.md').read_text()
     assert 'Runs done: one-epoch 48 of 48 runs; converged 45 of 48 runs (in progress' in text
     assert '| spatial_invariance | **reproduced** | **contradicted** |' in text
+    # an axis plot shows the converged budget once it covers the axis, the budget before it until then
+    assert text.count('(Test top-1 along the axis, converged.)') == 5
+    assert '(Test top-1 along the axis, one-epoch.)' in text.split('### 6. downsampling')[1]
     extra = every + [dict(r, seed='3') for r in every[:18:3]]  # every run, and a fourth seed for six models
     report.write_report(str(tmp_path), short + extra, budgets, study.RECIPE)
     assert 'converged 54 runs, the 48 planned and 6 extra seeds for inconclusive claims.' in (

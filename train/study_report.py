@@ -167,10 +167,19 @@ def plot_contrasts(finding: Finding, judged: Sequence[Tuple[Budget, Sequence[Jud
     return True
 
 
-def findings_section(rows: Sequence[Mapping[str, object]], budgets: Sequence[Budget], out: str, primary: Budget,
+def axis_budget(axis: str, rows: Sequence[Mapping[str, object]], budgets: Sequence[Budget]) -> Budget:
+    """The budget whose top-1 an axis plot shows: the last in which every model of the axis has a run (a study
+    under way shows the budget before it until the new one covers the axis), else the last with a run of it."""
+    wanted = set(axis_models(axis, MODELS))
+    have = [(b, {str(r['model']) for r in b.rows(rows)} & wanted) for b in budgets]
+    return next((b for b, got in reversed(have) if got == wanted), None) or next(
+        (b for b, got in reversed(have) if got), budgets[-1])
+
+
+def findings_section(rows: Sequence[Mapping[str, object]], budgets: Sequence[Budget], out: str,
                      ) -> Tuple[str, List[Tuple[str, List[str]]]]:
     """The findings in markdown, each with its claims judged at every budget, the plot of their contrasts
-    against the budget and the plot of the primary budget's top-1 along the axis; and (axis, the verdict at each
+    against the budget and the plot of top-1 along the axis (at `axis_budget`); and (axis, the verdict at each
     budget) of each finding."""
     from timm_cada.models import ABLATION_AXES
     judged = [(b, judge_findings(model_stats(b.rows(rows))), images_per_run(b.rows(rows))) for b in budgets]
@@ -188,9 +197,10 @@ def findings_section(rows: Sequence[Mapping[str, object]], budgets: Sequence[Bud
                              f'{"" if c.se is None else f"{c.se:.2f}"} | {c.claim.margin:g} | {c.verdict} |')
         if plot_contrasts(f, [(b, js, images) for b, js, _, images in at if images], os.path.join(out, f'{f.axis}-budgets.png')):
             parts.append(f'\n![{f.axis}: contrasts against the budget]({f.axis}-budgets.png)')
-        mine = primary.rows(rows)
+        shown = axis_budget(f.axis, rows, budgets)
+        mine = shown.rows(rows)
         if plot_axis(f.axis, mine, model_stats(mine), os.path.join(out, f'{f.axis}.png')):
-            parts.append(f'\n![{f.axis}]({f.axis}.png)\n\n(Test top-1 along the axis, {primary.protocol.name}.)')
+            parts.append(f'\n![{f.axis}]({f.axis}.png)\n\n(Test top-1 along the axis, {shown.protocol.name}.)')
         parts.append('')
     return '\n'.join(parts), verdicts
 
@@ -264,11 +274,9 @@ def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence:
 
 def write_report(out: str, rows: Sequence[Mapping[str, object]], budgets: Sequence[Budget], recipe: str,
                  quick: bool = False, convergence: str = '') -> List[Tuple[str, List[str]]]:
-    """README.md and the PNGs of OUTPUT from runs.csv's rows of `budgets` (the last one with rows is the primary
-    one, whose top-1 the axis plots show); `convergence` says how the converged budget's schedule was chosen.
-    Returns each finding's (axis, its verdict at each budget)."""
-    primary = next((b for b in reversed(budgets) if b.rows(rows)), budgets[-1])
-    findings, verdicts = findings_section(rows, budgets, out, primary)
+    """README.md and the PNGs of OUTPUT from runs.csv's rows of `budgets`; `convergence` says how the converged
+    budget's schedule was chosen. Returns each finding's (axis, its verdict at each budget)."""
+    findings, verdicts = findings_section(rows, budgets, out)
     with open(recipe) as fh:
         recipe_text = fh.read()
     pilot = ('The one-epoch protocol\'s pilot (seed spread against the differences looked for): '
