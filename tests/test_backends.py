@@ -536,6 +536,46 @@ def test_native_layouts_match_reference(case, channels_last):
         torch.testing.assert_close(g, g_ref, **OP_TOL)
 
 
+# channels_last heads of whole vectors (float32: 8 lanes, float64: 4), which the forward filters vectorised over
+# channels (stride 1 and dilation 1 through its register shift) and grad_x at stride 1 scatters the same way:
+# heads of 1 to 4 vectors, rows under and over the pixel blocks (6 and 8), tasks of a head (N = 1, two threads)
+CHANNEL_VECTOR_CASES = [
+    dict(dtype=torch.float32, C=16, G=1, k=7, H=28, W=28), dict(dtype=torch.float32, C=32, G=2, k=3, H=5, W=4),
+    dict(dtype=torch.float32, C=16, G=2, k=5, H=9, W=13, stride=2), dict(dtype=torch.float32, C=48, G=2, k=3, H=7,
+                                                                         W=10, dilation=2),
+    dict(dtype=torch.float32, C=64, G=2, k=13, H=7, W=7), dict(dtype=torch.float32, C=32, G=2, k=7, H=11, W=9, N=1),
+    dict(dtype=torch.float64, C=8, G=2, k=7, H=10, W=15, batch1=True), dict(dtype=torch.float64, C=32, G=2, k=3,
+                                                                            H=6, W=9, stride=2),
+]
+
+
+@pytest.mark.parametrize('case', CHANNEL_VECTOR_CASES, ids=str)
+def test_native_channels_last_channel_vectors(case):
+    """The channels_last paths for heads of whole vectors against the float64 reference: y and every gradient,
+    CADA with rel_pos and the pixel filter."""
+    k, stride, dilation, kw = split_case(case)
+    N = kw.pop('N', 2)
+    x, alpha, bases, rel_pos, attn = op_inputs(k, N=N, B=5, **kw)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    inputs = [t.requires_grad_() for t in (xl, alpha, bases, rel_pos, attn)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2 if N == 1 else 1)
+    try:
+        out = cada_filter(xl, alpha, bases, rel_pos, stride, dilation, impl='native') + pixel_filter(
+            xl, attn, k, stride, dilation, impl='native')
+        got = grads(out.square().sum() / 2, inputs)
+    finally:
+        torch.set_num_threads(before)
+    assert out.is_contiguous(memory_format=torch.channels_last) and got[0].is_contiguous(memory_format=torch.channels_last)
+    d64 = [t.detach().double().requires_grad_() for t in inputs]
+    ref = cada_reference(d64[0], d64[1], d64[2], d64[3], stride, dilation) + pixel_filter_reference(
+        d64[0], d64[4], k, stride, dilation)
+    want = grads(ref.square().sum() / 2, d64)
+    for a, b in zip([out] + list(got), [ref] + list(want)):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a.double() / scale, b / scale, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('stride', [1, 2, 3])
 def test_native_channels_last_float32_tiles(stride):
     """float32 channels_last, whose copies transpose 8 x 8 tiles in registers: every stride phase's runs of a row

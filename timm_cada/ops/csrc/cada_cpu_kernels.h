@@ -179,12 +179,23 @@ static void F(alpha_row)(const geo_t *g, const T *a, long n, long gi, long oh, T
     }
 }
 
-/* K[:, ow:ow + L] (+)= bases b0 .. b0 + nb of wg weighted by their alpha vectors (+ rel_pos on the first block) */
+/* K[:, ow:ow + L] (+)= bases b0 .. b0 + nb of wg weighted by their alpha vectors (+ rel_pos on the first block):
+DB taps at a time, so that DB sums of nb multiply-adds each run side by side rather than one chain after another */
+#define DB 4
 static inline __attribute__((always_inline)) void F(synth_block)(
         const geo_t *g, const T *wg, const T *rel, const T *ab, long ow, long b0, int nb, T *K) {
     V av[NB];
     for (int b = 0; b < nb; b++) av[b] = F(ld)(ab + (b0 + b) * g->Wop + ow);
-    for (long d = 0; d < g->kk; d++) {
+    long d = 0;
+    for (; d + DB <= g->kk; d += DB) {
+        V acc[DB];
+        for (int t = 0; t < DB; t++)
+            acc[t] = b0 ? F(ld)(K + (d + t) * g->Wop + ow) : (V){0} + (T)(rel ? rel[d + t] : 0);
+        for (int b = 0; b < nb; b++)
+            for (int t = 0; t < DB; t++) acc[t] += wg[(b0 + b) * g->kk + d + t] * av[b];
+        for (int t = 0; t < DB; t++) F(st)(K + (d + t) * g->Wop + ow, acc[t]);
+    }
+    for (; d < g->kk; d++) {
         T *kp = K + d * g->Wop + ow;
         V acc = b0 ? F(ld)(kp) : (V){0} + (T)(rel ? rel[d] : 0);
         for (int b = 0; b < nb; b++) acc += wg[(b0 + b) * g->kk + d] * av[b];
@@ -261,10 +272,130 @@ static inline __attribute__((always_inline)) void F(filter_block)(
     }
 }
 
+/* The channels_last forward where a head's channels are whole vectors (NV of them): vectorised over channels,
+not pixels. The task's channels of the sample are copied once into a zero-padded (Hp, Wp, cpt) buffer whose
+columns reach as far as a block of RB output pixels reads, so every tap of a pixel is a run of NV vectors; each
+output pixel's kernel value is broadcast from the row's kernels K and the RB x NV accumulators go straight to
+y's pixels: no phases and no transposes. */
+#define RB (NV <= 2 ? 8 : 4)
+static inline __attribute__((always_inline)) void F(filter_row_nhwc)(
+        const geo_t *g, const T *K, const T *xp, long Wp, long cpt, long oh, T *yh, const int NV) {
+    for (long ow = 0; ow < g->Wo; ow += RB) {
+        long ow0 = ow + RB <= g->Wo || g->Wo < RB ? ow : g->Wo - RB;  /* the last block overlaps the one before */
+        V acc[8][4];
+        for (int r = 0; r < RB; r++)
+            for (int v = 0; v < NV; v++) acc[r][v] = (V){0};
+        for (long i = 0; i < g->k; i++) {
+            const T *xr = xp + ((oh * g->s + i * g->dil) * Wp + ow0 * g->s) * cpt;
+            for (long j = 0; j < g->k; j++) {
+                const T *kd = K + (i * g->k + j) * g->Wop + ow0, *xq = xr + j * g->dil * cpt;
+                for (int r = 0; r < RB; r++) {
+                    V kb = kd[r] - (V){0};  /* a broadcast (x - 0 is x: no add) */
+                    for (int v = 0; v < NV; v++) acc[r][v] += kb * F(ld)(xq + r * g->s * cpt + v * L);
+                }
+            }
+        }
+        long rb = g->Wo - ow0 < RB ? g->Wo - ow0 : RB;
+        for (long r = 0; r < rb; r++)
+            for (int v = 0; v < NV; v++) F(st)(yh + (ow0 + r) * g->C + v * L, acc[r][v]);
+    }
+}
+
+/* filter_row_nhwc at stride 1 and dilation 1 (NV <= 2), where tap j + 1 of pixel r reads what tap j of pixel
+r + 1 read: the R1 input pixels of a block are held in registers and shifted by one at each tap, so a tap
+loads one pixel, not R1, and the multiply-adds are no longer bound by the loads */
+#define R1 6
+static inline __attribute__((always_inline)) void F(filter_row_s1)(
+        const geo_t *g, const T *K, const T *xp, long Wp, long cpt, long oh, T *yh, const int NV) {
+    for (long ow = 0; ow < g->Wo; ow += R1) {
+        long ow0 = ow + R1 <= g->Wo || g->Wo < R1 ? ow : g->Wo - R1;  /* the last block overlaps the one before */
+        V acc[R1][2];
+        for (int r = 0; r < R1; r++)
+            for (int v = 0; v < NV; v++) acc[r][v] = (V){0};
+        for (long i = 0; i < g->k; i++) {
+            const T *xr = xp + ((oh + i) * Wp + ow0) * cpt, *kd = K + i * g->k * g->Wop + ow0;
+            V X[R1][2];
+            for (int r = 0; r < R1; r++)
+                for (int v = 0; v < NV; v++) X[r][v] = F(ld)(xr + r * cpt + v * L);
+            for (long j = 0; j < g->k; j++) {
+                for (int r = 0; r < R1; r++) {
+                    V kb = kd[j * g->Wop + r] - (V){0};
+                    for (int v = 0; v < NV; v++) acc[r][v] += kb * X[r][v];
+                }
+                for (int r = 0; r < R1 - 1; r++)
+                    for (int v = 0; v < NV; v++) X[r][v] = X[r + 1][v];
+                for (int v = 0; v < NV; v++) X[R1 - 1][v] = F(ld)(xr + (R1 + j) * cpt + v * L);
+            }
+        }
+        long nr = g->Wo - ow0 < R1 ? g->Wo - ow0 : R1;
+        for (long r = 0; r < nr; r++)
+            for (int v = 0; v < NV; v++) F(st)(yh + (ow0 + r) * g->C + v * L, acc[r][v]);
+    }
+}
+
+static int F(forward_nhwc)(const geo_t *g, const T *x, const T *a, const T *bases, const T *rel, T *y,
+                           int64_t threads) {
+    long nv = g->hd / L, shift = g->s == 1 && g->dil == 1 && nv <= 2;
+    long rb = shift ? R1 : nv <= 2 ? 8 : 4, wb = g->Wo > rb ? g->Wo : rb;  /* the pixels the blocks cover */
+    long Wop = (wb + L - 1) / L * L;  /* the K rows: whole vectors, and every block's pixels */
+    long Hp = g->H + 2 * g->pad, Wp = (wb - 1) * g->s + (g->k - 1) * g->dil + 1 + shift;  /* + the last shift's load */
+    if (Wp < g->W + 2 * g->pad) Wp = g->W + 2 * g->pad;
+    geo_t gk = *g;
+    gk.Wop = Wop;  /* kernel_row writes K (kk, Wop) and ab (nk, Wop) */
+    int rc = 0;
+#pragma omp parallel num_threads((int)threads) reduction(|:rc)
+    {
+    size_t xsz = (sizeof(T) * Hp * Wp * g->cpt + 63) / 64 * 64;
+    T *xp = aligned_alloc(64, xsz), *K = malloc(sizeof(T) * g->kk * Wop),
+      *ab = malloc(sizeof(T) * g->nk * Wop);
+    int ok = xp && K && ab;
+    rc |= !ok;
+    if (xp) memset(xp, 0, xsz);
+#pragma omp for schedule(static)
+    for (long t = 0; t < g->N * g->G / g->hpt; t++) {
+        if (!ok) continue;
+        long n = t * g->hpt / g->G, g0 = t * g->hpt % g->G;
+        for (long ih = 0; ih < g->H; ih++) {  /* the interior; the padding stays zero */
+            const T *src = x + ((n * g->H + ih) * g->W) * g->C + g0 * g->hd;
+            T *dst = xp + ((ih + g->pad) * Wp + g->pad) * g->cpt;
+            if (g->cpt == g->C) memcpy(dst, src, sizeof(T) * g->W * g->C);
+            else for (long iw = 0; iw < g->W; iw++) memcpy(dst + iw * g->cpt, src + iw * g->C, sizeof(T) * g->cpt);
+        }
+        for (long oh = 0; oh < g->Ho; oh++) {
+            for (long gi = g0; gi < g0 + g->hpt; gi++) {
+                F(kernel_row)(&gk, a, bases, rel, n, gi, oh, K, ab);
+                const T *xh = xp + (gi - g0) * g->hd;
+                T *yh = y + (n * g->Ho + oh) * g->Wo * g->C + gi * g->hd;
+                if (shift) {
+                    if (nv == 1) F(filter_row_s1)(&gk, K, xh, Wp, g->cpt, oh, yh, 1);
+                    else F(filter_row_s1)(&gk, K, xh, Wp, g->cpt, oh, yh, 2);
+                    continue;
+                }
+                switch (nv) {
+                case 1: F(filter_row_nhwc)(&gk, K, xh, Wp, g->cpt, oh, yh, 1); break;
+                case 2: F(filter_row_nhwc)(&gk, K, xh, Wp, g->cpt, oh, yh, 2); break;
+                case 3: F(filter_row_nhwc)(&gk, K, xh, Wp, g->cpt, oh, yh, 3); break;
+                default: F(filter_row_nhwc)(&gk, K, xh, Wp, g->cpt, oh, yh, 4); break;
+                }
+            }
+        }
+    }
+    free(xp); free(K); free(ab);
+    }
+    return rc ? -1 : 0;
+}
+#undef RB
+#undef R1
+
 int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bases, const T *rel, T *y,
                         int64_t threads) {
     geo_t g;
     if (geo_init(&g, prm, threads)) return -1;
+    if (g.nhwc && g.hd % L == 0 && g.hd / L <= 4) {
+        int r = F(forward_nhwc)(&g, x, a, bases, rel, y, threads);
+        geo_free(&g);
+        return r;
+    }
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
@@ -306,11 +437,94 @@ static void F(gy_rows)(const geo_t *g, const T *gy, long n, long gi, long oh, T 
     }
 }
 
+/* grad_x of one output row oh and head, channels_last, stride 1 and dilation 1 (NV <= 2 vectors a head): a
+block of RX output pixels scatters kernel x gy into the padded gradient gxp. Its gy vectors stay in registers;
+the gradients of the RX input pixels that tap j reaches are summed in registers, and at each tap the first of
+them, which no later tap reaches, is added to gxp and the rest shift by one (forward_nhwc's shift, reversed). */
+#define RX 6
+static inline __attribute__((always_inline)) void F(gx_row_s1)(
+        const geo_t *g, const T *K, const T *gyr, long cpt, T *gxp, long Wp, long oh, long wb, const int NV) {
+    for (long ow0 = 0; ow0 < wb; ow0 += RX) {
+        V gv[RX][2];
+        for (int r = 0; r < RX; r++)
+            for (int v = 0; v < NV; v++) gv[r][v] = F(ld)(gyr + (ow0 + r) * cpt + v * L);
+        for (long i = 0; i < g->k; i++) {
+            T *gr = gxp + ((oh + i) * Wp + ow0) * cpt;
+            const T *kd = K + i * g->k * g->Wop + ow0;
+            V G[RX][2];
+            for (int r = 0; r < RX; r++)
+                for (int v = 0; v < NV; v++) G[r][v] = (V){0};
+            for (long j = 0; j < g->k; j++) {
+                for (int r = 0; r < RX; r++) {
+                    V kb = kd[j * g->Wop + r] - (V){0};
+                    for (int v = 0; v < NV; v++) G[r][v] += kb * gv[r][v];
+                }
+                for (int v = 0; v < NV; v++) F(st)(gr + j * cpt + v * L, F(ld)(gr + j * cpt + v * L) + G[0][v]);
+                for (int r = 0; r < RX - 1; r++)
+                    for (int v = 0; v < NV; v++) G[r][v] = G[r + 1][v];
+                for (int v = 0; v < NV; v++) G[RX - 1][v] = (V){0};
+            }
+            for (int r = 0; r < RX - 1; r++)
+                for (int v = 0; v < NV; v++)
+                    F(st)(gr + (g->k + r) * cpt + v * L, F(ld)(gr + (g->k + r) * cpt + v * L) + G[r][v]);
+        }
+    }
+}
+
+static int F(backward_x_nhwc)(const geo_t *g, const T *gy, const T *a, const T *bases, const T *rel, T *gx,
+                              int64_t threads) {
+    long nv = g->hd / L, wb = (g->Wo + RX - 1) / RX * RX;  /* the blocks' output pixels, gy zero beyond Wo */
+    long Wop = (wb + L - 1) / L * L, Hp = g->H + 2 * g->pad, Wp = wb + g->k - 1;
+    if (Wp < g->W + 2 * g->pad) Wp = g->W + 2 * g->pad;
+    geo_t gk = *g;
+    gk.Wop = Wop;  /* kernel_row's K (kk, Wop) and ab (nk, Wop), zero beyond Wo */
+    int rc = 0;
+#pragma omp parallel num_threads((int)threads) reduction(|:rc)
+    {
+    size_t gsz = (sizeof(T) * Hp * Wp * g->cpt + 63) / 64 * 64;
+    T *gxp = aligned_alloc(64, gsz), *gyr = calloc(wb * g->cpt, sizeof(T)), *K = malloc(sizeof(T) * g->kk * Wop),
+      *ab = malloc(sizeof(T) * g->nk * Wop);
+    int ok = gxp && gyr && K && ab;
+    rc |= !ok;
+#pragma omp for schedule(static)
+    for (long t = 0; t < g->N * g->G / g->hpt; t++) {
+        if (!ok) continue;
+        long n = t * g->hpt / g->G, g0 = t * g->hpt % g->G;
+        memset(gxp, 0, gsz);
+        for (long oh = 0; oh < g->Ho; oh++) {
+            const T *src = gy + (n * g->Ho + oh) * g->Wo * g->C + g0 * g->hd;
+            if (g->cpt == g->C) memcpy(gyr, src, sizeof(T) * g->Wo * g->C);
+            else for (long ow = 0; ow < g->Wo; ow++) memcpy(gyr + ow * g->cpt, src + ow * g->C, sizeof(T) * g->cpt);
+            for (long gi = g0; gi < g0 + g->hpt; gi++) {
+                F(kernel_row)(&gk, a, bases, rel, n, gi, oh, K, ab);
+                long c0 = (gi - g0) * g->hd;
+                if (nv == 1) F(gx_row_s1)(&gk, K, gyr + c0, g->cpt, gxp + c0, Wp, oh, wb, 1);
+                else F(gx_row_s1)(&gk, K, gyr + c0, g->cpt, gxp + c0, Wp, oh, wb, 2);
+            }
+        }
+        for (long ih = 0; ih < g->H; ih++) {  /* the interior to gx */
+            const T *src = gxp + ((ih + g->pad) * Wp + g->pad) * g->cpt;
+            T *dst = gx + ((n * g->H + ih) * g->W) * g->C + g0 * g->hd;
+            if (g->cpt == g->C) memcpy(dst, src, sizeof(T) * g->W * g->C);
+            else for (long iw = 0; iw < g->W; iw++) memcpy(dst + iw * g->C, src + iw * g->cpt, sizeof(T) * g->cpt);
+        }
+    }
+    free(gxp); free(gyr); free(K); free(ab);
+    }
+    return rc ? -1 : 0;
+}
+#undef RX
+
 /* grad_x: each tap's kernel times gy, scattered into the padded phases of the gradient */
 int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T *bases, const T *rel, T *gx,
                            int64_t threads) {
     geo_t g;
     if (geo_init(&g, prm, threads)) return -1;
+    if (g.nhwc && g.s == 1 && g.dil == 1 && g.hd % L == 0 && g.hd / L <= 2) {
+        int r = F(backward_x_nhwc)(&g, gy, a, bases, rel, gx, threads);
+        geo_free(&g);
+        return r;
+    }
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
@@ -480,6 +694,7 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
     return rc ? -1 : 0;
 }
 
+#undef DB
 #undef CB
 #undef TB
 #undef NB
