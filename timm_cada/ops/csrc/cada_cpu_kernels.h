@@ -584,6 +584,19 @@ static inline __attribute__((always_inline)) void F(kgrad_block)(
     }
 }
 
+/* alpha's gradient of bases b0 .. b0 + nb at pixels ow .. ow + L: the kernels' gradient gK (kk, Wop) weighted by
+each base's taps; nb a constant where it is called, so that the nb sums stay in registers */
+static inline __attribute__((always_inline)) void F(agrad_block)(
+        const geo_t *g, const T *wg, const T *gK, long ow, long b0, const int nb, T *gab) {
+    V acc[NB];
+    for (int b = 0; b < nb; b++) acc[b] = (V){0};
+    for (long d = 0; d < g->kk; d++) {
+        V gk = F(ld)(gK + d * g->Wop + ow);
+        for (int b = 0; b < nb; b++) acc[b] += wg[(b0 + b) * g->kk + d] * gk;
+    }
+    for (int b = 0; b < nb; b++) F(st)(gab + (b0 + b) * g->Wop + ow, acc[b]);
+}
+
 /* the bases' gradient's vector partial sums gwv (nk, kk, L) of bases b0 .. b0 + nb and taps d0 .. d0 + tb
 += alpha's row ab * the kernels' gradient row gK, summed over the row in a register tile */
 static inline __attribute__((always_inline)) void F(bgrad_tile)(
@@ -651,16 +664,9 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
                 }
                 const T *wg = bases + gi * g.nk * g.kk;
                 for (long ow = 0; gap && ow < g.Wop; ow += L) {  /* alpha's gradient: bases x taps per vector */
-                    for (long b0 = 0; b0 < g.nk; b0 += NB) {
-                        int nb = g.nk - b0 < NB ? (int)(g.nk - b0) : NB;
-                        V acc[NB];
-                        for (int b = 0; b < nb; b++) acc[b] = (V){0};
-                        for (long d = 0; d < g.kk; d++) {
-                            V gk = F(ld)(gK + d * g.Wop + ow);
-                            for (int b = 0; b < nb; b++) acc[b] += wg[(b0 + b) * g.kk + d] * gk;
-                        }
-                        for (int b = 0; b < nb; b++) F(st)(gab + (b0 + b) * g.Wop + ow, acc[b]);
-                    }
+                    long b0 = 0;
+                    for (; b0 + NB <= g.nk; b0 += NB) F(agrad_block)(&g, wg, gK, ow, b0, NB, gab);
+                    for (; b0 < g.nk; b0++) F(agrad_block)(&g, wg, gK, ow, b0, 1, gab);
                 }
                 if (gw) {  /* the bases': alpha x gK over the row, in tiles of taps */
                     F(alpha_row)(&g, a, n, gi, oh, ab);
