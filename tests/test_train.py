@@ -165,9 +165,11 @@ def test_run_jobs_reuses_finished_runs_and_prints_progress(tmp_path, fake_train,
     done = [job.run_dir for job, _, _ in runs.run_jobs(jobs, epochs=2, max_runs=2)]
     assert done == [jobs[1].run_dir, jobs[0].run_dir, jobs[2].run_dir]  # run3 left for the next sitting
     out = capsys.readouterr().out
-    assert '==> 2 of 4 runs done; 1 more to train in this sitting, about ' in out
-    assert '==> 3 of 4 runs done; 0 more to train in this sitting, about 0 min' in out
+    assert '==> 2 of 4 runs done; 1 more to train in this sitting, about ' in out and '; 1 after it, about ' in out
+    assert '==> 3 of 4 runs done; 0 more to train in this sitting, about 0 min at its pace' in out and out.count('; 1 after it') == 2
     assert out.count('reused (delete it to train again)') == 1 and 'training' in out  # output not redirected
+    list(runs.run_jobs(jobs[3:], epochs=2, recorded=5))  # five runs of the set recorded elsewhere
+    assert '==> 6 of 6 runs done; 0 more to train in this sitting, about 0 min at its pace' in capsys.readouterr().out
 
 
 def test_run_jobs_environment(tmp_path, fake_train, monkeypatch):

@@ -115,7 +115,7 @@ class _Running:
 
 def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_runs: Optional[int] = None,
              nproc_per_node: int = 1, stopped: bool = False, at_once: int = 1,
-             env: Mapping[str, str] = KEEP_FREED_MEMORY,
+             env: Mapping[str, str] = KEEP_FREED_MEMORY, recorded: int = 0,
              ) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
     """(job, its results, the wall minutes of its training or None when reused) for each job: the finished runs
     first (reused), then each trained (or resumed) run as it finishes. Once `max_runs` were started, the
@@ -127,7 +127,8 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
     run that fails, or, unless `stopped`, exits before the end of its schedule (train.py's --stop-after), starts
     no further run and raises RunFailed once the runs under way finished; with `stopped` such a run's results
     are taken as they stand (the next start resumes it). After each trained run it prints
-    the set's progress: runs done of the total, and the time left at this sitting's pace. Killed (SIGTERM), it
+    the set's progress: runs done of the total (with `recorded` runs of the set done before and not passed as jobs,
+    such as the rows of a results table), and the time left at this sitting's pace. Killed (SIGTERM), it
     stops its runs, which resume at the next start."""
     found = [(job, finished_results(job.run_dir, epochs, tested)) for job in jobs]  # read once, before any run
     queue = [job for job, results in found if results is None][:max_runs]
@@ -189,8 +190,10 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
                 continue
             done, trained = done + 1, trained + 1
             left, pace = len(queue) + len(running), (time.time() - start) / 60 / trained
-            print(f'==> {done} of {len(found)} runs done; {left} more to train in this sitting, about '
-                  f'{left * pace:.0f} min at its pace (a run finished every {pace:.1f} min)', flush=True)
+            later = len(found) - done - left  # beyond max_runs
+            print(f'==> {recorded + done} of {recorded + len(found)} runs done; {left} more to train in this sitting, '
+                  f'about {left * pace:.0f} min at its pace (a run finished every {pace:.1f} min)'
+                  + (f'; {later} after it, about {later * pace:.0f} min' if later else ''), flush=True)
             yield job, dict(results, runs_at_once=round(run.shared / wall, 2) if wall > 0 else 1.0), wall / 60
     finally:
         for proc in running:  # only when stopped early: each resumes from its last epoch next time

@@ -343,7 +343,9 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
         jobs = [job(m, s, run_dir(m, s), args.data_dir, RECIPE, protocol.options, extra) for m, s in todo]
         trained = 0
         try:
-            for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once):
+            recorded = sum(r['protocol'] == pid for r in rows)
+            for finished, results, wall in run_jobs(jobs, tested=True, max_runs=args.max_runs, at_once=args.at_once,
+                                                    recorded=recorded):
                 row = describe_run(finished.model, finished.seed, finished.run_dir, results, counts['train'], wall,
                                    pid, where)
                 row.update(bias_figures(finished.model, finished.run_dir, args.data_dir))
