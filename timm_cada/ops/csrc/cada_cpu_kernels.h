@@ -272,6 +272,23 @@ static inline __attribute__((always_inline)) void F(filter_block)(
     }
 }
 
+/* The task's channels (from head gi on) of sample n of channels_last t copied into the interior of a zero-padded
+(H + 2 pad, Wp, cpt) buffer, or with `out` the interior copied back into t */
+static void F(padded_nhwc)(const geo_t *g, T *t, long n, long gi, T *buf, long Wp, int out) {
+    for (long ih = 0; ih < g->H; ih++) {
+        T *px = t + ((n * g->H + ih) * g->W) * g->C + gi * g->hd, *pb = buf + ((ih + g->pad) * Wp + g->pad) * g->cpt;
+        if (g->cpt == g->C) {
+            if (out) memcpy(px, pb, sizeof(T) * g->W * g->C);
+            else memcpy(pb, px, sizeof(T) * g->W * g->C);
+            continue;
+        }
+        for (long iw = 0; iw < g->W; iw++) {
+            if (out) memcpy(px + iw * g->C, pb + iw * g->cpt, sizeof(T) * g->cpt);
+            else memcpy(pb + iw * g->cpt, px + iw * g->C, sizeof(T) * g->cpt);
+        }
+    }
+}
+
 /* The channels_last forward where a head's channels are whole vectors (NV of them): vectorised over channels,
 not pixels. The task's channels of the sample are copied once into a zero-padded (Hp, Wp, cpt) buffer whose
 columns reach as far as a block of RB output pixels reads, so every tap of a pixel is a run of NV vectors; each
@@ -355,12 +372,7 @@ static int F(forward_nhwc)(const geo_t *g, const T *x, const T *a, const T *base
     for (long t = 0; t < g->N * g->G / g->hpt; t++) {
         if (!ok) continue;
         long n = t * g->hpt / g->G, g0 = t * g->hpt % g->G;
-        for (long ih = 0; ih < g->H; ih++) {  /* the interior; the padding stays zero */
-            const T *src = x + ((n * g->H + ih) * g->W) * g->C + g0 * g->hd;
-            T *dst = xp + ((ih + g->pad) * Wp + g->pad) * g->cpt;
-            if (g->cpt == g->C) memcpy(dst, src, sizeof(T) * g->W * g->C);
-            else for (long iw = 0; iw < g->W; iw++) memcpy(dst + iw * g->cpt, src + iw * g->C, sizeof(T) * g->cpt);
-        }
+        F(padded_nhwc)(g, (T *)x, n, g0, xp, Wp, 0);  /* the interior; the padding stays zero */
         for (long oh = 0; oh < g->Ho; oh++) {
             for (long gi = g0; gi < g0 + g->hpt; gi++) {
                 F(kernel_row)(&gk, a, bases, rel, n, gi, oh, K, ab);
@@ -502,12 +514,7 @@ static int F(backward_x_nhwc)(const geo_t *g, const T *gy, const T *a, const T *
                 else F(gx_row_s1)(&gk, K, gyr + c0, g->cpt, gxp + c0, Wp, oh, wb, 2);
             }
         }
-        for (long ih = 0; ih < g->H; ih++) {  /* the interior to gx */
-            const T *src = gxp + ((ih + g->pad) * Wp + g->pad) * g->cpt;
-            T *dst = gx + ((n * g->H + ih) * g->W) * g->C + g0 * g->hd;
-            if (g->cpt == g->C) memcpy(dst, src, sizeof(T) * g->W * g->C);
-            else for (long iw = 0; iw < g->W; iw++) memcpy(dst + iw * g->C, src + iw * g->cpt, sizeof(T) * g->cpt);
-        }
+        F(padded_nhwc)(g, gx, n, g0, gxp, Wp, 1);  /* the interior to gx */
     }
     free(gxp); free(gyr); free(K); free(ab);
     }
