@@ -9,8 +9,8 @@ gradient summed over a head's channels and folded into alpha's, the bases' and r
 row). x, y, gy and grad_x are read and written in x's memory format, NCHW or channels_last, without a
 conversion pass (only the copies into and out of a task's buffers see the layout; in channels_last a task
 is a whole sample where the batch keeps the threads busy, and where a head's channels are whole vectors the
-forward and the stride-1 grad_x work on NHWC pixels directly, vectorised over channels), and y and grad_x
-come back in x's layout. The
+forward, the kernels' gradient and grad_x at strides 1 and 2 work on NHWC pixels directly, vectorised over
+channels), and y and grad_x come back in x's layout. The
 compute dtype follows x: float64 for float64, float32 for float32, float16 and bfloat16 (the output
 in x's dtype, each gradient in its input's); any stride and dilation. Shapes and devices are checked before
 any C runs (`_check`): the kernels index without bounds checks.

@@ -2,16 +2,20 @@
 Included by cada_cpu.c once per type. Tensors are contiguous: x, y, gy, gx (N, C, H or Ho, W or Wo), or
 (N, H or Ho, W or Wo, C) where geo_t.nhwc says channels_last; alpha / attn (N or 1, G, nk, Ho, Wo); bases
 (G, nk, k, k); rel_pos (G, k, k). Only the copies in and out of a task's buffers (phases, unphase, gy_rows and
-filter_block's stores) see the layout: the compute loops run on the same per-channel rows in both. */
+filter_block's stores) see the layout: the compute loops run on the same per-channel rows in both; where a
+channels_last head is whole vectors, the *_nhwc / *_shift kernels work on its pixels directly instead. */
 #define T CADA_T
 #define L CADA_L
 #define V CADA_NAME(vec)
 #define F(f) CADA_NAME(f)
 
 typedef T V __attribute__((vector_size(sizeof(T) * L)));
+/* V at any T's address: loads and stores of T (not of any type, as memcpy's are), so that a store does not make
+the compiler reload the geometry and the pointers it might have overwritten */
+typedef T CADA_NAME(uvec) __attribute__((vector_size(sizeof(T) * L), aligned(sizeof(T))));
 
-static inline V F(ld)(const T *p) { V v; memcpy(&v, p, sizeof v); return v; }
-static inline void F(st)(T *p, V v) { memcpy(p, &v, sizeof v); }
+static inline V F(ld)(const T *p) { return *(const CADA_NAME(uvec) *)p; }
+static inline void F(st)(T *p, V v) { *(CADA_NAME(uvec) *)p = v; }
 
 /* channels per register block of the filter, and taps per block of the kernels' gradient */
 #define CB 8
@@ -30,11 +34,11 @@ typedef struct {
     T *xb, *K, *gyb, *ab, *gab, *gwv, *grv, *tail;
 } F(work_t);
 
-static int F(work_init)(F(work_t) *w, const geo_t *g) {
+static int F(work_init)(F(work_t) *w, const geo_t *g, long rows) {
     w->xb = malloc(sizeof(T) * g->cpt * g->phsz);
-    w->K = malloc(sizeof(T) * g->kk * g->Wop);
-    w->gyb = malloc(sizeof(T) * g->cpt * g->Wop);
-    w->ab = malloc(sizeof(T) * g->nk * g->Wop);
+    w->K = malloc(sizeof(T) * g->kk * g->Wop * rows);
+    w->gyb = malloc(sizeof(T) * g->cpt * g->Wop * rows);
+    w->ab = malloc(sizeof(T) * g->nk * g->Wop * rows);
     w->gab = malloc(sizeof(T) * g->nk * g->Wop);
     /* the bases' partial sums only where there are bases: per-pixel kernels (nk = k * k) would need hpt * k^4 */
     w->gwv = malloc(sizeof(T) * (g->synth ? g->hpt * g->nk * g->kk : 1) * L);
@@ -170,12 +174,12 @@ static inline const T *F(map_row)(const geo_t *g, const T *a, long n, long gi, l
     return a + ((g->abatch ? n : 0) * g->G + gi) * g->nk * g->Ho * g->Wo + oh * g->Wo;
 }
 
-/* alpha's row oh of sample n's head gi, ab (nk, Wop), zero beyond Wo */
-static void F(alpha_row)(const geo_t *g, const T *a, long n, long gi, long oh, T *ab) {
+/* alpha's row oh of sample n's head gi, ab (nk, Wop) with rows ld apart, zero beyond Wo */
+static void F(alpha_row)(const geo_t *g, const T *a, long n, long gi, long oh, T *ab, long ld) {
     const T *ap = F(map_row)(g, a, n, gi, oh);
     for (long b = 0; b < g->nk; b++) {
-        memcpy(ab + b * g->Wop, ap + b * g->Ho * g->Wo, sizeof(T) * g->Wo);
-        for (long ow = g->Wo; ow < g->Wop; ow++) ab[b * g->Wop + ow] = 0;
+        memcpy(ab + b * ld, ap + b * g->Ho * g->Wo, sizeof(T) * g->Wo);
+        for (long ow = g->Wo; ow < g->Wop; ow++) ab[b * ld + ow] = 0;
     }
 }
 
@@ -216,7 +220,7 @@ static void F(kernel_row)(const geo_t *g, const T *a, const T *bases, const T *r
         }
         return;
     }
-    F(alpha_row)(g, a, n, gi, oh, ab);  /* zero beyond Wo: so are the kernels */
+    F(alpha_row)(g, a, n, gi, oh, ab, g->Wop);  /* zero beyond Wo: so are the kernels */
     const T *wg = bases + gi * g->nk * g->kk;
     for (long ow = 0; ow < g->Wop; ow += L) {
         /* the bases in blocks of NB, each block's alpha vectors held in registers across the taps */
@@ -412,7 +416,7 @@ int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bas
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
     F(work_t) w;
-    int ok = F(work_init)(&w, &g);
+    int ok = F(work_init)(&w, &g, 1);
     rc |= !ok;
 #pragma omp for schedule(static)
     for (long t = 0; t < g.N * g.G / g.hpt; t++) {
@@ -449,44 +453,48 @@ static void F(gy_rows)(const geo_t *g, const T *gy, long n, long gi, long oh, T 
     }
 }
 
-/* grad_x of one output row oh and head, channels_last, stride 1 and dilation 1 (NV <= 2 vectors a head): a
-block of RX output pixels scatters kernel x gy into the padded gradient gxp. Its gy vectors stay in registers;
-the gradients of the RX input pixels that tap j reaches are summed in registers, and at each tap the first of
-them, which no later tap reaches, is added to gxp and the rest shift by one (forward_nhwc's shift, reversed). */
-#define RX 6
-static inline __attribute__((always_inline)) void F(gx_row_s1)(
-        const geo_t *g, const T *K, const T *gyr, long cpt, T *gxp, long Wp, long oh, long wb, const int NV) {
+/* grad_x of one output row oh and head, channels_last, stride S (1 or 2) and dilation 1 (NV <= 2 vectors a
+head): a block of RX output pixels scatters kernel x gy into the padded gradient gxp. Its gy vectors stay in
+registers; tap j of the block's pixel r reaches its input column S r + j, so the S (RX - 1) + 1 columns that tap j
+reaches from column j on are summed in registers, and at each tap the first of them, which no later tap
+reaches, is added to gxp and the rest shift by one (forward_nhwc's shift, reversed). */
+#define RXMAX 6
+static inline __attribute__((always_inline)) void F(gx_row_shift)(
+        const geo_t *g, const T *K, const T *gyr, long cpt, T *gxp, long Wp, long oh, long wb, const int NV,
+        const int S, const int RX) {
+    const int NW = S * (RX - 1) + 1;
     for (long ow0 = 0; ow0 < wb; ow0 += RX) {
-        V gv[RX][2];
+        V gv[RXMAX][2];
         for (int r = 0; r < RX; r++)
             for (int v = 0; v < NV; v++) gv[r][v] = F(ld)(gyr + (ow0 + r) * cpt + v * L);
         for (long i = 0; i < g->k; i++) {
-            T *gr = gxp + ((oh + i) * Wp + ow0) * cpt;
+            T *gr = gxp + ((S * oh + i) * Wp + S * ow0) * cpt;
             const T *kd = K + i * g->k * g->Wop + ow0;
-            V G[RX][2];
-            for (int r = 0; r < RX; r++)
-                for (int v = 0; v < NV; v++) G[r][v] = (V){0};
+            V G[2 * (RXMAX - 1) + 1][2];
+            for (int u = 0; u < NW; u++)
+                for (int v = 0; v < NV; v++) G[u][v] = (V){0};
             for (long j = 0; j < g->k; j++) {
                 for (int r = 0; r < RX; r++) {
                     V kb = kd[j * g->Wop + r] - (V){0};
-                    for (int v = 0; v < NV; v++) G[r][v] += kb * gv[r][v];
+                    for (int v = 0; v < NV; v++) G[S * r][v] += kb * gv[r][v];
                 }
                 for (int v = 0; v < NV; v++) F(st)(gr + j * cpt + v * L, F(ld)(gr + j * cpt + v * L) + G[0][v]);
-                for (int r = 0; r < RX - 1; r++)
-                    for (int v = 0; v < NV; v++) G[r][v] = G[r + 1][v];
-                for (int v = 0; v < NV; v++) G[RX - 1][v] = (V){0};
+                for (int u = 0; u < NW - 1; u++)
+                    for (int v = 0; v < NV; v++) G[u][v] = G[u + 1][v];
+                for (int v = 0; v < NV; v++) G[NW - 1][v] = (V){0};
             }
-            for (int r = 0; r < RX - 1; r++)
+            for (int u = 0; u < NW - 1; u++)
                 for (int v = 0; v < NV; v++)
-                    F(st)(gr + (g->k + r) * cpt + v * L, F(ld)(gr + (g->k + r) * cpt + v * L) + G[r][v]);
+                    F(st)(gr + (g->k + u) * cpt + v * L, F(ld)(gr + (g->k + u) * cpt + v * L) + G[u][v]);
         }
     }
 }
 
 static int F(backward_x_nhwc)(const geo_t *g, const T *gy, const T *a, const T *bases, const T *rel, T *gx,
                               int64_t threads) {
-    long nv = g->hd / L, wb = (g->Wo + RX - 1) / RX * RX;  /* the blocks' output pixels, gy zero beyond Wo */
-    long Wop = (wb + L - 1) / L * L, Hp = g->H + 2 * g->pad, Wp = wb + g->k - 1;
+    long nv = g->hd / L, rx = g->s == 2 && nv == 2 ? 4 : 6;  /* RX: what fits the registers */
+    long wb = (g->Wo + rx - 1) / rx * rx;  /* the blocks' output pixels, gy zero beyond Wo */
+    long Wop = (wb + L - 1) / L * L, Hp = g->H + 2 * g->pad, Wp = g->s * (wb - 1) + g->k;
     if (Wp < g->W + 2 * g->pad) Wp = g->W + 2 * g->pad;
     geo_t gk = *g;
     gk.Wop = Wop;  /* kernel_row's K (kk, Wop) and ab (nk, Wop), zero beyond Wo */
@@ -510,8 +518,12 @@ static int F(backward_x_nhwc)(const geo_t *g, const T *gy, const T *a, const T *
             for (long gi = g0; gi < g0 + g->hpt; gi++) {
                 F(kernel_row)(&gk, a, bases, rel, n, gi, oh, K, ab);
                 long c0 = (gi - g0) * g->hd;
-                if (nv == 1) F(gx_row_s1)(&gk, K, gyr + c0, g->cpt, gxp + c0, Wp, oh, wb, 1);
-                else F(gx_row_s1)(&gk, K, gyr + c0, g->cpt, gxp + c0, Wp, oh, wb, 2);
+                T *gxh = gxp + c0;
+                const T *gyh = gyr + c0;
+                if (g->s == 1 && nv == 1) F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, 1, 1, 6);
+                else if (g->s == 1) F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, 2, 1, 6);
+                else if (nv == 1) F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, 1, 2, 6);
+                else F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, 2, 2, 4);
             }
         }
         F(padded_nhwc)(g, gx, n, g0, gxp, Wp, 1);  /* the interior to gx */
@@ -520,14 +532,14 @@ static int F(backward_x_nhwc)(const geo_t *g, const T *gy, const T *a, const T *
     }
     return rc ? -1 : 0;
 }
-#undef RX
+#undef RXMAX
 
 /* grad_x: each tap's kernel times gy, scattered into the padded phases of the gradient */
 int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T *bases, const T *rel, T *gx,
                            int64_t threads) {
     geo_t g;
     if (geo_init(&g, prm, threads)) return -1;
-    if (g.nhwc && g.s == 1 && g.dil == 1 && g.hd % L == 0 && g.hd / L <= 2) {
+    if (g.nhwc && g.s <= 2 && g.dil == 1 && g.hd % L == 0 && g.hd / L <= 2) {
         int r = F(backward_x_nhwc)(&g, gy, a, bases, rel, gx, threads);
         geo_free(&g);
         return r;
@@ -536,7 +548,7 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
     F(work_t) w;
-    int ok = F(work_init)(&w, &g);
+    int ok = F(work_init)(&w, &g, 1);
     rc |= !ok;
     T *gxb = w.xb, *K = w.K, *gyb = w.gyb, *ab = w.ab;  /* the phases hold grad_x here */
     /* in registers: the stores (memcpy, so of any type) would otherwise reload them from g in the inner loop */
@@ -575,10 +587,10 @@ int F(cada_cpu_backward_x)(const int64_t *prm, const T *gy, const T *a, const T 
     return rc ? -1 : 0;
 }
 
-/* gK rows (tb, Wop) of taps d0 .. d0 + tb: sum over a head's channels of gy * the tap's input (gyb and xb: the
-head's rows and phases) */
+/* gK rows (tb, Wop; ld apart) of taps d0 .. d0 + tb: sum over a head's channels of gy * the tap's input (gyb and
+xb: the head's rows and phases) */
 static inline __attribute__((always_inline)) void F(kgrad_block)(
-        const geo_t *g, const T *gyb, const T *xb, long oh, long d0, int tb, T *gK) {
+        const geo_t *g, const T *gyb, const T *xb, long oh, long d0, int tb, T *gK, long ld) {
     for (long ow = 0; ow < g->Wop; ow += L) {
         V acc[TB];
         for (int t = 0; t < tb; t++) acc[t] = (V){0};
@@ -587,35 +599,35 @@ static inline __attribute__((always_inline)) void F(kgrad_block)(
             const T *xo = xb + c * g->phsz + oh * g->Wph + ow;
             for (int t = 0; t < tb; t++) acc[t] += gv * F(ld)(xo + g->tapoff[d0 + t]);
         }
-        for (int t = 0; t < tb; t++) F(st)(gK + (d0 + t) * g->Wop + ow, acc[t]);
+        for (int t = 0; t < tb; t++) F(st)(gK + (d0 + t) * ld + ow, acc[t]);
     }
 }
 
-/* alpha's gradient of bases b0 .. b0 + nb at pixels ow .. ow + L: the kernels' gradient gK (kk, Wop) weighted by
-each base's taps; nb a constant where it is called, so that the nb sums stay in registers */
+/* alpha's gradient of bases b0 .. b0 + nb at pixels ow .. ow + L: the kernels' gradient gK (kk rows ld apart)
+weighted by each base's taps; nb a constant where it is called, so that the nb sums stay in registers */
 static inline __attribute__((always_inline)) void F(agrad_block)(
-        const geo_t *g, const T *wg, const T *gK, long ow, long b0, const int nb, T *gab) {
+        const geo_t *g, const T *wg, const T *gK, long ld, long ow, long b0, const int nb, T *gab) {
     V acc[NB];
     for (int b = 0; b < nb; b++) acc[b] = (V){0};
     for (long d = 0; d < g->kk; d++) {
-        V gk = F(ld)(gK + d * g->Wop + ow);
+        V gk = F(ld)(gK + d * ld + ow);
         for (int b = 0; b < nb; b++) acc[b] += wg[(b0 + b) * g->kk + d] * gk;
     }
     for (int b = 0; b < nb; b++) F(st)(gab + (b0 + b) * g->Wop + ow, acc[b]);
 }
 
 /* the bases' gradient's vector partial sums gwv (nk, kk, L) of bases b0 .. b0 + nb and taps d0 .. d0 + tb
-+= alpha's row ab * the kernels' gradient row gK, summed over the row in a register tile */
++= alpha ab * the kernels' gradient gK over np pixels (their rows ld apart), summed in a register tile */
 static inline __attribute__((always_inline)) void F(bgrad_tile)(
-        const geo_t *g, const T *ab, const T *gK, long b0, int nb, long d0, int tb, T *gwv) {
+        const geo_t *g, const T *ab, const T *gK, long np, long ld, long b0, int nb, long d0, int tb, T *gwv) {
     V acc[FB][FT];
     for (int b = 0; b < nb; b++)
         for (int t = 0; t < tb; t++) acc[b][t] = F(ld)(gwv + ((b0 + b) * g->kk + d0 + t) * L);
-    for (long ow = 0; ow < g->Wop; ow += L) {
+    for (long ow = 0; ow < np; ow += L) {
         V gk[FT];
-        for (int t = 0; t < tb; t++) gk[t] = F(ld)(gK + (d0 + t) * g->Wop + ow);
+        for (int t = 0; t < tb; t++) gk[t] = F(ld)(gK + (d0 + t) * ld + ow);
         for (int b = 0; b < nb; b++) {
-            V av = F(ld)(ab + (b0 + b) * g->Wop + ow);
+            V av = F(ld)(ab + (b0 + b) * ld + ow);
             for (int t = 0; t < tb; t++) acc[b][t] += av * gk[t];
         }
     }
@@ -625,11 +637,66 @@ static inline __attribute__((always_inline)) void F(bgrad_tile)(
 
 /* the bases' tiles of taps d0 .. d0 + tb: FB bases at a time, then one at a time */
 static inline __attribute__((always_inline)) void F(bgrad_taps)(
-        const geo_t *g, const T *ab, const T *gK, long d0, int tb, T *gwv) {
+        const geo_t *g, const T *ab, const T *gK, long np, long ld, long d0, int tb, T *gwv) {
     long b0 = 0;
-    for (; b0 + FB <= g->nk; b0 += FB) F(bgrad_tile)(g, ab, gK, b0, FB, d0, tb, gwv);
-    for (; b0 < g->nk; b0++) F(bgrad_tile)(g, ab, gK, b0, 1, d0, tb, gwv);
+    for (; b0 + FB <= g->nk; b0 += FB) F(bgrad_tile)(g, ab, gK, np, ld, b0, FB, d0, tb, gwv);
+    for (; b0 < g->nk; b0++) F(bgrad_tile)(g, ab, gK, np, ld, b0, 1, d0, tb, gwv);
 }
+
+#if TR_FAST
+#if L == 8
+#define HS_A 0, 8, 2, 10, 4, 12, 6, 14
+#define HS_B 1, 9, 3, 11, 5, 13, 7, 15
+#define HS_C 0, 1, 8, 9, 4, 5, 12, 13
+#define HS_D 2, 3, 10, 11, 6, 7, 14, 15
+#else
+#define HS_A 0, 4, 2, 6
+#define HS_B 1, 5, 3, 7
+#define HS_C 0, 1, 4, 5
+#define HS_D 2, 3, 6, 7
+#endif
+/* the sums of L vectors' lanes, sum(p[l]) in lane l: log2(L) rounds, each adding the neighbouring lanes of two
+vectors interleaved (2 L - 2 shuffles, L - 1 adds, where a transpose and L adds would take L log2(L) shuffles) */
+static inline __attribute__((always_inline)) V F(hsums)(const V *p) {
+    V q[L / 2], r[L / 4];
+    for (int i = 0; i < L / 2; i++)
+        q[i] = __builtin_shufflevector(p[2 * i], p[2 * i + 1], HS_A) + __builtin_shufflevector(p[2 * i], p[2 * i + 1], HS_B);
+    for (int i = 0; i < L / 4; i++)
+        r[i] = __builtin_shufflevector(q[2 * i], q[2 * i + 1], HS_C) + __builtin_shufflevector(q[2 * i], q[2 * i + 1], HS_D);
+#if L == 8
+    return __builtin_shufflevector(r[0], r[1], 0, 1, 2, 3, 8, 9, 10, 11)
+         + __builtin_shufflevector(r[0], r[1], 4, 5, 6, 7, 12, 13, 14, 15);
+#else
+    return r[0];
+#endif
+}
+
+/* The kernels' gradient row gK (kk, Wop; rows ld apart) of one head, channels_last (NV vectors a head), read from the padded
+input xp (forward_nhwc's) and gy's row gyr (Wop, cpt; zero beyond Wo), neither transposed: each pixel's dot
+product with a tap's input pixel runs over the head's channels, L pixels side by side, and their L sums go
+across lanes at once (hsums) into gK's vector of those pixels. */
+static inline __attribute__((always_inline)) void F(kgrad_row_nhwc)(
+        const geo_t *g, const T *gyr, const T *xp, long Wp, long cpt, long oh, T *gK, long ld, const int NV) {
+    for (long ow0 = 0; ow0 < g->Wop; ow0 += L) {
+        V gv[L][4];
+        for (int r = 0; r < L; r++)
+            for (int v = 0; v < NV; v++) gv[r][v] = F(ld)(gyr + (ow0 + r) * cpt + v * L);
+        for (long i = 0; i < g->k; i++) {
+            const T *xr = xp + ((oh * g->s + i * g->dil) * Wp + ow0 * g->s) * cpt;
+            for (long j = 0; j < g->k; j++) {
+                const T *xq = xr + j * g->dil * cpt;
+                V p[L];
+                for (int r = 0; r < L; r++) {
+                    V acc = gv[r][0] * F(ld)(xq + r * g->s * cpt);
+                    for (int v = 1; v < NV; v++) acc += gv[r][v] * F(ld)(xq + r * g->s * cpt + v * L);
+                    p[r] = acc;
+                }
+                F(st)(gK + (i * g->k + j) * ld + ow0, F(hsums)(p));
+            }
+        }
+    }
+}
+#endif
 
 /* The kernels' gradient gK (kk, Wop) row by row, folded at once into what the caller asks for (NULL: not asked):
 ga, the gradient of alpha / attn with one map per sample, (N, G, nk, Ho, Wo), whether or not alpha is shared by
@@ -639,54 +706,100 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
                            T *ga, T *gw, T *gr, int64_t threads) {
     geo_t g;
     if (geo_init(&g, prm, threads)) return -1;
-    long plane = g.Ho * g.Wo;
+    long plane = g.Ho * g.Wo, nv = g.hd / L;
+    /* channels_last heads of whole vectors: x in a zero-padded NHWC copy (its phases' buffer is large enough)
+       and gy's rows as they are; otherwise the phases of x and gy's rows transposed to channel rows */
+    int cl = TR_FAST && g.nhwc && g.hd % L == 0 && nv <= 4;
+    long Wp = g.s * (g.Wop - 1) + (g.k - 1) * g.dil + 1;
+    if (Wp < g.W + 2 * g.pad) Wp = g.W + 2 * g.pad;
+    /* rows at a time: the bases' gradient sums over at least 64 pixels between loading and storing its tiles */
+    long rows = (64 + g.Wop - 1) / g.Wop;
+    if (rows > g.Ho) rows = g.Ho;
+    long ld = rows * g.Wop;  /* gK (kk, ld) and ab (nk, ld): the rows side by side */
     int rc = 0;
 #pragma omp parallel num_threads((int)threads) reduction(|:rc)
     {
     F(work_t) w;
-    int ok = F(work_init)(&w, &g);
+    int ok = F(work_init)(&w, &g, rows);
     rc |= !ok;
-    /* the kernels' gradient row, and the vector partial sums of the bases' and rel_pos' gradients (lanes
+    /* the kernels' gradient rows, and the vector partial sums of the bases' and rel_pos' gradients (lanes
        summed at the task's end) */
     T *xb = w.xb, *gK = w.K, *gyb = w.gyb, *ab = w.ab, *gab = w.gab, *gwv = w.gwv, *grv = w.grv;
+    if (ok && cl) {  /* the padding and gy's pixels beyond Wo stay zero */
+        memset(xb, 0, sizeof(T) * g.cpt * g.phsz);
+        memset(gyb, 0, sizeof(T) * g.cpt * ld);
+    }
 #pragma omp for schedule(static)
     for (long t = 0; t < g.N * g.G / g.hpt; t++) {
         if (!ok) continue;
         long n = t * g.hpt / g.G, g0 = t * g.hpt % g.G;
-        F(phases)(&g, x, n, g0, xb);
+        if (cl) F(padded_nhwc)(&g, (T *)x, n, g0, xb, Wp, 0);  /* reads x only */
+        else F(phases)(&g, x, n, g0, xb);
         if (gw) memset(gwv, 0, sizeof(T) * g.hpt * g.nk * g.kk * L);
         memset(grv, 0, sizeof(T) * g.hpt * g.kk * L);
-        for (long oh = 0; oh < g.Ho; oh++) {
-            F(gy_rows)(&g, gy, n, g0, oh, gyb);
+        for (long oh0 = 0; oh0 < g.Ho; oh0 += rows) {
+            long nr = g.Ho - oh0 < rows ? g.Ho - oh0 : rows, np = nr * g.Wop;
+            for (long q = 0; q < nr; q++) {  /* gy's rows: (Wop, cpt) each in channels_last, else (cpt, Wop) */
+                T *gyq = gyb + q * g.cpt * g.Wop;
+                if (!cl) {
+                    F(gy_rows)(&g, gy, n, g0, oh0 + q, gyq);
+                    continue;
+                }
+                const T *src = gy + (n * g.Ho + oh0 + q) * g.Wo * g.C + g0 * g.hd;
+                if (g.cpt == g.C) memcpy(gyq, src, sizeof(T) * g.Wo * g.C);
+                else for (long ow = 0; ow < g.Wo; ow++) memcpy(gyq + ow * g.cpt, src + ow * g.C, sizeof(T) * g.cpt);
+            }
             for (long gi = g0; gi < g0 + g.hpt; gi++) {
-                const T *gyh = gyb + (gi - g0) * g.hd * g.Wop, *xh = xb + (gi - g0) * g.hd * g.phsz;
                 T *gwh = gwv + (gi - g0) * g.nk * g.kk * L, *grh = grv + (gi - g0) * g.kk * L;
-                long d0 = 0;
-                for (; d0 + TB <= g.kk; d0 += TB) F(kgrad_block)(&g, gyh, xh, oh, d0, TB, gK);
-                for (; d0 < g.kk; d0++) F(kgrad_block)(&g, gyh, xh, oh, d0, 1, gK);
-                T *gap = ga ? ga + (n * g.G + gi) * g.nk * plane + oh * g.Wo : NULL;
+                for (long q = 0; q < nr; q++) {
+                    const T *gyq = gyb + q * g.cpt * g.Wop;
+                    T *gKq = gK + q * g.Wop;
+#if TR_FAST
+                    if (cl) {
+                        const T *gyh = gyq + (gi - g0) * g.hd, *xh = xb + (gi - g0) * g.hd;
+                        switch (nv) {
+                        case 1: F(kgrad_row_nhwc)(&g, gyh, xh, Wp, g.cpt, oh0 + q, gKq, ld, 1); break;
+                        case 2: F(kgrad_row_nhwc)(&g, gyh, xh, Wp, g.cpt, oh0 + q, gKq, ld, 2); break;
+                        case 3: F(kgrad_row_nhwc)(&g, gyh, xh, Wp, g.cpt, oh0 + q, gKq, ld, 3); break;
+                        default: F(kgrad_row_nhwc)(&g, gyh, xh, Wp, g.cpt, oh0 + q, gKq, ld, 4); break;
+                        }
+                        continue;
+                    }
+#endif
+                    const T *gyh = gyq + (gi - g0) * g.hd * g.Wop, *xh = xb + (gi - g0) * g.hd * g.phsz;
+                    long d0 = 0;
+                    for (; d0 + TB <= g.kk; d0 += TB) F(kgrad_block)(&g, gyh, xh, oh0 + q, d0, TB, gKq, ld);
+                    for (; d0 < g.kk; d0++) F(kgrad_block)(&g, gyh, xh, oh0 + q, d0, 1, gKq, ld);
+                }
+                T *gap = ga ? ga + (n * g.G + gi) * g.nk * plane + oh0 * g.Wo : NULL;
                 if (!g.synth) {
-                    for (long d = 0; gap && d < g.kk; d++) memcpy(gap + d * plane, gK + d * g.Wop, sizeof(T) * g.Wo);
+                    for (long q = 0; gap && q < nr; q++)
+                        for (long d = 0; d < g.kk; d++)
+                            memcpy(gap + d * plane + q * g.Wo, gK + d * ld + q * g.Wop, sizeof(T) * g.Wo);
                     continue;
                 }
                 const T *wg = bases + gi * g.nk * g.kk;
-                for (long ow = 0; gap && ow < g.Wop; ow += L) {  /* alpha's gradient: bases x taps per vector */
-                    long b0 = 0;
-                    for (; b0 + NB <= g.nk; b0 += NB) F(agrad_block)(&g, wg, gK, ow, b0, NB, gab);
-                    for (; b0 < g.nk; b0++) F(agrad_block)(&g, wg, gK, ow, b0, 1, gab);
+                for (long q = 0; gap && q < nr; q++) {  /* alpha's gradient: bases x taps per vector */
+                    const T *gKq = gK + q * g.Wop;
+                    for (long ow = 0; ow < g.Wop; ow += L) {
+                        long b0 = 0;
+                        for (; b0 + NB <= g.nk; b0 += NB) F(agrad_block)(&g, wg, gKq, ld, ow, b0, NB, gab);
+                        for (; b0 < g.nk; b0++) F(agrad_block)(&g, wg, gKq, ld, ow, b0, 1, gab);
+                    }
+                    for (long b = 0; b < g.nk; b++)
+                        memcpy(gap + b * plane + q * g.Wo, gab + b * g.Wop, sizeof(T) * g.Wo);
                 }
-                if (gw) {  /* the bases': alpha x gK over the row, in tiles of taps */
-                    F(alpha_row)(&g, a, n, gi, oh, ab);
+                if (gw) {  /* the bases': alpha x gK over the rows, in tiles of taps */
+                    for (long q = 0; q < nr; q++) F(alpha_row)(&g, a, n, gi, oh0 + q, ab + q * g.Wop, ld);
                     long d1 = 0;
-                    for (; d1 + FT <= g.kk; d1 += FT) F(bgrad_taps)(&g, ab, gK, d1, FT, gwh);
-                    for (; d1 < g.kk; d1++) F(bgrad_taps)(&g, ab, gK, d1, 1, gwh);
+                    for (; d1 + FT <= g.kk; d1 += FT) F(bgrad_taps)(&g, ab, gK, np, ld, d1, FT, gwh);
+                    for (; d1 < g.kk; d1++) F(bgrad_taps)(&g, ab, gK, np, ld, d1, 1, gwh);
                 }
-                for (long d = 0; gr && d < g.kk; d++) {  /* rel_pos': gK over the row */
+                for (long d = 0; gr && d < g.kk; d++) {  /* rel_pos': gK over the rows */
                     V s = F(ld)(grh + d * L);
-                    for (long ow = 0; ow < g.Wop; ow += L) s += F(ld)(gK + d * g.Wop + ow);
+                    for (long ow = 0; ow < np; ow += L) s += F(ld)(gK + d * ld + ow);
                     F(st)(grh + d * L, s);
                 }
-                for (long b = 0; gap && b < g.nk; b++) memcpy(gap + b * plane, gab + b * g.Wop, sizeof(T) * g.Wo);
             }
         }
         /* the lanes summed: head gi's partial sums at (n * G + gi) */
@@ -714,6 +827,10 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
 #undef FB
 #undef FT
 #undef TR_FAST
+#undef HS_A
+#undef HS_B
+#undef HS_C
+#undef HS_D
 #undef ZIP_LO
 #undef ZIP_HI
 #undef T
