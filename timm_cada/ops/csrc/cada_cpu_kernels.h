@@ -322,20 +322,25 @@ static inline __attribute__((always_inline)) void F(filter_row_nhwc)(
     }
 }
 
+/* the pixels of a block of the register shift (forward and grad_x): 4 or 6, whichever covers a row of Wo
+pixels with fewer (7 x 7 maps: 8, not 12), else 6 */
+static inline int F(shift_block)(long Wo) {
+    return (Wo + 3) / 4 * 4 < (Wo + 5) / 6 * 6 ? 4 : 6;
+}
+
 /* filter_row_nhwc at stride 1 and dilation 1 (NV <= 2), where tap j + 1 of pixel r reads what tap j of pixel
-r + 1 read: the R1 input pixels of a block are held in registers and shifted by one at each tap, so a tap
-loads one pixel, not R1, and the multiply-adds are no longer bound by the loads */
-#define R1 6
+r + 1 read: the R1 (4 or 6) input pixels of a block are held in registers and shifted by one at each tap, so a
+tap loads one pixel, not R1, and the multiply-adds are no longer bound by the loads */
 static inline __attribute__((always_inline)) void F(filter_row_s1)(
-        const geo_t *g, const T *K, const T *xp, long Wp, long cpt, long oh, T *yh, const int NV) {
+        const geo_t *g, const T *K, const T *xp, long Wp, long cpt, long oh, T *yh, const int NV, const int R1) {
     for (long ow = 0; ow < g->Wo; ow += R1) {
         long ow0 = ow + R1 <= g->Wo || g->Wo < R1 ? ow : g->Wo - R1;  /* the last block overlaps the one before */
-        V acc[R1][2];
+        V acc[6][2];
         for (int r = 0; r < R1; r++)
             for (int v = 0; v < NV; v++) acc[r][v] = (V){0};
         for (long i = 0; i < g->k; i++) {
             const T *xr = xp + ((oh + i) * Wp + ow0) * cpt, *kd = K + i * g->k * g->Wop + ow0;
-            V X[R1][2];
+            V X[6][2];
             for (int r = 0; r < R1; r++)
                 for (int v = 0; v < NV; v++) X[r][v] = F(ld)(xr + r * cpt + v * L);
             for (long j = 0; j < g->k; j++) {
@@ -357,7 +362,8 @@ static inline __attribute__((always_inline)) void F(filter_row_s1)(
 static int F(forward_nhwc)(const geo_t *g, const T *x, const T *a, const T *bases, const T *rel, T *y,
                            int64_t threads) {
     long nv = g->hd / L, shift = g->s == 1 && g->dil == 1 && nv <= 2;
-    long rb = shift ? R1 : nv <= 2 ? 8 : 4, wb = g->Wo > rb ? g->Wo : rb;  /* the pixels the blocks cover */
+    long r1 = F(shift_block)(g->Wo), rb = shift ? r1 : nv <= 2 ? 8 : 4;
+    long wb = g->Wo > rb ? g->Wo : rb;  /* the pixels the blocks cover */
     long Wop = (wb + L - 1) / L * L;  /* the K rows: whole vectors, and every block's pixels */
     long Hp = g->H + 2 * g->pad, Wp = (wb - 1) * g->s + (g->k - 1) * g->dil + 1 + shift;  /* + the last shift's load */
     if (Wp < g->W + 2 * g->pad) Wp = g->W + 2 * g->pad;
@@ -383,8 +389,10 @@ static int F(forward_nhwc)(const geo_t *g, const T *x, const T *a, const T *base
                 const T *xh = xp + (gi - g0) * g->hd;
                 T *yh = y + (n * g->Ho + oh) * g->Wo * g->C + gi * g->hd;
                 if (shift) {
-                    if (nv == 1) F(filter_row_s1)(&gk, K, xh, Wp, g->cpt, oh, yh, 1);
-                    else F(filter_row_s1)(&gk, K, xh, Wp, g->cpt, oh, yh, 2);
+                    if (nv == 1 && r1 == 4) F(filter_row_s1)(&gk, K, xh, Wp, g->cpt, oh, yh, 1, 4);
+                    else if (nv == 1) F(filter_row_s1)(&gk, K, xh, Wp, g->cpt, oh, yh, 1, 6);
+                    else if (r1 == 4) F(filter_row_s1)(&gk, K, xh, Wp, g->cpt, oh, yh, 2, 4);
+                    else F(filter_row_s1)(&gk, K, xh, Wp, g->cpt, oh, yh, 2, 6);
                     continue;
                 }
                 switch (nv) {
@@ -401,7 +409,6 @@ static int F(forward_nhwc)(const geo_t *g, const T *x, const T *a, const T *base
     return rc ? -1 : 0;
 }
 #undef RB
-#undef R1
 
 int F(cada_cpu_forward)(const int64_t *prm, const T *x, const T *a, const T *bases, const T *rel, T *y,
                         int64_t threads) {
@@ -492,7 +499,7 @@ static inline __attribute__((always_inline)) void F(gx_row_shift)(
 
 static int F(backward_x_nhwc)(const geo_t *g, const T *gy, const T *a, const T *bases, const T *rel, T *gx,
                               int64_t threads) {
-    long nv = g->hd / L, rx = g->s == 2 && nv == 2 ? 4 : 6;  /* RX: what fits the registers */
+    long nv = g->hd / L, rx = g->s == 2 && nv == 2 ? 4 : F(shift_block)(g->Wo);  /* RX: what fits the registers */
     long wb = (g->Wo + rx - 1) / rx * rx;  /* the blocks' output pixels, gy zero beyond Wo */
     long Wop = (wb + L - 1) / L * L, Hp = g->H + 2 * g->pad, Wp = g->s * (wb - 1) + g->k;
     if (Wp < g->W + 2 * g->pad) Wp = g->W + 2 * g->pad;
@@ -520,10 +527,12 @@ static int F(backward_x_nhwc)(const geo_t *g, const T *gy, const T *a, const T *
                 long c0 = (gi - g0) * g->hd;
                 T *gxh = gxp + c0;
                 const T *gyh = gyr + c0;
-                if (g->s == 1 && nv == 1) F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, 1, 1, 6);
-                else if (g->s == 1) F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, 2, 1, 6);
-                else if (nv == 1) F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, 1, 2, 6);
-                else F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, 2, 2, 4);
+#define GX(NV, S, RX) F(gx_row_shift)(&gk, K, gyh, g->cpt, gxh, Wp, oh, wb, NV, S, RX)
+                if (g->s == 1 && nv == 1) { if (rx == 4) GX(1, 1, 4); else GX(1, 1, 6); }
+                else if (g->s == 1) { if (rx == 4) GX(2, 1, 4); else GX(2, 1, 6); }
+                else if (nv == 1) { if (rx == 4) GX(1, 2, 4); else GX(1, 2, 6); }
+                else GX(2, 2, 4);
+#undef GX
             }
         }
         F(padded_nhwc)(g, gx, n, g0, gxp, Wp, 1);  /* the interior to gx */
