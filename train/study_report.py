@@ -24,9 +24,10 @@ def axis_models(axis: str, models: Sequence[str]) -> List[str]:
     return [m for m in wanted if m in models]
 
 
-def plot_axis(axis: str, rows: Sequence[Mapping[str, object]], stats: Mapping[str, Stats], path: str) -> bool:
-    """Top-1 (mean and standard deviation over seeds, each seed a dot) against the axis' knob; False when none of
-    its models has a result yet."""
+def plot_axis(axis: str, rows: Sequence[Mapping[str, object]], stats: Mapping[str, Stats], path: str,
+              budget: str) -> bool:
+    """Top-1 (mean and standard deviation over seeds, each seed a dot) against the axis' knob, at the budget named
+    in the title; False when none of its models has a result yet."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -66,7 +67,8 @@ def plot_axis(axis: str, rows: Sequence[Mapping[str, object]], stats: Mapping[st
         ax.set_xlim(-0.5, len(models) - 0.5)
         ax.set_xlabel(info.knob)
     ax.set_ylabel('test top-1 (%)')
-    ax.set_title(f'{info.title} (Fashion-MNIST, ResNet-{DEPTH}/4, mean ± std over seeds)', fontsize=10)
+    ax.set_title(f'{info.title}, {budget} budget\n(Fashion-MNIST, ResNet-{DEPTH}/4, mean ± std over seeds)',
+                 fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -199,7 +201,7 @@ def findings_section(rows: Sequence[Mapping[str, object]], budgets: Sequence[Bud
             parts.append(f'\n![{f.axis}: contrasts against the budget]({f.axis}-budgets.png)')
         shown = axis_budget(f.axis, rows, budgets)
         mine = shown.rows(rows)
-        if plot_axis(f.axis, mine, model_stats(mine), os.path.join(out, f'{f.axis}.png')):
+        if plot_axis(f.axis, mine, model_stats(mine), os.path.join(out, f'{f.axis}.png'), shown.protocol.name):
             parts.append(f'\n![{f.axis}]({f.axis}.png)\n\n(Test top-1 along the axis, {shown.protocol.name}.)')
         parts.append('')
     return '\n'.join(parts), verdicts
