@@ -460,6 +460,13 @@ static void F(gy_rows)(const geo_t *g, const T *gy, long n, long gi, long oh, T 
     }
 }
 
+/* gy's row oh of the task's channels (from head gi on) of sample n of channels_last gy, (Wo, cpt): as it is */
+static void F(gy_row_nhwc)(const geo_t *g, const T *gy, long n, long gi, long oh, T *gyr) {
+    const T *src = gy + (n * g->Ho + oh) * g->Wo * g->C + gi * g->hd;
+    if (g->cpt == g->C) memcpy(gyr, src, sizeof(T) * g->Wo * g->C);
+    else for (long ow = 0; ow < g->Wo; ow++) memcpy(gyr + ow * g->cpt, src + ow * g->C, sizeof(T) * g->cpt);
+}
+
 /* grad_x of one output row oh and head, channels_last, stride S (1 or 2) and dilation 1 (NV <= 2 vectors a
 head): a block of RX output pixels scatters kernel x gy into the padded gradient gxp. Its gy vectors stay in
 registers; tap j of the block's pixel r reaches its input column S r + j, so the S (RX - 1) + 1 columns that tap j
@@ -519,9 +526,7 @@ static int F(backward_x_nhwc)(const geo_t *g, const T *gy, const T *a, const T *
         long n = t * g->hpt / g->G, g0 = t * g->hpt % g->G;
         memset(gxp, 0, gsz);
         for (long oh = 0; oh < g->Ho; oh++) {
-            const T *src = gy + (n * g->Ho + oh) * g->Wo * g->C + g0 * g->hd;
-            if (g->cpt == g->C) memcpy(gyr, src, sizeof(T) * g->Wo * g->C);
-            else for (long ow = 0; ow < g->Wo; ow++) memcpy(gyr + ow * g->cpt, src + ow * g->C, sizeof(T) * g->cpt);
+            F(gy_row_nhwc)(g, gy, n, g0, oh, gyr);
             for (long gi = g0; gi < g0 + g->hpt; gi++) {
                 F(kernel_row)(&gk, a, bases, rel, n, gi, oh, K, ab);
                 long c0 = (gi - g0) * g->hd;
@@ -754,9 +759,7 @@ int F(cada_cpu_backward_k)(const int64_t *prm, const T *gy, const T *x, const T 
                     F(gy_rows)(&g, gy, n, g0, oh0 + q, gyq);
                     continue;
                 }
-                const T *src = gy + (n * g.Ho + oh0 + q) * g.Wo * g.C + g0 * g.hd;
-                if (g.cpt == g.C) memcpy(gyq, src, sizeof(T) * g.Wo * g.C);
-                else for (long ow = 0; ow < g.Wo; ow++) memcpy(gyq + ow * g.cpt, src + ow * g.C, sizeof(T) * g.cpt);
+                F(gy_row_nhwc)(&g, gy, n, g0, oh0 + q, gyq);
             }
             for (long gi = g0; gi < g0 + g.hpt; gi++) {
                 T *gwh = gwv + (gi - g0) * g.nk * g.kk * L, *grh = grv + (gi - g0) * g.kk * L;
