@@ -142,6 +142,11 @@ def test_report_of_two_budgets(tmp_path):
     assert '`--channels-last --epochs 8`' in text and 'Convergence: the pilot chose 8 epochs.' in text
     # 45 runs x 400,000 images in 45 x 4.5 / 2 machine-minutes: 2963 images/s
     assert 'Throughput of its runs trained in one sitting: 2963 training images/s' in text
+    # 45 x 2.25 machine-minutes, and the missing model's 3 runs at the mean run's
+    assert ('Machine time: 1.7 h so far of the 20 h budget; the 3 planned runs left take about 0.1 h more at each '
+            'model\'s mean per run so far (the mean run\'s for a model not run yet): 1.8 h in all, within the budget.'
+            ) in text
+    assert 'Machine time' not in text.split('- **converged**')[0]  # the one-epoch budget has no budget of hours
     assert '| dw_k7 (strict) > local_k7 (none, locally connected) | converged | -1.50 | 0.08 | 0 | contradicted |' in text
     with Image.open(tmp_path / 'spatial_invariance-budgets.png') as img:
         assert img.format == 'PNG'
@@ -351,6 +356,24 @@ def test_the_converged_study_adds_extra_seed_rounds(tmp_path, monkeypatch):
         calls.clear()
         study.main([*argv, *narrower])
         assert calls == [[]], narrower
+
+
+def test_hours_left_at_each_models_pace():
+    """The converged budget's planned runs left, each at its model's mean machine time per run so far (the mean
+    run's for a model without one), and the report's sentence when they overrun the budget."""
+    dw, cada = findings.MODELS[:2]
+    rows = [dict(model=dw, seed='0', train_minutes='60', wall_minutes='60', runs_at_once='1'),
+            dict(model=dw, seed='1', train_minutes='120', wall_minutes='120', runs_at_once='2'),
+            dict(model=cada, seed='0', train_minutes='240', wall_minutes='240', runs_at_once='1')]
+    # so far: 1 + 1 + 4 = 6 h, a mean run of 2 h; left: dw 1 run at 1 h, cada 2 at 4 h, 14 models x 3 at 2 h
+    runs, hours = report.hours_left(rows)
+    assert runs == 1 + 2 + 3 * (len(findings.MODELS) - 2) and hours == pytest.approx(1 + 8 + 2 * 3 * 14)
+    assert report.hours_left(rows, models=(dw,), seeds=(0, 1)) == (0, 0.0)
+    assert report.budget_use(rows) == (
+        f'Machine time: 6.0 h so far of the 20 h budget; the {runs} planned runs left take about {hours:.1f} h more '
+        f'at each model\'s mean per run so far (the mean run\'s for a model not run yet): {6 + hours:.1f} h in all, '
+        f'{6 + hours - 20:.1f} h over it.')
+    assert report.budget_use([]) == 'Machine time: 0.0 h so far of the 20 h budget.'
 
 
 def test_pilot_speed_counts_resumed_runs_by_their_training_minutes():

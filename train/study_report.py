@@ -7,8 +7,8 @@ import textwrap
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 from study_findings import (  # train/study_findings.py
-    BIAS_IMAGES_PER_CLASS, DEPTH, EXTRA_SEEDS, FINDINGS, MARGIN, MODELS, SE_FACTOR, Finding, Judged, Protocol, Stats,
-    judge_findings, model_name, model_stats)
+    BIAS_IMAGES_PER_CLASS, BUDGET_HOURS, DEPTH, EXTRA_SEEDS, FINDINGS, MARGIN, MODELS, SE_FACTOR, SEEDS, Finding,
+    Judged, Protocol, Stats, judge_findings, model_name, model_stats)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # README.md and MODEL_CARD.md quote the verdicts between these markers; a study into the default --output
@@ -231,6 +231,34 @@ def machine_hours(rows: Sequence[Mapping[str, object]]) -> float:
                for r in rows) / 60
 
 
+def hours_left(rows: Sequence[Mapping[str, object]], models: Sequence[str] = MODELS,
+               seeds: Sequence[int] = SEEDS) -> Tuple[int, float]:
+    """(runs of `models` x `seeds` not in `rows`, the machine hours they take at each model's mean `machine_hours`
+    per run so far, or at the mean run's of `rows` for a model without a run)."""
+    mean = machine_hours(rows) / len(rows) if rows else 0.0
+    runs, hours = 0, 0.0
+    for model in models:
+        mine = [r for r in rows if r['model'] == model]
+        left = len(set(seeds) - {int(r['seed']) for r in mine})
+        runs += left
+        hours += left * (machine_hours(mine) / len(mine) if mine else mean)
+    return runs, hours
+
+
+def budget_use(rows: Sequence[Mapping[str, object]]) -> str:
+    """The converged protocol's machine time against BUDGET_HOURS: taken so far, and what its planned runs take in
+    all at the pace so far."""
+    done = machine_hours(rows)
+    runs, left = hours_left(rows)
+    text = f'Machine time: {done:.1f} h so far of the {BUDGET_HOURS} h budget'
+    if runs and rows:
+        total = done + left
+        text += (f'; the {runs} planned runs left take about {left:.1f} h more at each model\'s mean per run so far '
+                 f'(the mean run\'s for a model not run yet): {total:.1f} h in all, '
+                 + ('within the budget' if total <= BUDGET_HOURS else f'{total - BUDGET_HOURS:.1f} h over it'))
+    return text + '.'
+
+
 def pilot_speed(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int]]:
     """(training images per second of the machine, epochs) over the pilot rows of its longest schedule: the runs
     most like the converged protocol's (start-up spread over the most epochs) and the latest trained, each run's
@@ -251,7 +279,8 @@ def runs_state(done: int, expected: int) -> str:
 
 
 def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence: str) -> str:
-    """A budget's bullet of the protocol section: its data, schedule, options, machine and time."""
+    """A budget's bullet of the protocol section: its data, schedule, options, machine and time (the converged
+    budget's against BUDGET_HOURS)."""
     mine = b.rows(rows)
     data = b.protocol.data
     counts = f'{data.train_per_class:,} images per class' if data.train_per_class else 'every image'
@@ -271,6 +300,8 @@ def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence:
     if speed:
         text += (f' Throughput of its runs trained in one sitting: {speed[0]:.0f} training images/s of the machine '
                  f'({speed[1]:,} images in {speed[2]:.0f} machine-minutes; runs side by side share it).')
+    if b.protocol.name == 'converged':
+        text += ' ' + budget_use(mine)
     return text + (f' {convergence}' if convergence else '')
 
 
