@@ -225,7 +225,7 @@ for _ in runs.run_jobs(jobs, at_once=2):
 """)
     proc = subprocess.Popen([sys.executable, str(script)], env=SUBPROCESS_ENV)
     pids = [tmp_path / name / 'pid' for name in ('a', 'b')]
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # the runner imports torch and timm: slow on a busy machine
     while not all(p.is_file() and p.read_text() for p in pids):
         assert time.time() < deadline and proc.poll() is None, 'the runs did not start'
         time.sleep(0.2)
@@ -235,6 +235,21 @@ for _ in runs.run_jobs(jobs, at_once=2):
         pid = int(p.read_text())
         with pytest.raises(ProcessLookupError):  # gone (reaped by the runner), not orphaned
             os.kill(pid, 0)
+    for name in ('a', 'b'):  # the stopped sitting is recorded, to count when the run resumes
+        wall, shared = runs.sittings_time(str(tmp_path / name))
+        assert 0 < wall < 1 and 1.5 < shared <= 2
+
+
+def test_a_resumed_runs_machine_time_counts_each_sitting_at_its_share(tmp_path, fake_train):
+    """A run that trained 3 minutes two at once and ends alone: its wall minutes are both sittings', and its
+    runs side by side the mean that makes wall over it the machine minutes (1.5 + the lone sitting)."""
+    run_dir = str(tmp_path / 'run')
+    runs.record_sitting(run_dir, 3.0, 2.0)
+    ((_, results, wall),) = runs.run_jobs([runs.Job('m', run_dir)], epochs=2)
+    alone = wall - 3.0
+    assert 0 < alone < 1
+    assert wall / results['runs_at_once'] == pytest.approx(1.5 + alone, abs=0.01)
+    assert runs.sittings_time(str(tmp_path / 'new')) is None
 
 
 def test_make_digits_regenerates_when_parameters_change(tmp_path):

@@ -21,6 +21,8 @@ from timm_cada.profile import count_macs, count_params
 from run_folder import LAST, RESULTS  # train/run_folder.py
 
 LOG = 'train.log'  # a run's output when runs train side by side
+# A run's sittings, one line each (wall minutes, mean runs under way), for the machine time of a resumed run
+SITTINGS = 'sittings.csv'
 # The environment the runs start in: glibc's allocator keeps freed memory for the next step rather than mapping
 # fresh pages for every large tensor (each page then faulted in again): 1.2-1.4x the images/s of the study's
 # models on the 2-core machine; speed only, the numbers are the same (benchmarks/RESULTS.md)
@@ -104,6 +106,28 @@ def _next_exit(running: Iterable[subprocess.Popen]) -> subprocess.Popen:
         time.sleep(0.2)
 
 
+def record_sitting(run_dir: str, wall_minutes: float, runs_at_once: float) -> None:
+    """Add a sitting of the run in `run_dir` to its SITTINGS: its wall minutes and the mean runs under way."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, SITTINGS), 'a') as f:
+        f.write(f'{wall_minutes:.4f},{runs_at_once:.4f}\n')
+
+
+def sittings_time(run_dir: str) -> Optional[Tuple[float, float]]:
+    """(wall minutes over the recorded sittings of the run in `run_dir`, the mean runs under way, weighted so that
+    the first over the second is the machine minutes the run took: the sum of each sitting's wall minutes over
+    its runs under way), or None before any. A sitting ended by SIGKILL is not recorded: then the run's
+    training minutes exceed these wall minutes."""
+    path = os.path.join(run_dir, SITTINGS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        sittings = [tuple(map(float, line.split(','))) for line in f if line.strip()]
+    wall = sum(w for w, _ in sittings)
+    machine = sum(w / k for w, k in sittings)
+    return (wall, wall / machine) if machine > 0 else None
+
+
 @dataclasses.dataclass
 class _Running:
     """A train.py process under way: its job, when it started, and the integral of the number of runs under way
@@ -122,8 +146,9 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
     unfinished jobs left are skipped. With `at_once` > 1, that many runs train side by side, each on its share
     of the cores (OMP_NUM_THREADS) with its output in RUN_DIR/train.log (small models train faster so than one
     run on every core); a trained run's results carry 'runs_at_once', the mean number of runs under way
-    during its life. `env` adds environment variables for the runs (default KEEP_FREED_MEMORY), where this
-    process does not set them. A
+    during its life, and its wall minutes are those of all its recorded sittings (SITTINGS: a resumed run's
+    earlier ones too, so that wall minutes over runs_at_once are the machine minutes it took). `env` adds
+    environment variables for the runs (default KEEP_FREED_MEMORY), where this process does not set them. A
     run that fails, or, unless `stopped`, exits before the end of its schedule (train.py's --stop-after), starts
     no further run and raises RunFailed once the runs under way finished; with `stopped` such a run's results
     are taken as they stand (the next start resumes it). After each trained run it prints
@@ -176,6 +201,8 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             account()
             run = running.pop(proc)
             job, wall = run.job, time.time() - run.start
+            if wall > 0:
+                record_sitting(job.run_dir, wall / 60, run.shared / wall)
             where = f'{os.path.join(job.run_dir, LOG)}' if at_once > 1 else 'above'
             results = None
             if proc.returncode != 0:
@@ -194,10 +221,15 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             print(f'==> {recorded + done} of {recorded + len(found)} runs done; {left} more to train in this sitting, '
                   f'about {left * pace:.0f} min at its pace (a run finished every {pace:.1f} min)'
                   + (f'; {later} after it, about {later * pace:.0f} min' if later else ''), flush=True)
-            yield job, dict(results, runs_at_once=round(run.shared / wall, 2) if wall > 0 else 1.0), wall / 60
+            wall_minutes, shared = sittings_time(job.run_dir) or (wall / 60, 1.0)
+            yield job, dict(results, runs_at_once=round(shared, 2)), wall_minutes
     finally:
-        for proc in running:  # only when stopped early: each resumes from its last epoch next time
+        account()
+        for proc, run in running.items():  # only when stopped early: each resumes from its last epoch next time
             proc.terminate()
+            wall = time.time() - run.start
+            if wall > 0:
+                record_sitting(run.job.run_dir, wall / 60, run.shared / wall)
         for proc in running:
             try:
                 proc.wait(timeout=60)

@@ -177,7 +177,8 @@ def job(model: str, seed: int, run_dir: str, data_dir: str, recipe: str, options
 def describe_run(model: str, seed: int, run_dir: str, results: Mapping[str, object], train_images: int,
                  wall_minutes: Optional[float], protocol: str, where: str) -> Dict[str, object]:
     """The runs.csv row of a finished run: test accuracy, size and MACs of the trained model, its time (and
-    the mean number of runs that shared the machine with it, when it was trained in this sitting)."""
+    the mean number of runs that shared the machine with it over its recorded sittings, when it was trained
+    here rather than reused)."""
     size = model_size(model, run_dir)
     return {
         'model': model, 'seed': seed, 'top1': round(results['test_top1'], 2), 'top5': round(results['test_top5'], 2),

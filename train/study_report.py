@@ -208,8 +208,9 @@ def findings_section(rows: Sequence[Mapping[str, object]], budgets: Sequence[Bud
 
 
 def timed_rows(rows: Sequence[Mapping[str, object]]) -> List[Mapping[str, object]]:
-    """The rows that time their run: trained here (wall minutes and runs side by side recorded) in one sitting (a
-    resumed run's wall minutes are its last sitting's, below its training minutes, which add up over sittings).
+    """The rows that time their run: trained here (wall minutes and runs side by side recorded) with every sitting
+    recorded (train/runs.py's SITTINGS; a run resumed after a sitting that was not, such as one killed outright,
+    has wall minutes below its training minutes, which add up over all its sittings).
     Wall time counts whatever else ran beside: tests beside the runs, or a pause, make the machine look slower."""
     return [r for r in rows if r.get('wall_minutes') not in (None, '') and r.get('runs_at_once') not in (None, '')
             and float(r['wall_minutes']) >= float(r['train_minutes'])]
@@ -225,8 +226,8 @@ def throughput(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, in
 
 
 def machine_hours(rows: Sequence[Mapping[str, object]]) -> float:
-    """The hours of the machine that the rows' runs took: each run's wall minutes (its training minutes, which
-    add up over sittings, where they are more: a resumed run), shared by the runs side by side."""
+    """The hours of the machine that the rows' runs took: each run's wall minutes over all its recorded sittings
+    (its training minutes where they are more: a sitting not recorded), over the mean runs side by side."""
     return sum(max(float(r.get('wall_minutes') or 0), float(r['train_minutes'])) / float(r.get('runs_at_once') or 1)
                for r in rows) / 60
 
