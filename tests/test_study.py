@@ -141,7 +141,7 @@ def test_report_of_two_budgets(tmp_path):
     assert '- **converged** (`long`): 45 of 48 runs; every image' in text and '8 epoch(s) (400,000 training' in text
     assert '`--channels-last --epochs 8`' in text and 'Convergence: the pilot chose 8 epochs.' in text
     # 45 runs x 400,000 images in 45 x 4.5 / 2 machine-minutes: 2963 images/s
-    assert 'Throughput of its runs trained in one sitting: 2963 training images/s' in text
+    assert 'Throughput of its runs with every sitting timed: 2963 training images/s' in text
     # 45 x 2.25 machine-minutes, and the missing model's 3 runs at the mean run's
     assert ('Machine time: 1.7 h so far of the 20 h budget; the 3 planned runs left take about 0.1 h more at each '
             'model\'s mean per run so far (the mean run\'s for a model not run yet): 1.8 h in all, within the budget.'
@@ -374,11 +374,14 @@ def test_hours_left_at_each_models_pace():
         f'at each model\'s mean per run so far (the mean run\'s for a model not run yet): {6 + hours:.1f} h in all, '
         f'{6 + hours - 20:.1f} h over it.')
     assert report.budget_use([]) == 'Machine time: 0.0 h so far of the 20 h budget.'
+    assert report.budget_use(rows, models=(dw, cada), seeds=(0, 1)) == (  # a subset of the study: its runs left
+        'Machine time: 6.0 h so far of the 20 h budget; the 1 planned runs left take about 4.0 h more at each '
+        'model\'s mean per run so far (the mean run\'s for a model not run yet): 10.0 h in all, within the budget.')
 
 
 def test_pilot_speed_counts_resumed_runs_by_their_training_minutes():
-    """The pilot's speed is that of its longest schedule; a resumed run's wall minutes are its last sitting's
-    (below its training minutes, which add up over sittings), so its training minutes count."""
+    """The pilot's speed is that of its longest schedule; a run resumed after a sitting that was not recorded
+    has wall minutes below its training minutes (which add up over all sittings), so its training minutes count."""
     timed = dict(model='m', seed='0', epochs='4', train_images='50000', train_minutes='20', wall_minutes='25',
                  runs_at_once='2')
     resumed = dict(timed, epochs='8', train_minutes='40', wall_minutes='30')

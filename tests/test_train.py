@@ -241,15 +241,29 @@ for _ in runs.run_jobs(jobs, at_once=2):
 
 
 def test_a_resumed_runs_machine_time_counts_each_sitting_at_its_share(tmp_path, fake_train):
-    """A run that trained 3 minutes two at once and ends alone: its wall minutes are both sittings', and its
-    runs side by side the mean that makes wall over it the machine minutes (1.5 + the lone sitting)."""
+    """A run's sittings add up to its wall minutes, and its runs side by side are the mean that makes wall over
+    it the machine minutes: 3 min two at once and 1 alone took 2.5 machine-minutes (4 / 1.6, not 4 / 1.75).
+    A run that ends alone after 3 minutes two at once, and a finished run reused later, carry them."""
     run_dir = str(tmp_path / 'run')
+    assert runs.sittings_time(run_dir) is None
+    runs.record_sitting(run_dir, 3.0, 2.0)
+    runs.record_sitting(run_dir, 1.0, 1.0)
+    with open(os.path.join(run_dir, runs.SITTINGS), 'a') as f:
+        f.write('0.5')  # half written by a sitting killed outright: not counted
+    assert runs.sittings_time(run_dir) == pytest.approx((4.0, 1.6))
+
+    run_dir = str(tmp_path / 'resumed')
     runs.record_sitting(run_dir, 3.0, 2.0)
     ((_, results, wall),) = runs.run_jobs([runs.Job('m', run_dir)], epochs=2)
     alone = wall - 3.0
     assert 0 < alone < 1
-    assert wall / results['runs_at_once'] == pytest.approx(1.5 + alone, abs=0.01)
-    assert runs.sittings_time(str(tmp_path / 'new')) is None
+    assert results['runs_at_once'] == pytest.approx(wall / (1.5 + alone), abs=0.006)  # ~1.99, to 2 decimals
+    ((_, again, wall_again),) = runs.run_jobs([runs.Job('m', run_dir)], epochs=2)  # finished: reused, not trained
+    assert wall_again == pytest.approx(wall, abs=1e-3) and again['runs_at_once'] == results['runs_at_once']
+    list(runs.run_jobs([runs.Job('m', str(tmp_path / 'lone'))], epochs=2))
+    os.remove(os.path.join(tmp_path, 'lone', runs.SITTINGS))
+    ((_, _, none),) = runs.run_jobs([runs.Job('m', str(tmp_path / 'lone'))], epochs=2)
+    assert none is None  # reused, its sittings unknown
 
 
 def test_make_digits_regenerates_when_parameters_change(tmp_path):

@@ -116,13 +116,19 @@ def record_sitting(run_dir: str, wall_minutes: float, runs_at_once: float) -> No
 def sittings_time(run_dir: str) -> Optional[Tuple[float, float]]:
     """(wall minutes over the recorded sittings of the run in `run_dir`, the mean runs under way, weighted so that
     the first over the second is the machine minutes the run took: the sum of each sitting's wall minutes over
-    its runs under way), or None before any. A sitting ended by SIGKILL is not recorded: then the run's
-    training minutes exceed these wall minutes."""
+    its runs under way), or None before any. A sitting ended by SIGKILL is not recorded (nor a line it left
+    half written): then the run's training minutes usually exceed these wall minutes."""
     path = os.path.join(run_dir, SITTINGS)
     if not os.path.exists(path):
         return None
+    sittings = []
     with open(path) as f:
-        sittings = [tuple(map(float, line.split(','))) for line in f if line.strip()]
+        for line in f:
+            try:
+                wall, shared = map(float, line.split(','))
+            except ValueError:
+                continue
+            sittings.append((wall, shared))
     wall = sum(w for w, _ in sittings)
     machine = sum(w / k for w, k in sittings)
     return (wall, wall / machine) if machine > 0 else None
@@ -141,8 +147,8 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
              nproc_per_node: int = 1, stopped: bool = False, at_once: int = 1,
              env: Mapping[str, str] = KEEP_FREED_MEMORY, recorded: int = 0,
              ) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
-    """(job, its results, the wall minutes of its training or None when reused) for each job: the finished runs
-    first (reused), then each trained (or resumed) run as it finishes. Once `max_runs` were started, the
+    """(job, its results, the wall minutes of its training, or None for a run reused without recorded sittings)
+    for each job: the finished runs first (reused), then each trained (or resumed) run as it finishes. Once `max_runs` were started, the
     unfinished jobs left are skipped. With `at_once` > 1, that many runs train side by side, each on its share
     of the cores (OMP_NUM_THREADS) with its output in RUN_DIR/train.log (small models train faster so than one
     run on every core); a trained run's results carry 'runs_at_once', the mean number of runs under way
@@ -160,7 +166,9 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
     for job, results in found:
         if results is not None:
             print(f'==> {job.label}: finished run in {job.run_dir} reused (delete it to train again)', flush=True)
-            yield job, results, None
+            timed = sittings_time(job.run_dir)  # trained here before: the caller may lack its row
+            yield (job, results, None) if timed is None else (job, dict(results, runs_at_once=round(timed[1], 2)),
+                                                                timed[0])
     at_once = max(1, min(at_once, len(queue)))
     done = len(found) - sum(results is None for _, results in found)
     env = {**env, **os.environ}
@@ -201,8 +209,7 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             account()
             run = running.pop(proc)
             job, wall = run.job, time.time() - run.start
-            if wall > 0:
-                record_sitting(job.run_dir, wall / 60, run.shared / wall)
+            record_sitting(job.run_dir, wall / 60, run.shared / wall if wall > 0 else 1.0)
             where = f'{os.path.join(job.run_dir, LOG)}' if at_once > 1 else 'above'
             results = None
             if proc.returncode != 0:
@@ -221,15 +228,14 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             print(f'==> {recorded + done} of {recorded + len(found)} runs done; {left} more to train in this sitting, '
                   f'about {left * pace:.0f} min at its pace (a run finished every {pace:.1f} min)'
                   + (f'; {later} after it, about {later * pace:.0f} min' if later else ''), flush=True)
-            wall_minutes, shared = sittings_time(job.run_dir) or (wall / 60, 1.0)
+            wall_minutes, shared = sittings_time(job.run_dir)  # recorded above
             yield job, dict(results, runs_at_once=round(shared, 2)), wall_minutes
     finally:
         account()
         for proc, run in running.items():  # only when stopped early: each resumes from its last epoch next time
             proc.terminate()
             wall = time.time() - run.start
-            if wall > 0:
-                record_sitting(run.job.run_dir, wall / 60, run.shared / wall)
+            record_sitting(run.job.run_dir, wall / 60, run.shared / wall if wall > 0 else 1.0)
         for proc in running:
             try:
                 proc.wait(timeout=60)

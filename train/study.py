@@ -301,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
         budgets = [Budget(p, protocol_hash(p), len(MODELS) * len(SEEDS))
                    for p in (ONE_EPOCH, *([converged(chosen)] if chosen is not None else []))]
     else:
-        budgets = [Budget(protocol, pid, len(todo))]
+        budgets = [Budget(protocol, pid, len(todo), tuple(args.models), tuple(args.seeds))]
 
     def run_dir(model: str, seed: int) -> str:
         return os.path.join(args.work, pid, f'{model}-s{seed}')

@@ -82,10 +82,13 @@ def _fmt(x: Optional[float], digits: int = 2) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """One protocol of the report: its definition, its hash in runs.csv, and how many runs make it complete."""
+    """One protocol of the report: its definition, its hash in runs.csv, how many runs make it complete, and the
+    models and seeds planned (those of the whole study unless a subset was asked for)."""
     protocol: Protocol
     hash: str
     expected: int
+    models: Tuple[str, ...] = tuple(MODELS)
+    seeds: Tuple[int, ...] = tuple(SEEDS)
 
     def rows(self, rows: Sequence[Mapping[str, object]]) -> List[Mapping[str, object]]:
         return [r for r in rows if r['protocol'] == self.hash]
@@ -246,11 +249,12 @@ def hours_left(rows: Sequence[Mapping[str, object]], models: Sequence[str] = MOD
     return runs, hours
 
 
-def budget_use(rows: Sequence[Mapping[str, object]]) -> str:
-    """The converged protocol's machine time against BUDGET_HOURS: taken so far, and what its planned runs take in
-    all at the pace so far."""
+def budget_use(rows: Sequence[Mapping[str, object]], models: Sequence[str] = MODELS,
+               seeds: Sequence[int] = SEEDS) -> str:
+    """The converged protocol's machine time against BUDGET_HOURS: taken so far, and what its planned runs (of
+    `models` x `seeds`) take in all at the pace so far."""
     done = machine_hours(rows)
-    runs, left = hours_left(rows)
+    runs, left = hours_left(rows, models, seeds)
     text = f'Machine time: {done:.1f} h so far of the {BUDGET_HOURS} h budget'
     if runs and rows:
         total = done + left
@@ -263,7 +267,8 @@ def budget_use(rows: Sequence[Mapping[str, object]]) -> str:
 def pilot_speed(rows: Sequence[Mapping[str, object]]) -> Optional[Tuple[float, int]]:
     """(training images per second of the machine, epochs) over the pilot rows of its longest schedule: the runs
     most like the converged protocol's (start-up spread over the most epochs) and the latest trained, each run's
-    time as `machine_hours` counts it (a resumed run by its training minutes, which add up over its sittings)."""
+    time as `machine_hours` counts it (a run resumed after a sitting that was not recorded: by its training
+    minutes, which add up over all its sittings)."""
     if not rows:
         return None
     epochs = max(int(r['epochs']) for r in rows)
@@ -297,12 +302,12 @@ def budget_section(b: Budget, rows: Sequence[Mapping[str, object]], convergence:
         text += (f' {" / ".join(map(str, epochs))} epoch(s) ({images_per_run(mine) or 0:,} training images per run). '
                  f'Machine: {"; ".join(machines)}. Training time (every epoch, over every sitting): {train:.0f} min; '
                  f'wall time of the train.py processes, start-up and the test evaluation included: {wall:.0f} min (a '
-                 f'resumed run counts its last sitting).')
+                 f'resumed run counts its recorded sittings).')
     if speed:
-        text += (f' Throughput of its runs trained in one sitting: {speed[0]:.0f} training images/s of the machine '
+        text += (f' Throughput of its runs with every sitting timed: {speed[0]:.0f} training images/s of the machine '
                  f'({speed[1]:,} images in {speed[2]:.0f} machine-minutes; runs side by side share it).')
     if b.protocol.name == 'converged':
-        text += ' ' + budget_use(mine)
+        text += ' ' + budget_use(mine, b.models, b.seeds)
     return text + (f' {convergence}' if convergence else '')
 
 
