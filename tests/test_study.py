@@ -96,7 +96,7 @@ def test_report_from_a_synthetic_runs_csv(tmp_path):
     study.write_rows(str(tmp_path / 'runs.csv'), rows)
     back = study.read_rows(str(tmp_path / 'runs.csv'))
     assert [r['model'] for r in back[::3]] == list(findings.MODELS)  # the study's order
-    budget = report.Budget(findings.ONE_EPOCH, 'p', len(rows))
+    budget = report.Budget(findings.ONE_EPOCH, 'p')  # 16 models x 3 seeds, as rows
     verdicts = dict(report.write_report(str(tmp_path), back, [budget], study.RECIPE))
     assert verdicts == {'locality': ['reproduced'], 'context_awareness': ['reproduced'], 'ca_context': ['reproduced'],
                         'spatial_invariance': ['reproduced'], 'rel_pos': ['reproduced'], 'downsampling': ['contradicted']}
@@ -121,7 +121,7 @@ def test_report_of_two_budgets(tmp_path):
     means = dict(SYNTHETIC_MEANS, resnet26_cada_k7_dsconv3=91.0, resnet26_local_k7=91.5)  # at convergence
     every = [dict(r, epochs='8', train_images='50000', runs_at_once='2') for r in rows_for(means, protocol='long')]
     long = every[:-3]  # the last model not run yet
-    budgets = [report.Budget(findings.ONE_EPOCH, 'short', 48), report.Budget(findings.converged(8), 'long', 48)]
+    budgets = [report.Budget(findings.ONE_EPOCH, 'short'), report.Budget(findings.converged(8), 'long')]
     verdicts = dict(report.write_report(str(tmp_path), short + long, budgets, study.RECIPE,
                                         convergence='Convergence: the pilot chose 8 epochs.'))
     assert verdicts['spatial_invariance'] == ['reproduced', 'contradicted']  # local_k7 caught up

@@ -142,14 +142,19 @@ class _Running:
     start: float
     shared: float = 0.0
 
+    def record_sitting(self) -> None:
+        """Add this sitting, up to now, to the run folder's SITTINGS."""
+        wall = time.time() - self.start
+        record_sitting(self.job.run_dir, wall / 60, self.shared / wall if wall > 0 else 1.0)
+
 
 def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_runs: Optional[int] = None,
              nproc_per_node: int = 1, stopped: bool = False, at_once: int = 1,
              env: Mapping[str, str] = KEEP_FREED_MEMORY, recorded: int = 0,
              ) -> Iterator[Tuple[Job, Dict[str, Any], Optional[float]]]:
     """(job, its results, the wall minutes of its training, or None for a run reused without recorded sittings)
-    for each job: the finished runs first (reused), then each trained (or resumed) run as it finishes. Once `max_runs` were started, the
-    unfinished jobs left are skipped. With `at_once` > 1, that many runs train side by side, each on its share
+    for each job: the finished runs first (reused), then each trained (or resumed) run as it finishes. Once
+    `max_runs` were started, the unfinished jobs left are skipped. With `at_once` > 1, that many runs train side by side, each on its share
     of the cores (OMP_NUM_THREADS) with its output in RUN_DIR/train.log (small models train faster so than one
     run on every core); a trained run's results carry 'runs_at_once', the mean number of runs under way
     during its life, and its wall minutes are those of all its recorded sittings (SITTINGS: a resumed run's
@@ -208,8 +213,8 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
             proc = _next_exit(running)
             account()
             run = running.pop(proc)
-            job, wall = run.job, time.time() - run.start
-            record_sitting(job.run_dir, wall / 60, run.shared / wall if wall > 0 else 1.0)
+            job = run.job
+            run.record_sitting()
             where = f'{os.path.join(job.run_dir, LOG)}' if at_once > 1 else 'above'
             results = None
             if proc.returncode != 0:
@@ -234,8 +239,7 @@ def run_jobs(jobs: Iterable[Job], epochs: int = 0, tested: bool = False, max_run
         account()
         for proc, run in running.items():  # only when stopped early: each resumes from its last epoch next time
             proc.terminate()
-            wall = time.time() - run.start
-            record_sitting(run.job.run_dir, wall / 60, run.shared / wall if wall > 0 else 1.0)
+            run.record_sitting()
         for proc in running:
             try:
                 proc.wait(timeout=60)

@@ -298,10 +298,10 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[str]]]:
     where = machine()
     todo = [(m, s) for s in args.seeds for m in args.models]  # seed by seed: every model has a run early
     if full_study:  # the report shows both budgets
-        budgets = [Budget(p, protocol_hash(p), len(MODELS) * len(SEEDS))
+        budgets = [Budget(p, protocol_hash(p))
                    for p in (ONE_EPOCH, *([converged(chosen)] if chosen is not None else []))]
     else:
-        budgets = [Budget(protocol, pid, len(todo), tuple(args.models), tuple(args.seeds))]
+        budgets = [Budget(protocol, pid, tuple(args.models), tuple(args.seeds))]
 
     def run_dir(model: str, seed: int) -> str:
         return os.path.join(args.work, pid, f'{model}-s{seed}')

@@ -82,13 +82,17 @@ def _fmt(x: Optional[float], digits: int = 2) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """One protocol of the report: its definition, its hash in runs.csv, how many runs make it complete, and the
-    models and seeds planned (those of the whole study unless a subset was asked for)."""
+    """One protocol of the report: its definition, its hash in runs.csv, and the models and seeds planned (those
+    of the whole study unless a subset was asked for)."""
     protocol: Protocol
     hash: str
-    expected: int
     models: Tuple[str, ...] = tuple(MODELS)
     seeds: Tuple[int, ...] = tuple(SEEDS)
+
+    @property
+    def expected(self) -> int:
+        """The runs that make it complete."""
+        return len(self.models) * len(self.seeds)
 
     def rows(self, rows: Sequence[Mapping[str, object]]) -> List[Mapping[str, object]]:
         return [r for r in rows if r['protocol'] == self.hash]
